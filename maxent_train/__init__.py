@@ -1,0 +1,9 @@
+"""maxent_train: lean entropy-maximization (MaxEnt) fine-tuning on cocodag shards, plus logit / MC-dropout export."""
+__version__ = "0.1.0"
+
+
+class MaxentError(ValueError):
+    """A user-facing error of maxent_train (bad data dir, checkpoint, option...)."""
+
+
+__all__ = ["MaxentError", "__version__"]
