@@ -8,6 +8,12 @@ import typer
 app = typer.Typer(help="COCO-DAG dataset builder: demo-data, build, verify, inspect.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False, add_completion=False)
 
+
+@app.callback()
+def _root() -> None:
+    """COCO-DAG dataset builder: demo-data, build, verify, inspect."""
+
+
 # Command modules: each defines plain typer command functions; they are registered here under their CLI names.
 _COMMANDS = {
     "cocodag.cli_demo": {"demo-data": "demo_data", "demo": "demo"},
