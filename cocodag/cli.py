@@ -16,7 +16,8 @@ def _root() -> None:
 
 # Command modules: each defines plain typer command functions; they are registered here under their CLI names.
 _COMMANDS = {
-    "cocodag.cli_demo": {"demo-data": "demo_data", "demo": "demo"},
+    "cocodag.cli_demo": {"demo-data": "demo_data"},
+    "cocodag.demo": {"demo": "demo_cmd"},
     "cocodag.cli_build": {"build": "build", "verify": "verify", "inspect": "inspect_cmd"},
 }
 for _mod, _cmds in _COMMANDS.items():

@@ -1,0 +1,385 @@
+"""`cocodag demo`: the whole method end to end on the embedded demo world, in one command.
+
+demo-data -> build -> baseline segmentation model -> MaxEnt fine-tunes {entropy, logit} x {no DAG, DAG} x seeds
+-> export (logits, MC-dropout moments) -> SML stats / OODMC fit -> evaluate every score -> ``REPORT/results.md``.
+
+Each stage runs the public command lines (``cocodag``, ``maxent-train``, ``oodscore``) in subprocesses, exactly as a
+user would type them (they are printed), so this module imports neither ``maxent_train`` nor ``oodscore`` and the
+data flow stays one way. Every stage skips itself when its output exists, so an interrupted demo resumes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+import numpy as np
+
+from .errors import CocodagError
+
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+SHIPPED_BASELINE = REPO_DATA / "demo_baseline.pt"
+SHIPPED_BASELINE_INFO = REPO_DATA / "demo_baseline.json"
+
+
+@dataclass
+class DemoConfig:
+    """Every knob of the demo; the defaults fit a 2-core CPU in well under 15 minutes."""
+
+    out: Path
+    frames: int = 80               # Cityscapes-like train frames of the demo world
+    val_frames: int = 16
+    anomaly_frames: int = 20
+    coco_images: int = 100
+    frame_size: str = "512x256"
+    coco_image_size: str = "320x240"
+    crop: int = 128
+    object_scale: str = "0.5:1"
+    crops_per_frame: int = 4
+    dag_samples: int = 240         # pasted frames (each gives up to 4 crops)
+    model: str = "tiny_segnet"
+    baseline: str = "auto"         # auto: the shipped checkpoint if it matches this world, else train; or a path; or "train"
+    baseline_steps: int = 1500
+    baseline_lr: float = 2e-3
+    steps: int = 300               # MaxEnt fine-tuning steps per run
+    lr: float = 1e-4
+    lam: float = 0.9
+    batch_size: int = 8
+    embedding_img_interval: int = 2
+    seeds: int = 1
+    mc_samples: int = 16
+    moment_order: int = 4
+    oodmc_train_crops: int = 96
+    sml_train_crops: int = 160
+    vde_threshold: float | None = None
+    device: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    overlays: int = 3
+    progress: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def world_key(self) -> dict[str, Any]:
+        """What the demo world (and therefore a shipped baseline) depends on."""
+        return {"frames": self.frames, "val_frames": self.val_frames, "frame_size": self.frame_size,
+                "seed": self.seed, "crop": self.crop, "crops_per_frame": self.crops_per_frame, "model": self.model}
+
+
+RUNS = (  # (name, optim_target, uses DAG)
+    ("entropy_noDAG", "entropy", False),
+    ("entropy_DAG", "entropy", True),
+    ("logit_noDAG", "logit", False),
+    ("logit_DAG", "logit", True),
+)
+
+
+# ------------------------------------------------------------------------------------------------------ running
+def _cmd(module: str, *args: Any) -> list[str]:
+    return [sys.executable, "-m", module, *[str(a) for a in args]]
+
+
+def _run(cmd: list[str], log: Path, quiet: bool = True) -> None:
+    """Run one stage command; its output goes to ``log``; a failure raises with the log's last lines."""
+    shown = " ".join(shlex.quote(c) for c in [Path(cmd[0]).name, *cmd[1:]])
+    print(f"  $ {shown}", file=sys.stderr, flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "a") as fh:
+        fh.write(f"\n$ {shown}\n")
+        fh.flush()
+        p = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT if quiet else None, env=env)
+    if p.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-5:]
+        raise CocodagError(f"demo stage failed (exit {p.returncode}): {shown}\n" + "\n".join(tail) +
+                           f"\n(full log: {log})")
+
+
+class _Stages:
+    def __init__(self, cfg: DemoConfig):
+        self.cfg = cfg
+        self.t0 = time.perf_counter()
+
+    def stage(self, name: str, done: Path, fn) -> None:
+        if done.exists():
+            print(f"[{name}] already done ({done}), skipped", file=sys.stderr)
+            return
+        print(f"[{name}]", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        self.cfg.timings[name] = self.cfg.timings.get(name, 0.0) + dt
+        print(f"[{name}] {dt:.1f} s (total {time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+def _baseline_matches(cfg: DemoConfig) -> bool:
+    if not (SHIPPED_BASELINE.is_file() and SHIPPED_BASELINE_INFO.is_file()):
+        return False
+    info = json.loads(SHIPPED_BASELINE_INFO.read_text())
+    return info.get("world") == cfg.world_key()
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run every stage (skipping finished ones) and write ``OUT/report/results.md``; return the summary dict."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    world, shards, runs, report = out / "world", out / "shards", out / "runs", out / "report"
+    st = _Stages(cfg)
+    dev = ["--device", cfg.device]
+    prog = [] if cfg.progress else ["--no-progress"]
+
+    st.stage("demo-data", world / "anomaly" / "meta.json", lambda: _run(_cmd(
+        "cocodag.cli", "demo-data", world, "--frames", cfg.frames, "--val-frames", cfg.val_frames,
+        "--anomaly-frames", cfg.anomaly_frames, "--coco-images", cfg.coco_images, "--frame-size", cfg.frame_size,
+        "--coco-image-size", cfg.coco_image_size, "--seed", cfg.seed, "--workers", cfg.workers), logs / "world.log"))
+
+    st.stage("build", shards / "manifest.json", lambda: _run(_cmd(
+        "cocodag.cli", "build", "--cityscapes", world / "cityscapes", "--coco", world / "coco", "--out", shards,
+        "--crop", cfg.crop, "--object-scale", cfg.object_scale, "--min-object-area", 200,
+        "--cityscapes-crops-per-frame", cfg.crops_per_frame, "--dag-samples", cfg.dag_samples,
+        "--workers", cfg.workers, "--seed", cfg.seed, "--no-progress"), logs / "build.log"))
+
+    # ---- baseline: a segmentation model of the demo world's in-distribution classes (no OOD training)
+    base_dir = runs / "baseline"
+    base_ckpt = base_dir / "model-final.pt"
+    if cfg.baseline == "auto" and _baseline_matches(cfg) and not base_ckpt.exists():
+        base_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHIPPED_BASELINE, base_ckpt)
+        print(f"[baseline] using the shipped checkpoint {SHIPPED_BASELINE} (trained by data/make_baseline.sh)",
+              file=sys.stderr)
+    elif cfg.baseline not in ("auto", "train") and not base_ckpt.exists():
+        base_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cfg.baseline, base_ckpt)
+    st.stage("baseline", base_ckpt, lambda: _run(_cmd(
+        "maxent_train", "fit", "--data", shards, "--model", cfg.model, "--out", base_dir,
+        "--lambda", 0.0, "--coco-fraction", 0.0, "--embedding-img-interval", 0, "--lr", cfg.baseline_lr,
+        "--max-steps", cfg.baseline_steps, "--epochs", 10000, "--batch-size", cfg.batch_size, "--seed", cfg.seed,
+        *dev, *prog), logs / "baseline.log", quiet=False))
+    st.stage("baseline-miou", base_dir / "miou.json", lambda: _run(_cmd(
+        "maxent_train", "miou", "--checkpoint", base_ckpt, "--cityscapes", world / "cityscapes", "--split", "val",
+        "--out", base_dir / "miou.json", *dev), logs / "miou.log"))
+
+    # ---- MaxEnt fine-tunes
+    models = {"baseline": [base_ckpt]}
+    for name, target, dag in RUNS:
+        models[name] = []
+        for s in range(cfg.seeds):
+            rdir = runs / f"{name}-s{s}"
+            st.stage(f"fit {name} seed {s}", rdir / "model-final.pt", lambda rdir=rdir, target=target, dag=dag, s=s:
+                     _run(_cmd("maxent_train", "fit", "--data", shards, "--init", base_ckpt, "--model", cfg.model,
+                               "--out", rdir, "--optim-target", target, "--lambda", cfg.lam, "--lr", cfg.lr,
+                               "--embedding-img-interval", cfg.embedding_img_interval if dag else 0,
+                               "--max-steps", cfg.steps, "--epochs", 10000, "--batch-size", cfg.batch_size,
+                               "--seed", 1000 + s, *dev, *prog), logs / f"fit-{name}-s{s}.log", quiet=False))
+            models[name].append(rdir / "model-final.pt")
+
+    # ---- export + scoring per model
+    oodmc_model = "entropy_DAG"
+    results: dict[str, list[dict]] = {}
+    for name, ckpts in models.items():
+        results[name] = []
+        for ckpt in ckpts:
+            rdir = ckpt.parent
+            mc = name in ("baseline", oodmc_model)
+            mc_args = ["--mc-samples", cfg.mc_samples, "--moment-order", cfg.moment_order, "--mc-dtype", "float16"]
+            st.stage(f"export {rdir.name}", rdir / "test.h5", lambda ckpt=ckpt, rdir=rdir, mc=mc: _run(_cmd(
+                "maxent_train", "export", "--checkpoint", ckpt, "--images", world / "anomaly", "--preset", "standard",
+                "--out", rdir / "test.h5", "--store-images", *(mc_args if mc else []), "--seed", cfg.seed, *dev,
+                "--no-progress"), logs / f"export-{rdir.name}.log"))
+            st.stage(f"sml-stats {rdir.name}", rdir / "sml.json", lambda ckpt=ckpt, rdir=rdir: _run(_cmd(
+                "maxent_train", "export", "--checkpoint", ckpt, "--data", shards, "--kinds", "cityscapes",
+                "--limit", cfg.sml_train_crops, "--out", rdir / "train-id.h5", "--sml-stats", rdir / "sml.json",
+                *dev, "--no-progress"), logs / f"sml-{rdir.name}.log"))
+            methods = ["msp", "maxlogit", "entropy", "sml", "vde"]
+            extra = ["--sml-stats", rdir / "sml.json"]
+            if cfg.vde_threshold is not None:
+                extra += ["--vde-threshold", cfg.vde_threshold]
+            if mc:
+                st.stage(f"oodmc-fit {rdir.name}", rdir / "oodmc.joblib", lambda ckpt=ckpt, rdir=rdir: (
+                    _run(_cmd("maxent_train", "export", "--checkpoint", ckpt, "--data", shards, "--kinds", "dag",
+                              "--limit", cfg.oodmc_train_crops, "--out", rdir / "train-dag-mc.h5", *mc_args,
+                              "--seed", cfg.seed, *dev, "--no-progress"), logs / f"oodmc-{rdir.name}.log"),
+                    _run(_cmd("oodscore.cli", "fit-oodmc", "--logits", rdir / "train-dag-mc.h5",
+                              "--out", rdir / "oodmc.joblib", "--seed", cfg.seed), logs / f"oodmc-{rdir.name}.log")))
+                methods.append("oodmc")
+                extra += ["--oodmc-model", rdir / "oodmc.joblib"]
+            meth = [a for m in methods for a in ("--method", m)]
+            st.stage(f"evaluate {rdir.name}", rdir / "report" / "metrics.json", lambda rdir=rdir, meth=meth, extra=extra:
+                     _run(_cmd("oodscore.cli", "evaluate", "--logits", rdir / "test.h5", *meth, *extra,
+                               "--components", "anomaly", "--max-overlays", cfg.overlays, "--out", rdir / "report",
+                               "--no-progress"), logs / f"evaluate-{rdir.name}.log"))
+            for big in ("train-id.h5", "train-dag-mc.h5"):   # large intermediates: only their products are kept
+                (rdir / big).unlink(missing_ok=True)
+            results[name].append(json.loads((rdir / "report" / "metrics.json").read_text()))
+
+    miou = json.loads((base_dir / "miou.json").read_text())
+    summary = write_results(report, cfg, results, miou, runs)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------------ report
+def _agg(values: list[float]) -> tuple[float, float]:
+    a = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if a.size == 0:
+        return float("nan"), float("nan")
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def _fmt(values: list[float], pct: bool = True) -> str:
+    m, s = _agg(values)
+    k = 100.0 if pct else 1.0
+    if np.isnan(m):
+        return "n/a"
+    return f"{m * k:.1f} ± {s * k:.1f}" if len(values) > 1 else f"{m * k:.1f}"
+
+
+def _col(results: dict[str, list[dict]], run: str, method: str, metric: str) -> list[float]:
+    return [r.get(method, {}).get(metric) for r in results.get(run, [])]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def write_results(report: Path, cfg: DemoConfig, results: dict[str, list[dict]], miou: dict,
+                  runs: Path) -> dict[str, Any]:
+    """Write results.md (tables in the shape of the seed's Tables 1-3), results.json and a heat-map sheet."""
+    report.mkdir(parents=True, exist_ok=True)
+    n = cfg.seeds
+    note = f"(mean ± std over {n} seeds)" if n > 1 else "(one seed; `--seeds 3` gives mean ± std)"
+    t1 = _table(["model (entropy score)", "F1", "precision", "FP rate"],
+                [[label, _fmt(_col(results, run, "entropy", "f1")), _fmt(_col(results, run, "entropy", "precision")),
+                  _fmt(_col(results, run, "entropy", "fpr"))]
+                 for label, run in (("baseline (no MaxEnt)", "baseline"), ("entropy, without DAG", "entropy_noDAG"),
+                                    ("entropy, with DAG", "entropy_DAG"))])
+    t2 = _table(["optim target", "DAG", "AUROC", "FPR95", "AUPRC"],
+                [[target, "with" if dag else "without", _fmt(_col(results, run, "entropy", "auroc")),
+                  _fmt(_col(results, run, "entropy", "fpr95")), _fmt(_col(results, run, "entropy", "ap"))]
+                 for run, target, dag in RUNS] +
+                [["(baseline)", "-", _fmt(_col(results, "baseline", "entropy", "auroc")),
+                  _fmt(_col(results, "baseline", "entropy", "fpr95")), _fmt(_col(results, "baseline", "entropy", "ap"))]])
+    rows3 = []
+    for run in ("baseline", "entropy_DAG"):
+        for method in ("sml", "vde", "entropy", "oodmc"):
+            if not any(method in r for r in results.get(run, [])):
+                continue
+            rows3.append([run, method, _fmt(_col(results, run, method, "ap")),
+                          _fmt(_col(results, run, method, "auroc")), _fmt(_col(results, run, method, "fpr95"))])
+    t3 = _table(["model", "score", "AP", "AUROC", "FPR95"], rows3)
+    rows4 = []
+    for run in results:
+        for method in ("msp", "maxlogit", "entropy", "sml", "vde", "oodmc"):
+            if not any(method in r for r in results[run]):
+                continue
+            rows4.append([run, method, _fmt(_col(results, run, method, "auroc")), _fmt(_col(results, run, method, "ap")),
+                          _fmt(_col(results, run, method, "fpr95")),
+                          _fmt(_col(results, run, method, "component_siou")),
+                          _fmt(_col(results, run, method, "component_ppv")),
+                          _fmt(_col(results, run, method, "component_mean_f1"))])
+    t4 = _table(["model", "score", "AUROC", "AP", "FPR95", "sIoU", "PPV", "mean F1"], rows4)
+    timings = "\n".join(f"| {k} | {v:.1f} |" for k, v in cfg.timings.items())
+    sheet = _heatmap_sheet(report / "heatmaps.png", runs, cfg)
+    miou_line = (f"Baseline segmentation on the demo val split ({miou.get('n_frames')} frames): "
+                 f"**mIoU {100 * miou['miou']:.1f}**, pixel accuracy {100 * miou['pixel_acc']:.1f}.")
+    md = f"""# cocodag demo results
+
+World: {cfg.frames} train / {cfg.val_frames} val frames at {cfg.frame_size}, {cfg.anomaly_frames} anomaly frames
+(held-out shapes/textures), crops {cfg.crop}; model `{cfg.model}`; fine-tuning {cfg.steps} steps, lr {cfg.lr},
+λ = {cfg.lam}, DAG every {cfg.embedding_img_interval}-th batch; MC dropout T = {cfg.mc_samples}, K = {cfg.moment_order}.
+All numbers in % {note}; pixel-level metrics on the anomaly set (0 = ID, 1 = anomaly, 255 void).
+
+{miou_line}
+
+## Table 1 shape: entropy target without / with DAG (entropy score, F1-optimal threshold)
+{t1}
+
+## Table 2 shape: {{logit, entropy}} x {{without, with}} DAG (entropy score)
+{t2}
+
+## Table 3 shape: SML vs VDE, and OODMC vs entropy
+{t3}
+
+## Every model and score, with component-level metrics (SegmentMeIfYouCan anomaly track)
+{t4}
+
+## Plots
+ROC / PR curves per model: `runs/<model>/report/roc.png`, `pr.png`; score heat maps: `{sheet.name if sheet else 'n/a'}`.
+
+## Stage times (s)
+| stage | seconds |
+|---|---|
+{timings}
+| **total** | **{sum(cfg.timings.values()):.1f}** |
+"""
+    (report / "results.md").write_text(md)
+    summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+               "miou": miou, "results": results}
+    (report / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(md)
+    return summary
+
+
+def _heatmap_sheet(path: Path, runs: Path, cfg: DemoConfig) -> Path | None:
+    """Tile the evaluate overlays (a few frames x a few model/score pairs) into one PNG."""
+    import cv2
+
+    picks = [("baseline", "entropy"), ("baseline", "sml"), ("baseline", "vde"), ("entropy_noDAG-s0", "entropy"),
+             ("entropy_DAG-s0", "entropy"), ("entropy_DAG-s0", "oodmc")]
+    rows = []
+    for run, method in picks:
+        files = sorted((runs / run / "report" / "overlays").glob(f"*__{method}.png"))
+        imgs = [cv2.imread(str(f)) for f in files[: cfg.overlays]]
+        imgs = [cv2.resize(i, (720, int(i.shape[0] * 720 / i.shape[1]))) for i in imgs if i is not None]
+        if imgs:
+            h = max(i.shape[0] for i in imgs)
+            imgs = [cv2.copyMakeBorder(i, 0, h - i.shape[0], 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+                    for i in imgs]
+            rows.append(np.concatenate(imgs, 1))
+    if not rows:
+        return None
+    w = max(r.shape[1] for r in rows)
+    rows = [cv2.copyMakeBorder(r, 0, 0, 0, w - r.shape[1], cv2.BORDER_CONSTANT, value=(255, 255, 255)) for r in rows]
+    cv2.imwrite(str(path), np.concatenate(rows, 0))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def demo_cmd(
+    out: Annotated[Path, typer.Argument(help="Output folder (world, shards, runs, report).")] = Path("demo-out"),
+    frames: Annotated[int, typer.Option(help="Train frames of the demo world.")] = DemoConfig.frames,
+    anomaly_frames: Annotated[int, typer.Option(help="Frames in the anomaly test set.")] = DemoConfig.anomaly_frames,
+    frame_size: Annotated[str, typer.Option(help="Demo world frame size WxH.")] = DemoConfig.frame_size,
+    steps: Annotated[int, typer.Option(help="MaxEnt fine-tuning steps per run.")] = DemoConfig.steps,
+    seeds: Annotated[int, typer.Option(help="Fine-tuning seeds per configuration (3: mean ± std).")] = 1,
+    baseline: Annotated[str, typer.Option(help="auto (shipped checkpoint when it matches the world, else train), "
+                                               "train, or a checkpoint path.")] = "auto",
+    baseline_steps: Annotated[int, typer.Option(help="Steps when the baseline is trained here.")] = DemoConfig.baseline_steps,
+    mc_samples: Annotated[int, typer.Option(help="MC-dropout passes T for OODMC.")] = DemoConfig.mc_samples,
+    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (Adam).")] = DemoConfig.lr,
+    embedding_img_interval: Annotated[int, typer.Option(help="DAG runs: every k-th batch is a DAG batch.")] = DemoConfig.embedding_img_interval,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Worker processes for data generation and build.")] = 2,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of training.")] = True,
+) -> None:
+    """Run the whole method on the embedded demo world and print the seed's tables (resumes if interrupted)."""
+    from ._cli_utils import user_errors
+
+    cfg = DemoConfig(out=out, frames=frames, anomaly_frames=anomaly_frames, frame_size=frame_size, steps=steps,
+                     seeds=seeds, baseline=baseline, baseline_steps=baseline_steps, mc_samples=mc_samples, lr=lr,
+                     embedding_img_interval=embedding_img_interval, device=device, workers=workers, progress=progress)
+    with user_errors(CocodagError):
+        t = time.perf_counter()
+        run_demo(cfg)
+        print(f"demo finished in {time.perf_counter() - t:.0f} s; report: {Path(out) / 'report' / 'results.md'}",
+              file=sys.stderr)
