@@ -1,0 +1,124 @@
+"""Checkpoint helpers: strip DataParallel/DDP prefixes, load state_dicts strictly with a readable report."""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+
+from .. import MaxentError
+
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
+
+
+@dataclass
+class LoadReport:
+    """What ``load_checkpoint`` found: keys that did not line up (empty lists when everything matched)."""
+
+    path: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatch: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, in model, in file)
+    loaded: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.shape_mismatch)
+
+    def summary(self) -> str:
+        """One line: counts plus the first few offending keys of each kind."""
+        parts = []
+
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f", ... (+{len(keys) - 4})" if len(keys) > 4 else "")
+
+        if self.shape_mismatch:
+            items = [f"{k} model {tuple(a)} vs file {tuple(b)}" for k, a, b in self.shape_mismatch]
+            parts.append(f"{len(items)} shape mismatch(es): {few(items)}")
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing: {few(self.missing)}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected: {few(self.unexpected)}")
+        return "; ".join(parts) if parts else f"all {self.loaded} tensors matched"
+
+
+def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip the ``module.`` prefix that ``nn.DataParallel`` / DDP add (and ``_orig_mod.`` of ``torch.compile``)."""
+    out = {}
+    for k, v in state_dict.items():
+        stripped = True
+        while stripped:  # prefixes may nest (a compiled DDP model: "_orig_mod.module.")
+            stripped = False
+            for prefix in ("module.", "_orig_mod."):
+                if k.startswith(prefix):
+                    k, stripped = k[len(prefix):], True
+        out[k] = v
+    return out
+
+
+def _extract_state_dict(obj, path: Path) -> Mapping[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:  # {"state_dict": ...} (meta-ood), {"model": ...} (our trainer, many others)
+            if key in obj and isinstance(obj[key], Mapping):
+                return obj[key]
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    keys = list(obj)[:6] if isinstance(obj, Mapping) else type(obj).__name__
+    raise MaxentError(f"{path}: no state_dict found (expected a dict of tensors or a dict with one of "
+                      f"{list(_WRAPPER_KEYS)}; got {keys})")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file (``weights_only=True``) and return its cleaned state_dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise MaxentError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MaxentError(f"{path}: cannot read checkpoint ({msg[:200]})") from None
+    return clean_state_dict(_extract_state_dict(obj, path))
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+    """Load a checkpoint into ``model`` and report key mismatches.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Target model (not wrapped in DataParallel/DDP; pass ``model.module`` otherwise).
+    path : str or Path
+        A plain state_dict, or a dict holding one under ``state_dict`` / ``model`` (meta-ood's checkpoints are
+        ``{"state_dict": ...}`` of a DataParallel model: the ``module.`` prefix is stripped).
+    strict : bool, default=True
+        Raise ``MaxentError`` on any missing/unexpected key or shape mismatch. With ``strict=False`` the tensors that
+        match are loaded, the others are skipped and listed in the returned report (never silently).
+
+    Returns
+    -------
+    LoadReport
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    report = LoadReport(path=str(path))
+    report.missing = [k for k in own if k not in state]
+    report.unexpected = [k for k in state if k not in own]
+    report.shape_mismatch = [(k, tuple(own[k].shape), tuple(state[k].shape))
+                             for k in own if k in state and own[k].shape != state[k].shape]
+    if strict and not report.ok:
+        hint = ""
+        nc = getattr(model, "num_classes", None)
+        file_nc = {b[0] for _, a, b in report.shape_mismatch if a and b and a[0] == nc and b[0] != nc}
+        if nc is not None and len(file_nc) == 1:  # the classifier's output dim differs: say it plainly
+            hint = f" (class count: model has {nc} classes, checkpoint has {file_nc.pop()})"
+        raise MaxentError(f"{path}: checkpoint does not match the model: {report.summary()}{hint}")
+    bad = {k for k, _, _ in report.shape_mismatch}
+    usable = {k: v for k, v in state.items() if k in own and k not in bad}
+    model.load_state_dict(usable, strict=False)
+    report.loaded = len(usable)
+    return report

@@ -1,0 +1,95 @@
+"""Model registry: ``@register_model`` records a factory by name; ``create_model`` builds one (timm-style).
+
+A name of the form ``"pkg.module:factory"`` is a plug-in: the module is imported and ``factory(num_classes=..., **kw)``
+must return an ``nn.Module`` whose ``forward(x)`` gives logits ``(N, C, H, W)`` at input resolution. Plug-ins that also
+define ``forward_features(x)`` / ``forward_head(feats, size)`` get head-only MC dropout (see ``maxent_train.mc``).
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+from typing import Callable
+
+import torch.nn as nn
+
+from .. import MaxentError
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_MODULE_OF: dict[str, str] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: register ``fn`` under its own ``__name__`` (the variant name) and return it unchanged."""
+    name = fn.__name__
+    if name in _MODELS and _MODELS[name] is not fn:
+        raise MaxentError(f"model name {name!r} registered twice ({_MODULE_OF[name]} and {fn.__module__})")
+    _MODELS[name] = fn
+    _MODULE_OF[name] = fn.__module__
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Sorted registered names matching the shell-style ``pattern`` (e.g. ``"deeplab*"``)."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
+
+
+def is_model(name: str) -> bool:
+    """True if ``name`` is a registered model (plug-in names are not checked here)."""
+    return name in _MODELS
+
+
+def _resolve_plugin(name: str) -> Callable[..., nn.Module]:
+    mod_name, _, attr = name.partition(":")
+    if not mod_name or not attr:
+        raise MaxentError(f"model plug-in {name!r}: expected 'pkg.module:factory'")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise MaxentError(f"model plug-in {name!r}: cannot import module {mod_name!r} ({e})") from None
+    obj = module
+    for part in attr.split("."):  # allow "module:Class.builder"
+        if not hasattr(obj, part):
+            raise MaxentError(f"model plug-in {name!r}: module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise MaxentError(f"model plug-in {name!r}: {attr!r} is not callable")
+    return obj
+
+
+def create_model(name: str, num_classes: int = 19, **kwargs) -> nn.Module:
+    """Build a registered model (or a ``"pkg.module:factory"`` plug-in).
+
+    Parameters
+    ----------
+    name : str
+        Registered name (see ``list_models()``) or ``"pkg.module:factory"``.
+    num_classes : int, default=19
+        Output channels (Cityscapes trainIds).
+    **kwargs
+        Passed to the factory; ``None`` values are dropped so the model's own defaults stay
+        (a CLI can forward unset options as ``None``).
+
+    Returns
+    -------
+    torch.nn.Module
+        Its ``forward(x)`` returns logits ``(N, num_classes, H, W)`` at input resolution.
+    """
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if ":" in name:
+        factory = _resolve_plugin(name)
+    else:
+        if name not in _MODELS:
+            close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(list_models())}"
+            raise MaxentError(f"unknown model {name!r}{hint} (or give a plug-in as 'pkg.module:factory')")
+        factory = _MODELS[name]
+    try:
+        model = factory(num_classes=num_classes, **kwargs)
+    except TypeError as e:  # a bad keyword for this model: say which model and which keywords
+        raise MaxentError(f"model {name!r}: bad arguments {sorted(kwargs)} ({e})") from None
+    if not isinstance(model, nn.Module):
+        raise MaxentError(f"model {name!r}: factory returned {type(model).__name__}, expected torch.nn.Module")
+    if not hasattr(model, "num_classes"):
+        model.num_classes = num_classes  # plug-ins may not set it; our code reads it
+    return model

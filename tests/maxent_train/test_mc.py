@@ -1,0 +1,176 @@
+"""MC-dropout moments vs brute force over T explicit stochastic passes (float64 numpy), BatchNorm frozen."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from maxent_train import MaxentError
+from maxent_train.mc import PowerSums, enable_mc_dropout, mc_dropout_mode, mc_moments
+from maxent_train.models import create_model
+
+torch.set_num_threads(1)
+
+
+def _model(dropout=0.5, num_classes=4):
+    torch.manual_seed(1)
+    m = create_model("tiny_segnet", num_classes=num_classes, dropout=dropout, width=8)
+    # non-trivial BatchNorm running stats so that train-mode BN would visibly differ
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def _brute_force(model, x, T, K, seed, moments_of):
+    """T plain model(x) calls in MC mode after torch.manual_seed(seed); moments in float64 numpy."""
+    model.eval()
+    for mod in model.modules():
+        if isinstance(mod, nn.Dropout2d):
+            mod.train()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        outs = np.stack([model(x).double().numpy() for _ in range(T)])  # (T, N, C, H, W)
+    e = np.exp(outs - outs.max(axis=2, keepdims=True))
+    probs = e / e.sum(axis=2, keepdims=True)
+    vals = outs if moments_of == "logits" else probs
+    mean = vals.mean(0)
+    central = np.stack([((vals - mean) ** k).mean(0) for k in range(2, K + 1)], axis=1)  # (N, K-1, C, H, W)
+    pm = probs.mean(0)
+    entropy = -(pm * np.log(pm)).sum(1)
+    return mean, central, entropy
+
+
+@pytest.mark.parametrize("moments_of", ["logits", "probs"])
+@pytest.mark.parametrize("head_only", [True, False])
+def test_mc_moments_equal_brute_force(moments_of, head_only):
+    model = _model()
+    x = torch.randn(2, 3, 24, 32)
+    T, K, seed = 12, 4, 7
+    got = mc_moments(model, x, samples=T, order=K, moments_of=moments_of, head_only=head_only, seed=seed)
+    mean, central, entropy = _brute_force(model, x, T, K, seed, moments_of)
+    assert got["head_only"] is head_only
+    assert got["mean"].shape == (2, 4, 24, 32) and got["central"].shape == (2, K - 1, 4, 24, 32)
+    assert got["entropy"].shape == (2, 24, 32)
+    assert central[:, 0].max() > 1e-3  # dropout really is active: the test would catch frozen passes
+    np.testing.assert_allclose(got["mean"].numpy(), mean, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got["central"].numpy(), central, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got["entropy"].numpy(), entropy, atol=1e-4, rtol=0)
+
+
+def test_head_only_equals_full_and_is_seeded():
+    model = _model()
+    x = torch.randn(1, 3, 16, 16)
+    a = mc_moments(model, x, samples=6, order=3, head_only=True, seed=3)
+    b = mc_moments(model, x, samples=6, order=3, head_only=False, seed=3)
+    c = mc_moments(model, x, samples=6, order=3, head_only=True, seed=4)
+    torch.testing.assert_close(a["central"], b["central"], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a["central"], c["central"])
+    # batched passes: deterministic for a given sample_batch, and equal to brute force over the same masks
+    d1 = mc_moments(model, x, samples=6, order=3, seed=3, sample_batch=4)
+    d2 = mc_moments(model, x, samples=6, order=3, seed=3, sample_batch=4)
+    assert torch.equal(d1["central"], d2["central"])
+
+
+def test_batched_samples_equal_brute_force_over_repeated_batch():
+    """sample_batch=b runs model on x repeated b times; brute-force that literally."""
+    model = _model()
+    x = torch.randn(1, 3, 16, 16)
+    got = mc_moments(model, x, samples=6, order=4, seed=2, sample_batch=3, head_only=True)
+    enable_mc_dropout(model)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        outs = torch.cat([model(x.repeat(3, 1, 1, 1)) for _ in range(2)]).double().numpy()  # (6, C, H, W)
+    mean = outs.mean(0)
+    np.testing.assert_allclose(got["mean"][0].numpy(), mean, atol=1e-4)
+    np.testing.assert_allclose(got["central"][0, 2].numpy(), ((outs - mean) ** 4).mean(0), atol=1e-4, rtol=1e-4)
+
+
+def test_batchnorm_stays_in_eval():
+    model = _model(dropout=0.3)
+    model.train()
+    with mc_dropout_mode(model) as n:
+        assert n == 1
+        assert all(not m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+        assert model.dropout.training
+    assert model.training and all(m.training for m in model.modules())  # previous flags restored
+    # with p=0 the MC mean of one image does not depend on the batch it is in (it would with train-mode BN)
+    model = _model(dropout=0.0)
+    x = torch.randn(3, 3, 16, 16)
+    one = mc_moments(model, x[:1], samples=2, order=2)
+    three = mc_moments(model, x, samples=2, order=2)
+    torch.testing.assert_close(one["mean"][0], three["mean"][0], atol=1e-5, rtol=1e-5)
+    assert one["central"].abs().max() < 1e-6
+
+
+def test_caller_rng_untouched():
+    model, x = _model(), torch.randn(1, 3, 8, 8)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    mc_moments(model, x, samples=3, order=2)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_powersums_float32_shifted_vs_float64():
+    rng = np.random.default_rng(0)
+    # large offset + small spread: raw power sums in float32 would lose everything, shifted sums must not
+    data = 1000.0 + rng.gamma(2.0, 0.01, size=(64, 5, 3))
+    ps = PowerSums(4)
+    for i in range(0, 64, 16):  # batches plus single updates
+        ps.update_batch(torch.tensor(data[i:i + 15], dtype=torch.float32))
+        ps.update(torch.tensor(data[i + 15], dtype=torch.float32))
+    x32 = data.astype(np.float32).astype(np.float64)  # the inputs as float32 saw them
+    mu = x32.mean(0)
+    assert ps.count == 64
+    np.testing.assert_allclose(ps.mean().numpy(), mu, rtol=1e-6)
+    for k in range(2, 5):
+        ref = ((x32 - mu) ** k).mean(0)
+        scale = (x32.std(0) ** k)
+        np.testing.assert_allclose(ps.central()[k - 2].numpy() / scale, ref / scale, atol=2e-3)
+    with pytest.raises(MaxentError, match="sample shape"):
+        ps.update(torch.zeros(2, 2))
+    with pytest.raises(MaxentError, match="empty"):
+        PowerSums(2).mean()
+    assert PowerSums(1).order == 1
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 5, 6])
+def test_powersums_orders(order):
+    rng = np.random.default_rng(order)
+    data = rng.normal(3.0, 2.0, size=(20, 4)) ** 2
+    ps = PowerSums(order, dtype=torch.float64)
+    ps.update_batch(torch.tensor(data[:7]))
+    ps.update_batch(torch.tensor(data[7:]))
+    mu = data.mean(0)
+    np.testing.assert_allclose(ps.mean().numpy(), mu, rtol=1e-12)
+    ref = np.stack([((data - mu) ** k).mean(0) for k in range(2, order + 1)]) if order > 1 else np.zeros((0, 4))
+    assert ps.central().shape == (order - 1, 4)
+    np.testing.assert_allclose(ps.central().numpy(), ref, rtol=1e-9)
+
+
+def test_model_without_head_split_or_dropout():
+    class Plain(nn.Module):
+        def __init__(self, with_dropout=True):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.drop = nn.Dropout(0.5) if with_dropout else nn.Identity()
+
+        def forward(self, x):
+            return self.drop(self.conv(x))
+
+    torch.manual_seed(0)
+    m = Plain()
+    x = torch.randn(1, 3, 5, 5)
+    got = mc_moments(m, x, samples=5, order=2, seed=1)
+    assert got["head_only"] is False
+    m.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        outs = torch.stack([m(x) for _ in range(5)]).double()
+    torch.testing.assert_close(got["mean"].double(), outs.mean(0), atol=1e-5, rtol=0)
+    with pytest.raises(MaxentError, match="no dropout"):
+        mc_moments(Plain(with_dropout=False), x, samples=2)
+    with pytest.raises(MaxentError, match="moments_of"):
+        mc_moments(m, x, moments_of="features")
