@@ -1,10 +1,213 @@
-"""`oodscore` command line: thin typer shells over library functions."""
+"""`oodscore` command line: thin typer shells over library functions (oodscore.report, oodscore.scores,
+cocodag.evalsets). Every error of ours becomes one red ``error:`` line and exit code 1."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from cocodag import CocodagError
+from cocodag._cli_utils import user_errors
+
+from . import OodscoreError
+
 app = typer.Typer(help="Anomaly scores and exact metrics from saved logits or score maps.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False, add_completion=False)
+datasets_app = typer.Typer(help="Evaluation-set presets: list them, convert a set to the documented 0/1/255 layout.",
+                           no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
+app.add_typer(datasets_app, name="datasets")
+
+_METHODS_HELP = "msp | maxlogit | entropy | sml | vde | oodmc"
+
+
+def _errors():
+    return user_errors(OodscoreError, CocodagError)
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+@app.command("fit-sml")
+def fit_sml(
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the SML statistics here (JSON).")] = None,
+    logits: Annotated[Optional[Path], typer.Option(
+        "--logits", help="Training-set logits.h5: stats over every pixel grouped by predicted class.")] = None,
+    import_official: Annotated[Optional[tuple[Path, Path]], typer.Option(
+        "--import-official", help="MEAN.npy VAR.npy of the official SML code (pickled dicts {trainId: value}; "
+        "loading them executes code: only use files you trust).")] = None,
+    stats: Annotated[Optional[Path], typer.Option(
+        "--stats", help="Existing stats JSON to re-export (with --export-official).")] = None,
+    export_official: Annotated[Optional[Path], typer.Option(
+        "--export-official", help="Also write DIR/cityscapes_mean.npy and cityscapes_var.npy (official format).")
+    ] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda[:i] (default: cpu).")] = None,
+) -> None:
+    """Fit (or import) SML statistics: per predicted class, mean and variance of the max logit."""
+    with _errors():
+        from tqdm import tqdm
+
+        from .io import LogitsFile
+        from .scores import SMLStats
+
+        sources = [s for s in (logits, import_official, stats) if s is not None]
+        if len(sources) != 1:
+            raise OodscoreError("give exactly one of --logits FILE, --import-official MEAN.npy VAR.npy, --stats FILE")
+        if out is None and export_official is None:
+            raise OodscoreError("nothing to write: give --out FILE and/or --export-official DIR")
+        if logits is not None:
+            with LogitsFile(logits) as lf:
+                st = SMLStats(num_classes=lf.num_classes, source=str(logits))
+                for i in tqdm(range(len(lf)), desc="fit-sml", unit="frame"):
+                    x = lf.frame(i, image=False).logits[None]
+                    if device:
+                        import torch
+
+                        x = torch.from_numpy(x).to(device)
+                    st.partial_fit(x)
+        elif import_official is not None:
+            st = SMLStats.import_official(*import_official)
+        else:
+            st = SMLStats.load(stats)
+        if out is not None:
+            st.save(out)
+            _echo(f"wrote {out}: {st!r}")
+        if export_official is not None:
+            m, v = st.export_official(export_official)
+            _echo(f"wrote {m} and {v}")
+
+
+@app.command("fit-oodmc")
+def fit_oodmc(
+    logits: Annotated[Path, typer.Option("--logits", help="Training logits.h5 with the mc/* block and OOD labels.")],
+    out: Annotated[Path, typer.Option("--out", help="Write the fitted classifier here (joblib).")],
+    classifier: Annotated[str, typer.Option(
+        "--classifier", help="linear-svc (default) or another sklearn classifier name known to oodscore.scores.")
+    ] = "linear-svc",
+    svm_points_num: Annotated[int, typer.Option("--svm-points-num", help="Training pixels, balanced ID/OOD.")
+                              ] = 500_000,
+    moment_weight: Annotated[float, typer.Option("--moment-weight", help="w in [(1-w)H, w m1, ..., w mK].")] = 0.5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the pixel sampling and the classifier.")] = 0,
+) -> None:
+    """Fit the OODMC classifier on MC-dropout moments (features from the file's mc/* datasets)."""
+    with _errors():
+        from tqdm import tqdm
+
+        from .io import LogitsFile
+        from .scores import OODMC
+
+        with LogitsFile(logits) as lf:
+            if not lf.has_mc:
+                raise OodscoreError(f"{logits}: no mc/* datasets; export with --mc-samples T --moment-order K")
+            model = OODMC(classifier=classifier, svm_points_num=svm_points_num, moment_weight=moment_weight,
+                          moments_of=lf.mc_attrs.get("moments_of", "logits"), random_state=seed)
+            frames = ((lf.mc(i), lf.label(i)) for i in tqdm(range(len(lf)), desc="fit-oodmc", unit="frame"))
+            model.fit(frames)
+        model.save(out)
+        _echo(f"wrote {out}")
+
+
+def _print_summary(res) -> None:
+    keys = ("auroc", "ap", "fpr95", "f1", "component_mean_f1")
+    for m, r in res.results.items():
+        parts = [f"{k}={r[k]:.4f}" for k in keys if isinstance(r.get(k), float)]
+        typer.echo(f"{m:>10}  " + "  ".join(parts))
+    typer.echo(f"report: {res.out_dir}")
+
+
+@app.command("evaluate")
+def evaluate(
+    out: Annotated[Path, typer.Option("--out", help="Report folder (metrics.json/csv, roc.png, pr.png, overlays/).")],
+    logits: Annotated[Optional[Path], typer.Option("--logits", help="Test logits.h5 to score.")] = None,
+    method: Annotated[Optional[list[str]], typer.Option(
+        "--method", help=f"Score method, repeatable: {_METHODS_HELP}.")] = None,
+    scores: Annotated[Optional[Path], typer.Option(
+        "--scores", help="Score maps of any method: folder of <name>.npy|.npz|.hdf5 or one scores.h5 "
+        "(instead of --logits; needs --dataset).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        "--dataset", help="Ground truth for --scores as PRESET:ROOT (see `oodscore datasets list`).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Method name for --scores in the report.")] = None,
+    resize_scores: Annotated[bool, typer.Option(
+        "--resize-scores", help="Resize --scores maps to the label size (bilinear) instead of failing.")] = False,
+    sml_stats: Annotated[Optional[Path], typer.Option("--sml-stats", help="SML stats JSON (for sml, vde).")] = None,
+    boundary_iters: Annotated[int, typer.Option(
+        "--boundary-iters", help="SML boundary-suppression iterations (0 disables).")] = 4,
+    smoothing: Annotated[bool, typer.Option("--smoothing/--no-smoothing", help="SML dilated smoothing.")] = True,
+    vde_threshold: Annotated[Optional[float], typer.Option(
+        "--vde-threshold", help="VDE: confident road where the standardized max logit >= this.")] = None,
+    oodmc_model: Annotated[Optional[Path], typer.Option("--oodmc-model", help="Fitted OODMC joblib file.")] = None,
+    components: Annotated[str, typer.Option(
+        "--components", help="SegmentMeIfYouCan component metrics: anomaly | obstacle | none.")] = "none",
+    region: Annotated[Optional[str], typer.Option(
+        "--region", help="all | road (road: only where the roi is 1). Default: all for --logits, the "
+        "preset's region for --scores.")] = None,
+    bins: Annotated[Optional[int], typer.Option(
+        "--bins", help="Quantile-binned metrics with this many bins (default: exact).")] = None,
+    max_overlays: Annotated[int, typer.Option("--max-overlays", help="Heat-map overlays for this many frames.")] = 4,
+    threshold_from: Annotated[Optional[Path], typer.Option(
+        "--threshold-from", help="thresholds.json of a validation run: its thresholds draw the masks and give "
+        "F1/precision/recall/FPR at a fixed threshold.")] = None,
+    threshold_kind: Annotated[str, typer.Option("--threshold-kind", help="f1 | tpr95 (with --threshold-from).")
+                              ] = "f1",
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda[:i] for the scores.")] = None,
+) -> None:
+    """Score frames and write metrics (exact by default), ROC/PR plots and heat-map overlays."""
+    with _errors():
+        from .report import evaluate_logits, evaluate_score_maps
+
+        if bins is not None and bins < 2:
+            raise OodscoreError(f"--bins {bins}: expected at least 2 (or leave it out for exact metrics)")
+        if max_overlays < 0:
+            raise OodscoreError(f"--max-overlays {max_overlays}: expected >= 0")
+        if (logits is None) == (scores is None):
+            raise OodscoreError("give either --logits FILE (with --method) or --scores PATH (with --dataset)")
+        if scores is not None:
+            if dataset is None:
+                raise OodscoreError("--scores needs --dataset PRESET:ROOT for the ground truth")
+            if method:
+                raise OodscoreError("--method is for --logits; --scores evaluates the given maps as they are")
+            res = evaluate_score_maps(scores, dataset, out, name=name, components=components, region=region,
+                                      bins=bins, max_overlays=max_overlays, threshold_from=threshold_from,
+                                      threshold_kind=threshold_kind, resize=resize_scores)
+            if res.extra_names:
+                _echo(f"note: {len(res.extra_names)} score map(s) have no ground-truth frame and were not used: "
+                      + ", ".join(res.extra_names[:5]) + (" ..." if len(res.extra_names) > 5 else ""))
+        else:
+            if dataset is not None:
+                raise OodscoreError("--dataset is for --scores; a logits file carries its own labels")
+            res = evaluate_logits(logits, method or [], out, sml_stats=sml_stats, boundary_iters=boundary_iters,
+                                  smoothing=smoothing, vde_threshold=vde_threshold, oodmc_model=oodmc_model,
+                                  components=components, region=region or "all", bins=bins,
+                                  max_overlays=max_overlays, threshold_from=threshold_from,
+                                  threshold_kind=threshold_kind, device=device)
+        _print_summary(res)
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """Show the presets: label convention and evaluated region (whole image or road)."""
+    from cocodag.evalsets import PRESETS
+
+    for p in PRESETS.values():
+        typer.echo(f"{p.name:<20} region={p.region:<4} {p.description}")
+        typer.echo(f"{'':<20} layout: {p.layout}")
+
+
+@datasets_app.command("convert")
+def datasets_convert(
+    preset: Annotated[str, typer.Argument(help="Source preset (see `oodscore datasets list`).")],
+    src: Annotated[Path, typer.Argument(help="Source root in the preset's own layout.")],
+    dst: Annotated[Path, typer.Argument(help="Output folder (images/, labels/, roi/, meta.json).")],
+) -> None:
+    """Convert an evaluation set to the documented layout (labels 0 = ID, 1 = anomaly, 255 = void)."""
+    with _errors():
+        from cocodag.evalsets import convert
+
+        meta = convert(preset, src, dst)
+        px = meta["pixels"]
+        typer.echo(f"{dst}: {len(meta['names'])} frames from {preset} (region {meta['region']}); pixels: "
+                   f"{px['id']} ID, {px['anomaly']} anomaly, {px['void']} void")
 
 
 def main() -> None:

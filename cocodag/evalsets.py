@@ -1,0 +1,472 @@
+"""Anomaly evaluation-set presets: each set's own files -> one documented 0/1/255 layout (DESIGN §2, §4.5).
+
+Every preset knows where a set keeps its images and ground truth and how to map its label values to
+**0 = in-distribution, 1 = anomaly, 255 = void**. ``convert`` writes the documented layout (docs/formats.md §2)::
+
+    DST/images/<name>.<png|jpg>   RGB, copied byte for byte (other formats are re-encoded as PNG)
+    DST/labels/<name>.png         uint8 0/1/255
+    DST/roi/<name>.png            uint8 1 = inside the evaluated region (road presets only)
+    DST/meta.json                 written last
+
+>>> sorted(PRESETS)[:3]
+['cityscapes', 'demo', 'fishyscapes-laf']
+>>> get_preset("lostandfound").region
+'road'
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .errors import CocodagError
+from .labels import IGNORE_ID, LABEL_ID_TO_TRAIN_ID
+
+EVALSET_FORMAT = "cocodag-evalset"
+EVALSET_VERSION = 1
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
+_COPY_EXTS = (".png", ".jpg")          # written unchanged; anything else is re-encoded as PNG
+_MAX_LISTED = 5                        # file names shown in an error message before "..."
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One evaluation frame: its name (the key that ties labels, logits and score maps together) and its files."""
+
+    name: str
+    image_path: Path
+    label_path: Path | None
+    roi_path: Path | None = None
+
+
+def _listing(paths: Iterable, root: Path | None = None) -> str:
+    items = [str(Path(p).relative_to(root)) if root is not None else str(p) for p in paths]
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    """Read a single-channel label PNG unchanged (palette PNGs give their indices, not colours)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16", "1"):
+                raise CocodagError(f"{path}: label image has mode {im.mode}; expected a single-channel (L/P) PNG")
+            arr = np.asarray(im)
+    except (OSError, SyntaxError) as e:
+        raise CocodagError(f"{path}: cannot read label image ({e})") from None
+    if arr.ndim != 2:
+        raise CocodagError(f"{path}: label image has shape {arr.shape}; expected (H, W)")
+    return arr
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image from its header only."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, SyntaxError) as e:
+        raise CocodagError(f"{path}: cannot read image ({e})") from None
+    return h, w
+
+
+def _images_in(folder: Path, suffix: str = "") -> dict[str, Path]:
+    """``{name: path}`` of the image files ``<name><suffix><ext>`` in one folder (sorted, first extension wins)."""
+    out: dict[str, Path] = {}
+    if not folder.is_dir():
+        return out
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_EXTS and p.is_file() and p.stem.endswith(suffix):
+            name = p.stem[: len(p.stem) - len(suffix)] if suffix else p.stem
+            if name in out:
+                raise CocodagError(f"{folder}: frame {name!r} has several image files "
+                                   f"({out[name].name}, {p.name}); keep one")
+            out[name] = p
+    return out
+
+
+def _pair(preset: str, root: Path, images: dict[str, Path], labels: dict[str, Path]) -> list[EvalItem]:
+    """Match images and labels by name; any unmatched file is an error naming them with a count."""
+    if not images:
+        raise CocodagError(f"{preset}: no images found under {root}; expected the layout: "
+                           f"{PRESETS[preset].layout}")
+    no_label = sorted(set(images) - set(labels))
+    no_image = sorted(set(labels) - set(images))
+    if no_label:
+        raise CocodagError(f"{preset}: {len(no_label)} of {len(images)} image(s) under {root} have no label file: "
+                           f"{_listing((images[n] for n in no_label), root)}")
+    if no_image:
+        raise CocodagError(f"{preset}: {len(no_image)} label file(s) under {root} have no image: "
+                           f"{_listing((labels[n] for n in no_image), root)}")
+    return [EvalItem(n, images[n], labels[n]) for n in sorted(images)]
+
+
+def _require_dir(preset: str, path: Path, layout: str) -> Path:
+    if not path.is_dir():
+        raise CocodagError(f"{preset}: folder {path} not found; expected the layout: {layout}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- label mappings
+def _lut(pairs: dict[int, int], default: int = IGNORE_ID) -> np.ndarray:
+    lut = np.full(256, default, dtype=np.uint8)
+    for k, v in pairs.items():
+        lut[k] = v
+    return lut
+
+
+_LUT_IDENTITY_01 = _lut({0: 0, 1: 1})                            # 0/1 kept, anything else void
+_LUT_ROAD_ANOMALY = _lut({0: 0, 2: 1})                           # RoadAnomaly: 0 background, 2 anomaly
+# LostAndFound gtCoarse labelIds: 0 void, 1 road, 2..200 obstacle (SMIYC's LostAndFound classes)
+_LUT_LAF = _lut({1: 0, **{v: 1 for v in range(2, 201)}})
+_LUT_CITYSCAPES = np.where(LABEL_ID_TO_TRAIN_ID != IGNORE_ID, 0, IGNORE_ID).astype(np.uint8)
+
+
+def _map_uint8(label: np.ndarray, lut: np.ndarray, path: Path) -> np.ndarray:
+    if label.dtype != np.uint8:
+        if label.min(initial=0) < 0 or label.max(initial=0) > 255:
+            raise CocodagError(f"{path}: label values {label.min()}..{label.max()} outside 0..255")
+        label = label.astype(np.uint8)
+    return lut[label]
+
+
+# ------------------------------------------------------------------------------------------------------ presets
+@dataclass(frozen=True)
+class Preset:
+    """An evaluation set's file layout and label convention.
+
+    Attributes
+    ----------
+    name : str
+        Registry key (``PRESETS[name]``), also the ``PRESET`` of ``--dataset PRESET:ROOT``.
+    description : str
+        One line: the set, its source label values and how they map to 0/1/255.
+    region : {"all", "road"}
+        Where metrics are computed: the whole image, or the road only (``roi`` = 1 on the road).
+    layout : str
+        The expected source layout (shown in errors and ``oodscore datasets list``).
+    """
+
+    name: str
+    description: str
+    region: str
+    layout: str
+    _find: Callable[[Path], list[EvalItem]]
+    _lut: np.ndarray | None = None
+    _roi_from_source: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def find(self, root: Path | str) -> list[EvalItem]:
+        """All frames under ``root``, sorted by name.
+
+        Raises
+        ------
+        CocodagError
+            When the layout is absent or an image lacks its label (or the reverse); the message names the
+            files and how many there are.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise CocodagError(f"{self.name}: dataset root {root} is not a directory")
+        return self._find(root)
+
+    def load_label(self, path: Path | str) -> np.ndarray:
+        """Read one ground-truth file and map it to uint8 (H, W): 0 = ID, 1 = anomaly, 255 = void."""
+        path = Path(path)
+        raw = _read_gray(path)
+        if self._lut is None:       # the documented layout: values must already be 0/1/255
+            bad = np.setdiff1d(np.unique(raw), (0, 1, IGNORE_ID))
+            if bad.size:
+                raise CocodagError(f"{path}: label values {bad[:8].tolist()} not in 0/1/255 "
+                                   f"(preset {self.name} expects the converted layout)")
+            return raw.astype(np.uint8, copy=False)
+        return _map_uint8(raw, self._lut, path)
+
+    def region_of(self, root: Path | str) -> str:
+        """The evaluated region of the set at ``root`` (a converted set records its own in ``meta.json``)."""
+        return standard_region(root) if self._find is _find_standard else self.region
+
+    def load_roi(self, item: EvalItem) -> np.ndarray | None:
+        """uint8 (H, W) region mask, 1 = evaluated (road); ``None`` for whole-image presets without a roi file."""
+        if item.roi_path is not None:
+            roi = _read_gray(Path(item.roi_path))
+            return (roi != 0).astype(np.uint8)
+        if self._roi_from_source is not None and item.label_path is not None:
+            return self._roi_from_source(_read_gray(Path(item.label_path))).astype(np.uint8)
+        return None
+
+
+def _find_standard(root: Path) -> list[EvalItem]:
+    layout = PRESETS["standard"].layout
+    meta_path = root / "meta.json"
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise CocodagError(f"{meta_path}: not valid JSON ({e})") from None
+        if meta.get("format") != EVALSET_FORMAT:
+            raise CocodagError(f"{meta_path}: format {meta.get('format')!r}, expected {EVALSET_FORMAT!r}")
+        if meta.get("version") != EVALSET_VERSION:
+            raise CocodagError(f"{meta_path}: version {meta.get('version')!r}, expected {EVALSET_VERSION}")
+    images = _images_in(_require_dir("standard", root / "images", layout))
+    labels = {p.stem: p for p in sorted((root / "labels").glob("*.png"))}
+    items = _pair("standard", root, images, labels)
+    roi_dir = root / "roi"
+    if roi_dir.is_dir():
+        rois = {p.stem: p for p in sorted(roi_dir.glob("*.png"))}
+        missing = [it.name for it in items if it.name not in rois]
+        if missing:
+            raise CocodagError(f"standard: {len(missing)} of {len(items)} frame(s) under {root} have no roi/<name>.png "
+                               f"although roi/ exists: {_listing(missing)}")
+        items = [EvalItem(it.name, it.image_path, it.label_path, rois[it.name]) for it in items]
+    return items
+
+
+def standard_region(root: Path | str) -> str:
+    """The region recorded in a converted set's ``meta.json`` (``"all"`` when absent)."""
+    meta_path = Path(root) / "meta.json"
+    if meta_path.is_file():
+        return json.loads(meta_path.read_text()).get("region", "all")
+    return "all"
+
+
+def _find_road_anomaly(root: Path) -> list[EvalItem]:
+    frames = _require_dir("road-anomaly", root / "frames", PRESETS["road-anomaly"].layout)
+    images = _images_in(frames)
+    labels = {p.name[: -len(".labels")]: p / "labels_semantic.png"
+              for p in sorted(frames.glob("*.labels")) if (p / "labels_semantic.png").is_file()}
+    no_sem = [p for p in sorted(frames.glob("*.labels")) if not (p / "labels_semantic.png").is_file()]
+    if no_sem:
+        raise CocodagError(f"road-anomaly: {len(no_sem)} label folder(s) lack labels_semantic.png: "
+                           f"{_listing(no_sem, root)}")
+    return _pair("road-anomaly", root, images, labels)
+
+
+def _find_lostandfound(root: Path, split: str = "test") -> list[EvalItem]:
+    layout = PRESETS["lostandfound"].layout
+    img_root = _require_dir("lostandfound", root / "leftImg8bit" / split, layout)
+    gt_root = _require_dir("lostandfound", root / "gtCoarse" / split, layout)
+    images: dict[str, Path] = {}
+    labels: dict[str, Path] = {}
+    for city in sorted(p for p in img_root.iterdir() if p.is_dir()):
+        images.update(_images_in(city, "_leftImg8bit"))
+    for city in sorted(p for p in gt_root.iterdir() if p.is_dir()):
+        labels.update({p.name[: -len("_gtCoarse_labelIds.png")]: p
+                       for p in sorted(city.glob("*_gtCoarse_labelIds.png"))})
+    return _pair("lostandfound", root, images, labels)
+
+
+def _find_fishyscapes(preset: str, split: str) -> Callable[[Path], list[EvalItem]]:
+    def find(root: Path) -> list[EvalItem]:
+        # The Fishyscapes files as the community loaders keep them (meta-ood, PEBAL, RPL):
+        # ROOT/<split>/original/<name>.png + ROOT/<split>/labels/<name>.png; ROOT may also be the split folder.
+        base = root / split if (root / split).is_dir() else root
+        img_dir = _require_dir(preset, base / "original", PRESETS[preset].layout)
+        lbl_dir = _require_dir(preset, base / "labels", PRESETS[preset].layout)
+        images = _images_in(img_dir)
+        labels = {p.stem: p for p in sorted(lbl_dir.glob("*.png"))}
+        return _pair(preset, base, images, labels)
+    return find
+
+
+def _find_smiyc(preset: str) -> Callable[[Path], list[EvalItem]]:
+    def find(root: Path) -> list[EvalItem]:
+        images = _images_in(_require_dir(preset, root / "images", PRESETS[preset].layout))
+        lbl_dir = _require_dir(preset, root / "labels_masks", PRESETS[preset].layout)
+        labels = {p.name[: -len("_labels_semantic.png")]: p for p in sorted(lbl_dir.glob("*_labels_semantic.png"))}
+        return _pair(preset, root, images, labels)
+    return find
+
+
+def _find_cityscapes(root: Path, split: str = "val") -> list[EvalItem]:
+    layout = PRESETS["cityscapes"].layout
+    img_root = _require_dir("cityscapes", root / "leftImg8bit" / split, layout)
+    gt_root = _require_dir("cityscapes", root / "gtFine" / split, layout)
+    images: dict[str, Path] = {}
+    labels: dict[str, Path] = {}
+    for city in sorted(p for p in img_root.iterdir() if p.is_dir()):
+        images.update(_images_in(city, "_leftImg8bit"))
+    for city in sorted(p for p in gt_root.iterdir() if p.is_dir()):
+        labels.update({p.name[: -len("_gtFine_labelIds.png")]: p for p in sorted(city.glob("*_gtFine_labelIds.png"))})
+    return _pair("cityscapes", root, images, labels)
+
+
+def _roi_laf(raw: np.ndarray) -> np.ndarray:
+    # the drivable space: labelled road (1) or obstacle on it (2..200); 0 is everything else
+    return (raw >= 1) & (raw <= 200)
+
+
+def _roi_smiyc_obstacle(raw: np.ndarray) -> np.ndarray:
+    return raw != IGNORE_ID          # RoadObstacle21 marks everything off the road as 255
+
+
+_STD_LAYOUT = "ROOT/images/<name>.<png|jpg>, ROOT/labels/<name>.png (0/1/255), optional ROOT/roi/<name>.png, meta.json"
+PRESETS: dict[str, Preset] = {}
+
+
+def _register(*presets: Preset) -> None:
+    for p in presets:
+        PRESETS[p.name] = p
+
+
+_register(
+    Preset("standard", "the documented layout itself (labels already 0 = ID, 1 = anomaly, 255 = void)", "all",
+           _STD_LAYOUT, _find_standard),
+    Preset("demo", "the demo world's anomaly set (cocodag demo-data OUT/anomaly), written in the standard layout",
+           "all", _STD_LAYOUT, _find_standard),
+    Preset("road-anomaly", "RoadAnomaly (Lis et al. 2019): labels_semantic 0 -> 0, 2 -> 1, other values void", "all",
+           "ROOT/frames/<name>.<jpg|webp|png> + ROOT/frames/<name>.labels/labels_semantic.png",
+           _find_road_anomaly, _LUT_ROAD_ANOMALY),
+    Preset("lostandfound", "LostAndFound test, gtCoarse labelIds: 0 -> void, 1 (road) -> 0, 2..200 (obstacle) -> 1; "
+           "evaluated on the road (SMIYC obstacle convention)", "road",
+           "ROOT/leftImg8bit/test/<city>/<name>_leftImg8bit.<png|jpg> + "
+           "ROOT/gtCoarse/test/<city>/<name>_gtCoarse_labelIds.png",
+           _find_lostandfound, _LUT_LAF, _roi_laf),
+    Preset("fishyscapes-laf", "Fishyscapes Lost&Found: 0 -> 0, 1 -> 1, everything else void", "all",
+           "ROOT[/LostAndFound]/original/<name>.png + ROOT[/LostAndFound]/labels/<name>.png",
+           _find_fishyscapes("fishyscapes-laf", "LostAndFound"), _LUT_IDENTITY_01),
+    Preset("fishyscapes-static", "Fishyscapes Static: 0 -> 0, 1 -> 1, everything else void", "all",
+           "ROOT[/Static]/original/<name>.png + ROOT[/Static]/labels/<name>.png",
+           _find_fishyscapes("fishyscapes-static", "Static"), _LUT_IDENTITY_01),
+    Preset("smiyc-anomaly", "SegmentMeIfYouCan RoadAnomaly21 validation: labels_masks 0/1/255 as is", "all",
+           "ROOT/images/<name>.<jpg|webp> + ROOT/labels_masks/<name>_labels_semantic.png",
+           _find_smiyc("smiyc-anomaly"), _LUT_IDENTITY_01),
+    Preset("smiyc-obstacle", "SegmentMeIfYouCan RoadObstacle21 validation: labels_masks 0 (road) / 1 (obstacle) / "
+           "255; evaluated on the road", "road",
+           "ROOT/images/<name>.<webp|jpg> + ROOT/labels_masks/<name>_labels_semantic.png",
+           _find_smiyc("smiyc-obstacle"), _LUT_IDENTITY_01, _roi_smiyc_obstacle),
+    Preset("cityscapes", "Cityscapes val (no anomalies): every pixel with a trainId -> 0, trainId 255 -> void", "all",
+           "ROOT/leftImg8bit/val/<city>/<name>_leftImg8bit.png + ROOT/gtFine/val/<city>/<name>_gtFine_labelIds.png",
+           _find_cityscapes, _LUT_CITYSCAPES),
+)
+
+
+def get_preset(name: str) -> Preset:
+    """Look a preset up by name; an unknown name lists the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, PRESETS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise CocodagError(f"unknown evaluation-set preset {name!r}{hint}; known: {', '.join(PRESETS)}") from None
+
+
+def parse_dataset_spec(spec: str) -> tuple[Preset, Path]:
+    """``"PRESET:ROOT"`` -> (preset, root). A bare path means the standard layout."""
+    name, sep, root = spec.partition(":")
+    if not sep or (len(name) == 1 and os.name == "nt"):      # "C:\\..." on Windows is a path, not a preset
+        return PRESETS["standard"], Path(spec)
+    if not root:
+        raise CocodagError(f"--dataset {spec!r}: expected PRESET:ROOT, e.g. road-anomaly:/data/RoadAnomaly")
+    return get_preset(name), Path(root)
+
+
+# ------------------------------------------------------------------------------------------------------ convert
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise CocodagError(f"{path}: PNG encoding failed")
+    _atomic_write_bytes(path, buf.tobytes())
+
+
+def _copy_image(src: Path, dst_dir: Path, name: str) -> Path:
+    ext = src.suffix.lower()
+    if ext in _COPY_EXTS:
+        dst = dst_dir / f"{name}{ext}"
+        if not dst.exists():
+            tmp = dst.with_name(dst.name + ".tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        return dst
+    import cv2
+
+    dst = dst_dir / f"{name}.png"
+    if not dst.exists():
+        img = cv2.imread(str(src), cv2.IMREAD_COLOR)
+        if img is None:
+            raise CocodagError(f"{src}: cannot decode image (format {ext})")
+        _write_png(dst, img)      # cv2 keeps BGR on both sides: the PNG holds the same RGB pixels
+    return dst
+
+
+def convert(preset: Preset | str, src: Path | str, dst: Path | str, *, progress: bool = True) -> dict:
+    """Convert an evaluation set from its own layout to the documented 0/1/255 layout.
+
+    Parameters
+    ----------
+    preset : Preset or str
+        Source preset (``PRESETS`` key).
+    src, dst : path
+        Source root and output folder. ``dst/meta.json`` is written last; outputs already present are kept
+        (a killed conversion resumes), and a ``dst`` converted from another preset is refused.
+
+    Returns
+    -------
+    dict
+        The meta written to ``dst/meta.json``.
+
+    Raises
+    ------
+    CocodagError
+        Missing or unmatched files (named, with a count), unreadable labels, image/label size mismatches.
+    """
+    from tqdm import tqdm
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    src, dst = Path(src), Path(dst)
+    items = preset.find(src)
+    if src.resolve() == dst.resolve():
+        raise CocodagError(f"convert: destination {dst} is the source folder; choose another DST")
+    meta_path = dst / "meta.json"
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        if old.get("preset") != preset.name:
+            raise CocodagError(f"{meta_path}: {dst} was converted from preset {old.get('preset')!r}, "
+                               f"not {preset.name!r}; use an empty DST")
+        meta_path.unlink()          # rewritten below, after every frame is in place
+    (dst / "images").mkdir(parents=True, exist_ok=True)
+    (dst / "labels").mkdir(exist_ok=True)
+    if preset.region == "road" or any(it.roi_path for it in items):
+        (dst / "roi").mkdir(exist_ok=True)
+    mismatched = []
+    counts = np.zeros(3, dtype=np.int64)        # ID, anomaly, void pixels
+    for it in tqdm(items, desc=f"convert {preset.name}", unit="frame", disable=not progress):
+        label = preset.load_label(it.label_path)
+        hw = _image_size(it.image_path)
+        if label.shape != hw:
+            mismatched.append(f"{it.name} (image {hw[0]}x{hw[1]}, label {label.shape[0]}x{label.shape[1]})")
+            continue
+        _copy_image(it.image_path, dst / "images", it.name)
+        _write_png(dst / "labels" / f"{it.name}.png", label)
+        roi = preset.load_roi(it)
+        if roi is not None:
+            _write_png(dst / "roi" / f"{it.name}.png", roi)
+        counts += [(label == 0).sum(), (label == 1).sum(), (label == IGNORE_ID).sum()]
+    if mismatched:
+        raise CocodagError(f"{preset.name}: {len(mismatched)} frame(s) whose image and label sizes differ: "
+                           f"{_listing(mismatched)}")
+    region = preset.region_of(src)
+    meta = {"format": EVALSET_FORMAT, "version": EVALSET_VERSION, "preset": preset.name, "region": region,
+            "names": [it.name for it in items], "label_convention": "0/1/255",
+            "pixels": {"id": int(counts[0]), "anomaly": int(counts[1]), "void": int(counts[2])}}
+    tmp = meta_path.with_name("meta.json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, meta_path)
+    return meta
