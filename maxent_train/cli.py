@@ -1,10 +1,168 @@
-"""`maxent-train` command line: thin typer shells over library functions."""
+"""`maxent-train` command line: thin typer shells over library functions (fit, export, models)."""
 from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from cocodag._cli_utils import user_errors
+
 app = typer.Typer(help="MaxEnt fine-tuning on cocodag shards; logit and MC-dropout export.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False, add_completion=False)
+
+
+class OptimTarget(str, enum.Enum):
+    entropy = "entropy"
+    logit = "logit"
+
+
+class DeviceName(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class MomentsOf(str, enum.Enum):
+    logits = "logits"
+    probs = "probs"
+
+
+class McDtype(str, enum.Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+class Compression(str, enum.Enum):
+    none = "none"
+    lzf = "lzf"
+    gzip = "gzip"
+
+
+# CLI parameter name -> FitConfig field (only where they differ)
+_FIT_RENAMES = {"lambda_": "lam"}
+
+
+@app.command()
+def fit(
+    ctx: typer.Context,
+    data: Annotated[Optional[Path], typer.Option(help="cocodag dataset directory (with manifest.json).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model name (`maxent-train models`) or pkg.module:factory.")]
+    = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory: config.json, log.jsonl, checkpoints.")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Initial weights (state_dict or {'state_dict':...}; "
+                                                     "'module.' stripped; strict key check).")] = None,
+    num_classes: Annotated[int, typer.Option(help="Number of in-distribution classes.")] = 19,
+    epochs: Annotated[int, typer.Option(help="Epochs over the original stream (meta-ood: 4).")] = 4,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps in total.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size per process.")] = 8,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (constant).")] = 1e-5,
+    lambda_: Annotated[float, typer.Option("--lambda", help="λ: weight of the OOD term (1-λ on ID pixels).")] = 0.9,
+    optim_target: Annotated[OptimTarget, typer.Option(help="entropy (meta-ood soft targets) or logit (the seed's).")]
+    = OptimTarget.entropy,
+    embedding_img_interval: Annotated[int, typer.Option(help="Every k-th batch is a DAG batch (0 = none, 1 = all).")]
+    = 0,
+    coco_fraction: Annotated[float, typer.Option(help="COCO crops per epoch as a fraction of the Cityscapes count "
+                                                      "(meta-ood: 0.1).")] = 0.1,
+    block_size: Annotated[int, typer.Option(help="Shuffle unit: runs of this many consecutive crops of a shard "
+                                                 "(1 = per-sample shuffle; larger = longer reads).")] = 1,
+    device: Annotated[DeviceName, typer.Option(help="auto picks cuda when available.")] = DeviceName.auto,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="float16 autocast + GradScaler (CUDA only; "
+                                                               "ignored on CPU).")] = False,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes (results do not depend on it).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of data order, flips and dropout.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue OUT/checkpoint-last.pt at its step.")] = False,
+    checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint-last.pt every N steps (and each epoch).")]
+    = 500,
+    recreate_optimizer_each_epoch: Annotated[bool, typer.Option(
+        "--recreate-optimizer-each-epoch/--keep-optimizer",
+        help="Fresh Adam at each epoch as meta-ood does (default), or keep its moments.")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    config: Annotated[Optional[Path], typer.Option(help="run.toml or an earlier run's config.json; CLI flags "
+                                                        "given explicitly override it.")] = None,
+) -> None:
+    """Fine-tune a segmentation network with MaxEnt on cocodag shards (resumable; DDP under torchrun)."""
+    from .train import FitConfig, fit as run_fit, load_config_file
+
+    with user_errors():
+        values = dict(ctx.params)
+        values.pop("config", None)
+        values.pop("resume", None)
+        opts = load_config_file(config) if config is not None else {}
+        merged = {}
+        for name, value in values.items():
+            field = _FIT_RENAMES.get(name, name)
+            source = ctx.get_parameter_source(name)   # typer vendors click: compare by name
+            explicit = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+            if not explicit and field in opts:
+                merged[field] = opts[field]
+            else:
+                merged[field] = value.value if isinstance(value, enum.Enum) else value
+        for k in ("data", "out", "init"):
+            if merged.get(k) is not None:
+                merged[k] = str(merged[k])
+        cfg = FitConfig(**{k: v for k, v in merged.items() if k in FitConfig.field_names()})
+        summary = run_fit(cfg, resume=resume)
+        if summary.get("is_main", True):
+            typer.echo(f"{summary['steps']} steps, last loss {summary['last_loss']:.5f}; {summary['final']}",
+                       err=True)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (model-final.pt, checkpoint-last.pt, or a "
+                                                  "state_dict with --model).")],
+    out: Annotated[Path, typer.Option(help="Output logits.h5 (written via .tmp + rename).")],
+    data: Annotated[Optional[Path], typer.Option(help="A cocodag dataset directory as input.")] = None,
+    kinds: Annotated[str, typer.Option(help="Shard kinds to export from --data, comma-separated.")] = "dag",
+    images: Annotated[Optional[Path], typer.Option(help="An evaluation-set root as input (with --preset).")] = None,
+    preset: Annotated[str, typer.Option(help="Evaluation-set preset of --images (cocodag.evalsets).")] = "standard",
+    model: Annotated[Optional[str], typer.Option(help="Model name when the checkpoint has no metadata.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Classes when the checkpoint has no metadata.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples read per shard access (--data only).")] = 4,
+    sliding_window: Annotated[bool, typer.Option("--sliding-window", help="Full-resolution inference in windows.")]
+    = False,
+    window: Annotated[int, typer.Option(help="Sliding-window size (pixels).")] = 1024,
+    stride: Annotated[int, typer.Option(help="Sliding-window stride (pixels).")] = 512,
+    mc_samples: Annotated[int, typer.Option(help="MC-dropout passes T (0 = no mc/* block).")] = 0,
+    moment_order: Annotated[int, typer.Option(help="Highest central moment K (orders 2..K stored).")] = 4,
+    moments_of: Annotated[MomentsOf, typer.Option(help="Moments of logits (paper) or softmax probs (seed code).")]
+    = MomentsOf.logits,
+    mc_dtype: Annotated[McDtype, typer.Option(help="dtype of the mc/* datasets.")] = McDtype.float32,
+    store_images: Annotated[bool, typer.Option("--store-images", help="Keep downsized RGB for overlays.")] = False,
+    image_max_side: Annotated[int, typer.Option(help="Longest side of stored images.")] = 512,
+    limit: Annotated[Optional[int], typer.Option(help="Export at most N images.")] = None,
+    compression: Annotated[Compression, typer.Option(help="HDF5 compression of the big datasets.")] = Compression.none,
+    sml_stats: Annotated[Optional[Path], typer.Option(help="Also write SML statistics JSON (per predicted class "
+                                                           "mean/std/count of the max logit).")] = None,
+    device: Annotated[DeviceName, typer.Option(help="auto picks cuda when available.")] = DeviceName.auto,
+    seed: Annotated[int, typer.Option(help="Seed of the MC-dropout masks.")] = 0,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Write logits (and optional MC-dropout moments / SML stats) for a dataset or an evaluation set."""
+    from .export import ExportOptions, export_logits
+
+    with user_errors():
+        opts = ExportOptions(
+            checkpoint=str(checkpoint), out=str(out), data=str(data) if data else None,
+            kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), images=str(images) if images else None,
+            preset=preset, model=model, num_classes=num_classes, batch_size=batch_size,
+            sliding_window=sliding_window, window=window, stride=stride, mc_samples=mc_samples,
+            moment_order=moment_order, moments_of=moments_of.value, mc_dtype=mc_dtype.value,
+            store_images=store_images, image_max_side=image_max_side, limit=limit, compression=compression.value,
+            sml_stats=str(sml_stats) if sml_stats else None, device=device.value, seed=seed, progress=progress)
+        summary = export_logits(opts)
+        typer.echo(f"{summary['num_images']} images -> {summary['out']}", err=True)
+
+
+@app.command()
+def models() -> None:
+    """List registered model names."""
+    from .models import list_models
+
+    for name in list_models():
+        typer.echo(name)
 
 
 def main() -> None:

@@ -1,0 +1,307 @@
+"""COCO loader and the meta-ood proxy filter (DESIGN §2, §4.1.1).
+
+``instances_<split>.json`` is validated here (one-line :class:`CocodagError` naming the file and the key), then
+reduced to small picklable records so worker processes never receive the whole COCO index:
+
+- a *proxy image* contains no category that overlaps Cityscapes (:data:`EXCLUDED_CATEGORIES`), is at least
+  ``min_size`` in both dimensions, and holds at least one *object*;
+- an *object* is a non-crowd polygon annotation with ``area >= min_object_area``.
+
+Masks come from pycocotools' ``COCO.annToMask`` only (never rasterized by hand).
+
+Variants seen in real data are accepted where that is sensible: a bare JSON *list* of annotations (HF transformers'
+``coco_annotations.txt``: images are found as ``<image_dir>/<id:012d>.{jpg,png}`` and sized from the file header;
+categories fall back to the official COCO ids), and missing ``width``/``height``/``area``/``iscrowd`` fields
+(read from the image header / computed by pycocotools / taken as 0).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from .errors import CocodagError
+
+EXCLUDED_CATEGORIES = ("person", "bicycle", "car", "motorcycle", "bus", "truck", "traffic light", "stop sign")
+# Official COCO category ids of the excluded names: used when a file carries no `categories` (bare list variant).
+_OFFICIAL_IDS = {1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 6: "bus", 8: "truck", 10: "traffic light",
+                 13: "stop sign"}
+_ANN_KEYS = ("id", "image_id", "category_id", "segmentation")
+_IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
+@dataclass(frozen=True)
+class CocoImage:
+    """A proxy image: path, size and its annotations (minimal dicts: id, image_id, category_id, segmentation,
+    iscrowd) — enough for ``annToMask`` in a worker process."""
+
+    id: int
+    path: str
+    width: int
+    height: int
+    anns: tuple = ()
+
+
+@dataclass(frozen=True)
+class CocoObject:
+    """One pasteable object: annotation id, index of its image in :attr:`CocoSource.images`, area."""
+
+    ann_id: int
+    image: int
+    area: float
+
+
+@dataclass
+class CocoSource:
+    """The filtered COCO set: proxy images, pasteable objects, filter statistics and an input fingerprint."""
+
+    json_path: str
+    image_dir: str
+    images: list[CocoImage]
+    objects: list[CocoObject]
+    stats: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    def object_ann(self, obj: CocoObject) -> dict:
+        img = self.images[obj.image]
+        return next(a for a in img.anns if a["id"] == obj.ann_id)
+
+
+# ------------------------------------------------------------------------------------------------------- masks
+class _MaskCoco(COCO):
+    """A pycocotools COCO holding only ``imgs`` (what ``annToRLE`` reads), so ``annToMask`` runs on the small
+    per-image records in a worker without rebuilding the whole index (and without COCO.__init__'s prints)."""
+
+    def __init__(self, imgs: dict[int, dict]):  # noqa: D107 - deliberately skips COCO.__init__
+        self.imgs = imgs
+
+
+def ann_to_mask(image: CocoImage, ann: dict) -> np.ndarray:
+    """``(H, W)`` uint8 0/1 mask of one annotation, via pycocotools ``COCO.annToMask``."""
+    c = _MaskCoco({image.id: {"height": image.height, "width": image.width}})
+    return c.annToMask(ann)
+
+
+def image_masks(image: CocoImage) -> tuple[np.ndarray, np.ndarray]:
+    """(object mask, crowd mask) of a proxy image: union of non-crowd annotations, union of crowd ones."""
+    obj = np.zeros((image.height, image.width), dtype=np.uint8)
+    crowd = np.zeros_like(obj)
+    for a in image.anns:
+        m = ann_to_mask(image, a)
+        np.maximum(crowd if a["iscrowd"] else obj, m, out=crowd if a["iscrowd"] else obj)
+    return obj, crowd
+
+
+def _rle_area(ann: dict, h: int, w: int) -> float:
+    c = _MaskCoco({ann["image_id"]: {"height": h, "width": w}})
+    return float(mask_utils.area(c.annToRLE(ann)))
+
+
+def _is_polygon(segm: Any) -> bool:
+    return (isinstance(segm, list) and len(segm) > 0
+            and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segm))
+
+
+# ------------------------------------------------------------------------------------------------------- files
+def coco_paths(root: Path | str | None, split: str = "train2017", *, json_path: Path | str | None = None,
+               image_dir: Path | str | None = None) -> tuple[Path, Path]:
+    """Resolve ``ROOT/annotations/instances_<split>.json`` and ``ROOT/<split>/`` (either may be overridden)."""
+    if root is not None:
+        root = Path(root)
+        if not root.is_dir():
+            raise CocodagError(f"--coco {root}: directory does not exist")
+    if json_path is None:
+        if root is None:
+            raise CocodagError("--coco: give a COCO root (or --coco-json and --coco-images)")
+        json_path = root / "annotations" / f"instances_{split}.json"
+        if not json_path.is_file():
+            raise CocodagError(f"--coco {root}: not a COCO root (no annotations/instances_{split}.json; "
+                               f"check --coco-split)")
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise CocodagError(f"--coco-json {json_path}: file not found")
+    if image_dir is None:
+        image_dir = (root / split) if root is not None else json_path.parent
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise CocodagError(f"{image_dir}: COCO image folder not found (expected images of {json_path.name} there; "
+                           f"check --coco-split or --coco-images)")
+    return json_path, image_dir
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise CocodagError(f"{path}: corrupt image file ({e.__class__.__name__})") from None
+
+
+def _find_image_file(image_dir: Path, image_id: int) -> Path | None:
+    for stem in (f"{image_id:012d}", str(image_id)):
+        for ext in _IMAGE_EXTS:
+            p = image_dir / (stem + ext)
+            if p.is_file():
+                return p
+    return None
+
+
+def read_coco_json(json_path: Path | str, image_dir: Path | str | None = None) -> tuple[dict, str]:
+    """Read and validate a COCO instances file; return (normalized dataset dict, sha256 of the file bytes).
+
+    The normalized dict always has ``images`` (with width/height), ``annotations`` (with iscrowd) and
+    ``categories``. Raises :class:`CocodagError` naming the file and the missing key.
+    """
+    json_path = Path(json_path)
+    raw = json_path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CocodagError(f"{json_path}: not valid JSON ({e})") from None
+    bare = isinstance(data, list)
+    if bare:  # HF-style bare list of annotations
+        data = {"annotations": data}
+    elif not isinstance(data, dict):
+        raise CocodagError(f"{json_path}: expected a COCO object (or a list of annotations), got {type(data).__name__}")
+    else:
+        for key in ("images", "annotations", "categories"):
+            if key not in data:
+                raise CocodagError(f"{json_path}: missing key {key!r} (not a COCO instances file)")
+            if not isinstance(data[key], list):
+                raise CocodagError(f"{json_path}: {key!r} must be a list, got {type(data[key]).__name__}")
+    anns = []
+    for i, a in enumerate(data["annotations"]):
+        if not isinstance(a, dict):
+            raise CocodagError(f"{json_path}: annotations[{i}] is not an object")
+        for key in _ANN_KEYS:
+            if key not in a:
+                raise CocodagError(f"{json_path}: annotations[{i}] has no {key!r} key"
+                                   + (f" (annotation id {a['id']})" if "id" in a else ""))
+        anns.append({"id": int(a["id"]), "image_id": int(a["image_id"]), "category_id": int(a["category_id"]),
+                     "segmentation": a["segmentation"], "iscrowd": int(a.get("iscrowd", 0) or 0),
+                     **({"area": float(a["area"])} if "area" in a else {})})
+    if bare:
+        image_dir = Path(image_dir) if image_dir is not None else json_path.parent
+        images = []
+        for iid in sorted({a["image_id"] for a in anns}):
+            p = _find_image_file(image_dir, iid)
+            if p is None:
+                images.append({"id": iid, "file_name": f"{iid:012d}.jpg", "width": -1, "height": -1})
+            else:
+                w, h = _image_size(p)
+                images.append({"id": iid, "file_name": p.name, "width": w, "height": h})
+        cats = [{"id": k, "name": v} for k, v in _OFFICIAL_IDS.items()]
+    else:
+        images = []
+        for i, im in enumerate(data["images"]):
+            for key in ("id", "file_name"):
+                if not isinstance(im, dict) or key not in im:
+                    raise CocodagError(f"{json_path}: images[{i}] has no {key!r} key")
+            w, h = im.get("width"), im.get("height")
+            if (w is None or h is None) and image_dir is not None:
+                p = Path(image_dir) / im["file_name"]
+                w, h = _image_size(p) if p.is_file() else (-1, -1)
+            images.append({"id": int(im["id"]), "file_name": str(im["file_name"]),
+                           "width": int(w if w is not None else -1), "height": int(h if h is not None else -1)})
+        cats = []
+        for i, c in enumerate(data["categories"]):
+            for key in ("id", "name"):
+                if not isinstance(c, dict) or key not in c:
+                    raise CocodagError(f"{json_path}: categories[{i}] has no {key!r} key")
+            cats.append({"id": int(c["id"]), "name": str(c["name"])})
+    return {"images": images, "annotations": anns, "categories": cats, "bare_list": bare}, digest
+
+
+def load_coco(json_path: Path | str, image_dir: Path | str, *, min_size: int = 480, min_object_area: float = 0.0,
+              exclude: tuple[str, ...] = EXCLUDED_CATEGORIES, skip_bad: bool = False,
+              require_objects: bool = True) -> CocoSource:
+    """Load, validate and filter a COCO instances file into a :class:`CocoSource` (DESIGN §4.1.1).
+
+    Parameters
+    ----------
+    min_size : proxy images must be at least ``min_size`` wide *and* high (meta-ood: 480 = crop size).
+    min_object_area : pasteable objects are non-crowd polygons with ``area >= min_object_area``.
+    exclude : category names whose images are dropped entirely.
+    skip_bad : a proxy image whose file is missing is skipped and listed in ``stats["skipped"]`` instead of failing.
+    require_objects : raise when no object survives the filter ("no usable object left").
+    """
+    json_path, image_dir = Path(json_path), Path(image_dir)
+    data, digest = read_coco_json(json_path, image_dir)
+    # pycocotools' index (via its own createIndex) to group annotations per image and resolve category names.
+    coco = COCO()
+    coco.dataset = {"images": data["images"], "annotations": data["annotations"], "categories": data["categories"]}
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
+        try:
+            coco.createIndex()
+        except KeyError as e:
+            raise CocodagError(f"{json_path}: inconsistent file, missing key {e}") from None
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    excluded_ids = {cid for cid, n in names.items() if n in set(exclude)}
+    stats = {"images": len(data["images"]), "annotations": len(data["annotations"]), "excluded_category": 0,
+             "too_small": 0, "no_object": 0, "orphan_annotations": 0, "missing_file": 0, "proxies": 0,
+             "objects": 0, "skipped": [], "excluded": list(exclude), "bare_list": data["bare_list"]}
+    stats["orphan_annotations"] = sum(1 for a in data["annotations"] if a["image_id"] not in coco.imgs)
+    images: list[CocoImage] = []
+    objects: list[CocoObject] = []
+    fp = hashlib.sha256()
+    for iid in sorted(coco.imgs):
+        im = coco.imgs[iid]
+        anns = coco.imgToAnns.get(iid, [])
+        if any(a["category_id"] in excluded_ids for a in anns):
+            stats["excluded_category"] += 1
+            continue
+        w, h = im["width"], im["height"]
+        # Size unknown (-1) only when the JSON lacks it and the file is missing: reported at the file check below.
+        if w >= 0 and h >= 0 and (w < min_size or h < min_size):
+            stats["too_small"] += 1
+            continue
+        objs = []
+        for a in anns:
+            if a["iscrowd"] or not _is_polygon(a["segmentation"]):
+                continue
+            area = a.get("area")
+            if area is None:
+                area = _rle_area(a, h, w) if h > 0 else 0.0
+            if area >= min_object_area:
+                objs.append((a["id"], float(area)))
+        if not objs:
+            stats["no_object"] += 1
+            continue
+        path = image_dir / im["file_name"]
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            if not skip_bad:
+                raise CocodagError(f"{path}: COCO image listed in {json_path.name} (id {iid}) not found "
+                                   f"(use --skip-bad to skip it)") from None
+            stats["missing_file"] += 1
+            stats["skipped"].append({"file": str(path), "reason": "missing"})
+            continue
+        # names + sizes only (no mtimes): a copy of COCO on another node (Slurm scratch) fingerprints the same
+        fp.update(f"{im['file_name']}\0{st.st_size}\n".encode())
+        minimal = tuple({"id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"],
+                         "segmentation": a["segmentation"], "iscrowd": a["iscrowd"]} for a in anns)
+        idx = len(images)
+        images.append(CocoImage(int(iid), str(path), int(w), int(h), minimal))
+        objects.extend(CocoObject(int(aid), idx, area) for aid, area in objs)
+    stats["proxies"], stats["objects"] = len(images), len(objects)
+    if require_objects and not objects:
+        raise CocodagError(
+            f"{json_path}: no usable object left after filtering ({stats['images']} images: "
+            f"{stats['excluded_category']} contain {'/'.join(exclude)}, {stats['too_small']} smaller than "
+            f"{min_size}x{min_size}, {stats['no_object']} without a non-crowd polygon of area >= {min_object_area:g}"
+            f"{', %d image files missing' % stats['missing_file'] if stats['missing_file'] else ''})")
+    fingerprint = {"json": str(json_path), "json_sha256": digest, "proxy_images": len(images),
+                   "proxy_files_hash": fp.hexdigest()[:16]}
+    return CocoSource(str(json_path), str(image_dir), images, objects, stats, fingerprint)

@@ -1,0 +1,354 @@
+"""OODMC — a classifier on MC-dropout moments (seed paper + its code; DESIGN §4.4).
+
+Per pixel the feature is ``[(1-w)*H, w*m1 (C), w*m2 (C), ..., w*mK (C)]`` with H the entropy of the mean softmax,
+m1 the C-vector of MC means, mk (k >= 2) the central moments of order k, w = ``moment_weight``. Features are
+standardized (``StandardScaler``) and fed to an sklearn classifier (``LinearSVC`` by default). The score is the
+decision function, positive = OOD.
+
+Differences from the seed's code, on purpose: pixels are sampled once per frame for all moments (the seed drew a
+new permutation per MC pass, mixing pixels), labels follow the 0 = ID / 1 = OOD / 255 = void convention (the seed
+took 255 as OOD on LostAndFound, where it is background), and moments of logits are the default (the paper; the
+code used probabilities — both are supported and recorded).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from oodscore import OodscoreError
+
+OODMC_FORMAT = "oodscore-oodmc"
+OODMC_VERSION = 1
+
+#: short classifier names -> (import path, default params)
+CLASSIFIERS = {
+    "linear-svc": ("sklearn.svm:LinearSVC", {}),
+    "logistic": ("sklearn.linear_model:LogisticRegression", {"max_iter": 1000}),
+    "rbf-svc": ("sklearn.svm:SVC", {"kernel": "rbf"}),
+    "sgd": ("sklearn.linear_model:SGDClassifier", {}),
+}
+_RANDOM_STATE_CLASSIFIERS = ("LinearSVC", "LogisticRegression", "SVC", "SGDClassifier")
+
+
+def _to_numpy(x, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if a.dtype.kind not in "fiu":
+        raise OodscoreError(f"{name}: expected a numeric array, got dtype {a.dtype}")
+    return a
+
+
+def check_mc(mc: dict, where: str = "mc") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate an MC dict ``{"mean": (C,H,W), "central": (K-1,C,H,W), "entropy": (H,W)}`` -> the three arrays."""
+    if not isinstance(mc, dict):
+        raise OodscoreError(f"{where}: expected a dict with keys mean, central, entropy; got {type(mc).__name__}")
+    missing = [k for k in ("mean", "central", "entropy") if k not in mc]
+    if missing:
+        raise OodscoreError(f"{where}: missing keys {missing} (expected mean, central, entropy)")
+    mean = _to_numpy(mc["mean"], f"{where}['mean']")
+    central = _to_numpy(mc["central"], f"{where}['central']")
+    entropy = _to_numpy(mc["entropy"], f"{where}['entropy']")
+    if mean.ndim != 3:
+        raise OodscoreError(f"{where}['mean']: expected (C, H, W), got {mean.shape}")
+    c, h, w = mean.shape
+    if central.ndim == 3 and central.shape[0] == 0:
+        central = central.reshape(0, c, h, w)
+    if central.ndim != 4 or central.shape[1:] != (c, h, w):
+        raise OodscoreError(f"{where}['central']: expected (K-1, {c}, {h}, {w}), got {central.shape}")
+    if entropy.shape != (h, w):
+        raise OodscoreError(f"{where}['entropy']: expected ({h}, {w}), got {entropy.shape}")
+    return mean, central, entropy
+
+
+def mc_features(mc: dict, moment_weight: float = 0.5, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per-pixel OODMC features ``[(1-w)*H, w*m1, w*m2, ..., w*mK]``.
+
+    Parameters
+    ----------
+    mc : dict
+        ``{"mean": (C,H,W), "central": (K-1,C,H,W), "entropy": (H,W)}`` (numpy or torch).
+    moment_weight : float
+        w.
+    mask : (H, W) bool, or (P,) int flat pixel indices, optional
+        Pixels to compute; default all.
+
+    Returns
+    -------
+    (P, 1 + K*C) float32, P = pixels in row-major order (or in ``mask`` order).
+    """
+    mean, central, entropy = check_mc(mc)
+    c = mean.shape[0]
+    k = central.shape[0] + 1
+    idx = slice(None) if mask is None else (np.flatnonzero(mask) if np.asarray(mask).dtype == bool else mask)
+    w = np.float32(moment_weight)
+    h = entropy.reshape(-1)[idx]
+    n = h.shape[0]
+    feats = np.empty((n, 1 + k * c), dtype=np.float32)
+    feats[:, 0] = (np.float32(1.0) - w) * h.astype(np.float32)
+    feats[:, 1:1 + c] = w * mean.reshape(c, -1)[:, idx].T.astype(np.float32)
+    for j in range(k - 1):
+        feats[:, 1 + (j + 1) * c:1 + (j + 2) * c] = w * central[j].reshape(c, -1)[:, idx].T.astype(np.float32)
+    return feats
+
+
+def _resolve_classifier(name: str):
+    """Short name (``linear-svc``, ``logistic``, ``rbf-svc``, ``sgd``) or import path ``pkg.mod:Class`` /
+    ``pkg.mod.Class`` -> (class, default params)."""
+    if name in CLASSIFIERS:
+        path, defaults = CLASSIFIERS[name]
+    else:
+        path, defaults = name, {}
+    if ":" in path:
+        mod_name, _, attr = path.partition(":")
+    else:
+        mod_name, _, attr = path.rpartition(".")
+    if not mod_name or not attr:
+        raise OodscoreError(f"classifier: expected one of {sorted(CLASSIFIERS)} or an import path like "
+                            f"'sklearn.svm:LinearSVC', got {name!r}")
+    try:
+        cls = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise OodscoreError(f"classifier: cannot import {path!r} ({e}); short names: {sorted(CLASSIFIERS)}") from e
+    if not (hasattr(cls, "fit") and (hasattr(cls, "decision_function") or hasattr(cls, "predict_proba"))):
+        raise OodscoreError(f"classifier: {path!r} is not a classifier with fit and decision_function/predict_proba")
+    return cls, dict(defaults)
+
+
+class OODMC:
+    """Classifier on per-pixel MC-dropout moment features; score = decision function, positive = OOD.
+
+    Parameters
+    ----------
+    moment_weight : float, default=0.5
+        w in the feature ``[(1-w)*H, w*m1, ..., w*mK]``.
+    svm_points_num : int, default=500000
+        Training pixels, sampled uniformly without replacement over all frames, half ID and half OOD (a class with
+        fewer pixels contributes all it has).
+    svm_eval_subsize : int, default=100
+        At scoring time a frame's pixels are split into this many chunks (the seed's evaluation split), bounding the
+        feature memory to ~1/svm_eval_subsize of a frame.
+    classifier : str, default="linear-svc"
+        ``linear-svc``, ``logistic``, ``rbf-svc``, ``sgd`` or an import path ``pkg.mod:Class``.
+    moments_of : {"logits", "probs"}, default="logits"
+        What the MC moments were taken of (the paper: logits; the seed's code: probabilities). Checked against the
+        ``moments_of`` entry of the MC dicts when they carry one, and stored with the model.
+    random_state : int, default=0
+        Seeds the pixel sampling (and the classifier when it takes ``random_state``).
+    **clf_params
+        Passed to the classifier (override its defaults).
+
+    Attributes
+    ----------
+    scaler_ : sklearn.preprocessing.StandardScaler
+    clf_ : the fitted classifier
+    num_classes_, moment_order_ : int
+        C and K the model was fitted on (checked when scoring).
+    n_samples_ : dict
+        ``{"id": n, "ood": n}`` training pixels used; ``n_available_`` the same for all labelled pixels seen.
+    """
+
+    requires_fit = True
+
+    def __init__(self, moment_weight: float = 0.5, svm_points_num: int = 500000, svm_eval_subsize: int = 100,
+                 classifier: str = "linear-svc", moments_of: str = "logits", random_state: int = 0, **clf_params):
+        self.moment_weight = moment_weight
+        self.svm_points_num = svm_points_num
+        self.svm_eval_subsize = svm_eval_subsize
+        self.classifier = classifier
+        self.moments_of = moments_of
+        self.random_state = random_state
+        self.clf_params = clf_params
+
+    def get_params(self) -> dict:
+        return {"moment_weight": self.moment_weight, "svm_points_num": self.svm_points_num,
+                "svm_eval_subsize": self.svm_eval_subsize, "classifier": self.classifier,
+                "moments_of": self.moments_of, "random_state": self.random_state, **self.clf_params}
+
+    def __repr__(self) -> str:
+        return f"OODMC({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self) -> None:
+        w = self.moment_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float, np.floating)) or not 0.0 <= w <= 1.0:
+            raise OodscoreError(f"moment_weight: expected a float in [0, 1], got {w!r}")
+        for name in ("svm_points_num", "svm_eval_subsize"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise OodscoreError(f"{name}: expected a positive int, got {v!r}")
+        if self.svm_points_num < 2:
+            raise OodscoreError(f"svm_points_num: expected >= 2 (one ID and one OOD pixel), got {self.svm_points_num}")
+        if self.moments_of not in ("logits", "probs"):
+            raise OodscoreError(f"moments_of: expected 'logits' or 'probs', got {self.moments_of!r}")
+
+    def _check_moments_of(self, mc: dict, where: str) -> None:
+        got = mc.get("moments_of") if isinstance(mc, dict) else None
+        if isinstance(got, bytes):
+            got = got.decode()
+        if got is not None and got != self.moments_of:
+            raise OodscoreError(f"{where}: MC moments are of {got!r} but this OODMC uses moments_of="
+                                f"{self.moments_of!r}")
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, frames) -> OODMC:
+        """Fit on ``frames``: an iterable of ``(mc_dict, label)`` with ``label`` ``(H, W)`` 0 = ID, 1 = OOD, other
+        values void (ignored).
+
+        Pixels are sampled uniformly without replacement over all frames, up to ``svm_points_num // 2`` per class,
+        in one streaming pass (each labelled pixel draws a seeded random key; the smallest keys are kept), so memory
+        is bounded by the sample and the result depends only on the data, its order and ``random_state``.
+        """
+        from sklearn.preprocessing import StandardScaler
+
+        self._check_params()
+        cls, defaults = _resolve_classifier(self.classifier)
+        rng = np.random.default_rng(self.random_state)
+        quota = int(self.svm_points_num) // 2
+        keep = {0: (np.empty(0), np.empty((0, 0), np.float32)), 1: (np.empty(0), np.empty((0, 0), np.float32))}
+        available = {0: 0, 1: 0}
+        shape_ck = None
+        n_frames = 0
+        for i, item in enumerate(frames):
+            try:
+                mc, label = item
+            except (TypeError, ValueError) as e:
+                raise OodscoreError(f"frames[{i}]: expected (mc_dict, label), got {type(item).__name__}") from e
+            where = f"frames[{i}]"
+            self._check_moments_of(mc, where)
+            mean, central, _ = check_mc(mc, where)
+            ck = (central.shape[0] + 1, mean.shape[0])
+            if shape_ck is None:
+                shape_ck = ck
+            elif ck != shape_ck:
+                raise OodscoreError(f"{where}: moment order/classes (K, C) = {ck} differ from earlier frames "
+                                    f"{shape_ck}")
+            lab = _to_numpy(label, f"{where} label")
+            if lab.shape != mean.shape[1:]:
+                raise OodscoreError(f"{where} label: expected shape {mean.shape[1:]}, got {lab.shape}")
+            lab = lab.reshape(-1)
+            n_frames += 1
+            for cls_id in (0, 1):
+                idx = np.flatnonzero(lab == cls_id)
+                available[cls_id] += idx.size
+                keys = rng.random(idx.size)
+                old_keys, old_feats = keep[cls_id]
+                if old_keys.size >= quota and idx.size:
+                    # only pixels that can enter the current top-`quota` need features
+                    sel = keys < old_keys.max()
+                    idx, keys = idx[sel], keys[sel]
+                if idx.size == 0:
+                    continue
+                feats = mc_features(mc, self.moment_weight, idx)
+                if old_feats.shape[0] == 0:
+                    all_keys, all_feats = keys, feats
+                else:
+                    all_keys = np.concatenate([old_keys, keys])
+                    all_feats = np.concatenate([old_feats, feats])
+                if all_keys.size > quota:
+                    top = np.argpartition(all_keys, quota - 1)[:quota]
+                    all_keys, all_feats = all_keys[top], all_feats[top]
+                keep[cls_id] = (all_keys, all_feats)
+        if n_frames == 0:
+            raise OodscoreError("frames: got no frames to fit on")
+        for cls_id, what in ((0, "in-distribution (label 0)"), (1, "OOD (label 1)")):
+            if keep[cls_id][0].size == 0:
+                raise OodscoreError(f"frames: no {what} pixels found; OODMC needs both classes")
+        # order by key -> the sample does not depend on how frames were chunked in memory
+        parts = []
+        for cls_id in (0, 1):
+            keys, feats = keep[cls_id]
+            parts.append(feats[np.argsort(keys, kind="stable")])
+        x = np.concatenate(parts)
+        y = np.concatenate([np.zeros(parts[0].shape[0], np.int64), np.ones(parts[1].shape[0], np.int64)])
+        params = {**defaults, **self.clf_params}
+        if cls.__name__ in _RANDOM_STATE_CLASSIFIERS and "random_state" not in params:
+            params["random_state"] = self.random_state
+        try:
+            clf = cls(**params)
+        except TypeError as e:
+            raise OodscoreError(f"classifier: bad parameters for {self.classifier!r}: {e}") from e
+        self.scaler_ = StandardScaler().fit(x)
+        clf.fit(self.scaler_.transform(x), y)
+        self.clf_ = clf
+        self.moment_order_, self.num_classes_ = shape_ck
+        self.n_samples_ = {"id": int(parts[0].shape[0]), "ood": int(parts[1].shape[0])}
+        self.n_available_ = {"id": int(available[0]), "ood": int(available[1])}
+        return self
+
+    # ------------------------------------------------------------------ score
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "clf_"):
+            raise OodscoreError("OODMC is not fitted: call fit(frames) or OODMC.load(path)")
+
+    def _decision(self, x: np.ndarray) -> np.ndarray:
+        x = self.scaler_.transform(x)
+        if hasattr(self.clf_, "decision_function"):
+            d = self.clf_.decision_function(x)
+        else:  # classifiers without a margin: probability of OOD, centred so that positive = OOD
+            d = self.clf_.predict_proba(x)[:, list(self.clf_.classes_).index(1)] - 0.5
+        return np.asarray(d, dtype=np.float32).reshape(-1)
+
+    def score(self, mc: dict) -> np.ndarray:
+        """Decision-function map ``(H, W)`` float32 of one frame's MC dict, positive = OOD."""
+        self._check_fitted()
+        self._check_moments_of(mc, "mc")
+        mean, central, _ = check_mc(mc)
+        k, c = central.shape[0] + 1, mean.shape[0]
+        if (k, c) != (self.moment_order_, self.num_classes_):
+            raise OodscoreError(f"mc: moment order K={k} and classes C={c} differ from the fitted model's "
+                                f"K={self.moment_order_}, C={self.num_classes_}")
+        h, w = mean.shape[1:]
+        n = h * w
+        out = np.empty(n, dtype=np.float32)
+        for chunk in np.array_split(np.arange(n), min(int(self.svm_eval_subsize), n)):
+            if chunk.size:
+                out[chunk] = self._decision(mc_features(mc, self.moment_weight, chunk))
+        return out.reshape(h, w)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        """Save params + fitted state with joblib (atomically). The file is a pickle: see :meth:`load`."""
+        import joblib
+
+        self._check_fitted()
+        path = Path(path)
+        obj = {"format": OODMC_FORMAT, "version": OODMC_VERSION, "params": self.get_params(),
+               "moments_of": self.moments_of, "moment_order": self.moment_order_, "num_classes": self.num_classes_,
+               "n_samples": self.n_samples_, "n_available": self.n_available_,
+               "scaler": self.scaler_, "clf": self.clf_}
+        tmp = path.with_name(path.name + ".tmp")
+        joblib.dump(obj, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> OODMC:
+        """Load a model written by :meth:`save`.
+
+        .. warning:: joblib files are pickles; loading one can execute arbitrary code. Only load files you trust
+           (the CLI only loads the path the user names).
+        """
+        import joblib
+
+        path = Path(path)
+        if not path.is_file():
+            raise OodscoreError(f"{path}: OODMC model file not found")
+        try:
+            obj = joblib.load(path)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+            raise OodscoreError(f"{path}: not a readable joblib file ({type(e).__name__}: {e})") from e
+        if not isinstance(obj, dict) or obj.get("format") != OODMC_FORMAT:
+            raise OodscoreError(f"{path}: not an OODMC model (expected format {OODMC_FORMAT!r})")
+        if obj.get("version") != OODMC_VERSION:
+            raise OodscoreError(f"{path}: OODMC model version {obj.get('version')!r} is not supported "
+                                f"(expected {OODMC_VERSION})")
+        params = dict(obj["params"])
+        model = cls(**params)
+        model.scaler_, model.clf_ = obj["scaler"], obj["clf"]
+        model.moment_order_, model.num_classes_ = int(obj["moment_order"]), int(obj["num_classes"])
+        model.n_samples_, model.n_available_ = obj.get("n_samples"), obj.get("n_available")
+        return model

@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from cocodag.coco import ann_to_mask, image_masks, load_coco, read_coco_json
+from cocodag.errors import CocodagError
+
+from _fixtures import make_coco
+
+
+def _src(tmp_path, **kw):
+    jp = make_coco(tmp_path)
+    return jp, load_coco(jp, tmp_path / "train2017", **kw)
+
+
+def test_proxy_filter(tmp_path):
+    jp, src = _src(tmp_path, min_size=64, min_object_area=200)
+    # 100..103 are clean; 200 has a person, 201 a car, 202 is 40x40, 203 holds only a crowd annotation
+    assert [im.id for im in src.images] == [100, 101, 102, 103]
+    assert src.stats["excluded_category"] == 2 and src.stats["too_small"] == 1 and src.stats["no_object"] == 1
+    raw = json.loads(jp.read_text())
+    big = {a["id"] for a in raw["annotations"] if a["image_id"] < 200 and a["area"] >= 200}
+    assert {o.ann_id for o in src.objects} == big
+    _, src0 = _src(tmp_path, min_size=64, min_object_area=0)
+    assert len(src0.objects) == 8                       # the 64-px objects come back
+    _, src_small = _src(tmp_path, min_size=32, min_object_area=200)
+    assert 202 in [im.id for im in src_small.images]
+
+
+def test_masks_match_stock_pycocotools(tmp_path):
+    jp, src = _src(tmp_path, min_size=64, min_object_area=0)
+    ref = COCO(str(jp))
+    for o in src.objects:
+        img = src.images[o.image]
+        m = ann_to_mask(img, src.object_ann(o))
+        assert np.array_equal(m, ref.annToMask(ref.anns[o.ann_id]))
+        assert abs(int(m.sum()) - o.area) <= 0.25 * o.area + 10   # rasterized area ~ polygon area
+    obj, crowd = image_masks(src.images[0])
+    ref_union = np.zeros_like(obj)
+    for a in ref.imgToAnns[100]:
+        if not a["iscrowd"]:
+            ref_union |= ref.annToMask(a)
+    assert np.array_equal(obj, ref_union) and crowd.sum() == 0
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: "{not json", "not valid JSON"),
+    (lambda d: json.dumps({k: v for k, v in d.items() if k != "images"}), "missing key 'images'"),
+    (lambda d: json.dumps({k: v for k, v in d.items() if k != "annotations"}), "missing key 'annotations'"),
+    (lambda d: json.dumps({k: v for k, v in d.items() if k != "categories"}), "missing key 'categories'"),
+    (lambda d: json.dumps({**d, "annotations": [{k: v for k, v in a.items() if k != "id"} for a in d["annotations"]]}),
+     r"annotations\[0\] has no 'id' key"),
+    (lambda d: json.dumps(3), "expected a COCO object"),
+])
+def test_bad_json(tmp_path, mutate, match):
+    jp = make_coco(tmp_path)
+    jp.write_text(mutate(json.loads(jp.read_text())))
+    with pytest.raises(CocodagError, match=rf"instances_train2017.json: {match}"):
+        load_coco(jp, tmp_path / "train2017", min_size=64)
+
+
+def test_missing_image_file(tmp_path):
+    jp = make_coco(tmp_path)
+    (tmp_path / "train2017" / "000000000101.jpg").unlink()
+    with pytest.raises(CocodagError, match="000000000101.jpg: COCO image listed"):
+        load_coco(jp, tmp_path / "train2017", min_size=64)
+    src = load_coco(jp, tmp_path / "train2017", min_size=64, skip_bad=True)
+    assert 101 not in [im.id for im in src.images] and src.stats["skipped"][0]["reason"] == "missing"
+
+
+def test_real_persons_only_is_filtered_out(real_data):
+    with pytest.raises(CocodagError, match="test_coco.json: no usable object left after filtering.*4 contain person"):
+        load_coco(real_data / "coco/annotations/test_coco.json", real_data / "coco/val2017", min_size=64)
+    data, _ = read_coco_json(real_data / "coco/annotations/test_coco.json")
+    assert len(data["images"]) == 4 and len(data["annotations"]) == 14
+
+
+def test_real_bare_list(real_data):
+    d = real_data / "coco/hf_transformers_sample"
+    src = load_coco(d / "coco_annotations.txt", d, min_size=480, min_object_area=0)
+    assert src.stats["bare_list"] and [im.id for im in src.images] == [39769]
+    assert (src.images[0].width, src.images[0].height) == (640, 480)
+    raw = {a["id"]: a for a in json.loads((d / "coco_annotations.txt").read_text())}
+    assert {o.ann_id for o in src.objects} == set(raw)
+    for o in src.objects:
+        m = ann_to_mask(src.images[0], src.object_ann(o))
+        assert abs(int(m.sum()) - raw[o.ann_id]["area"]) <= 0.05 * raw[o.ann_id]["area"] + 50
+    assert len(load_coco(d / "coco_annotations.txt", d, min_size=480, min_object_area=3000).objects) == 5
+    with pytest.raises(CocodagError, match="no usable object left.*1 smaller than 481x481"):
+        load_coco(d / "coco_annotations.txt", d, min_size=481)
+
+
+def test_real_mmdet_without_images(real_data):
+    jp = real_data / "coco/annotations_only/mmdet_coco_dummy/annotations/instances_val2017.json"
+    with pytest.raises(CocodagError, match="no usable object left.*2 contain person"):
+        load_coco(jp, real_data / "coco/val2017", min_size=64)
+    # Without the Cityscapes-class filter image 139 would be a proxy, but its file is not shipped: named.
+    with pytest.raises(CocodagError, match="000000000139.jpg: COCO image listed in instances_val2017.json"):
+        load_coco(jp, real_data / "coco/val2017", min_size=64, exclude=())
+    with pytest.raises(CocodagError, match="2 image files missing"):
+        load_coco(jp, real_data / "coco/val2017", min_size=64, exclude=(), skip_bad=True)

@@ -1,0 +1,189 @@
+"""maxent_train.export: logits.h5 layout, labels, MC block vs explicit passes, SML stats, evalset input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from maxent_train import MaxentError
+from maxent_train.data import normalize
+from maxent_train.export import ExportOptions, export_logits, predict_logits
+from maxent_train.mc import mc_moments
+from maxent_train.models import create_model
+
+from _maxent_shards import make_shards
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("export")
+    data = make_shards(d / "ds", {"cityscapes": 6, "coco": 0, "dag": 5}, size=24, shard_size=4)
+    torch.manual_seed(1)
+    model = create_model("tiny_segnet", num_classes=19, dropout=0.3)
+    ckpt = d / "model-final.pt"
+    torch.save({"state_dict": model.state_dict(),
+                "metadata": {"model": "tiny_segnet", "num_classes": 19, "model_kwargs": {"dropout": 0.3}}}, ckpt)
+    return d, data, ckpt, model.eval()
+
+
+def _shard_reference(data):
+    """Images and 0/1/255 labels in export order (dag shards, then cityscapes) read with plain h5py."""
+    imgs, labs = [], []
+    for kind in ("dag", "cityscapes"):
+        for p in sorted(data.glob(f"{kind}-*.h5")):
+            with h5py.File(p, "r") as f:
+                imgs.append(f["image"][()])
+                labs.append(f["label"][()])
+    imgs, labs = np.concatenate(imgs), np.concatenate(labs)
+    ref = np.full(labs.shape, 255, np.uint8)
+    ref[labs < 19] = 0
+    ref[labs == 254] = 1
+    return imgs, ref
+
+
+def test_export_shards_logits_labels_and_sml(setup):
+    d, data, ckpt, model = setup
+    out = d / "logits.h5"
+    sml_path = d / "sml.json"
+    res = export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), kinds=("dag", "cityscapes"),
+                                      sml_stats=str(sml_path), progress=False, store_images=True, image_max_side=12,
+                                      compression="gzip"))
+    assert res["num_images"] == 11 and not out.with_name("logits.h5.tmp").exists()
+    imgs, ref_labels = _shard_reference(data)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["format"] == "cocodag-logits" and f.attrs["version"] == 1 and f.attrs["num_classes"] == 19
+        assert f["logits"].dtype == np.float16 and f["logits"].shape == (11, 19, 24, 24)
+        assert f["logits"].chunks == (1, 19, 24, 24)
+        assert np.array_equal(f["label"][()], ref_labels)
+        ids = [x.decode() for x in f["image_id"][()]]
+        assert ids[0].startswith("dag-00000/00000/") and len(set(ids)) == 11
+        assert f["image"].shape == (11, 12, 12, 3) and "mc" not in f and "roi" not in f
+        logits = f["logits"][()]
+    with torch.no_grad():
+        expect = model(normalize(torch.from_numpy(imgs))).numpy()
+    np.testing.assert_allclose(logits.astype(np.float32), expect, atol=2e-3, rtol=1e-3)
+    # SML stats: per predicted class mean / unbiased std of the max logit, float64 reference on the stored logits
+    sml = json.loads(sml_path.read_text())
+    lg = logits.astype(np.float64).transpose(1, 0, 2, 3).reshape(19, -1)
+    pred, lmax = lg.argmax(0), lg.max(0)
+    for c in range(19):
+        e = sml["classes"][str(c)]
+        v = lmax[pred == c]
+        assert e["count"] == len(v)
+        if len(v) > 1:
+            assert e["mean"] == pytest.approx(v.mean(), abs=1e-9) and e["std"] == pytest.approx(v.std(ddof=1), abs=1e-9)
+    try:
+        from oodscore.scores.sml import SMLStats
+    except ImportError:
+        return
+    st = SMLStats.load(sml_path)                       # the same JSON oodscore reads
+    assert int(st.count_.sum()) == lg.shape[1]
+
+
+@pytest.mark.parametrize("moments_of", ["logits", "probs"])
+def test_mc_block_equals_explicit_passes(setup, moments_of):
+    d, data, ckpt, model = setup
+    out = d / f"mc-{moments_of}.h5"
+    T, K, seed = 6, 4, 5
+    export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), kinds=("dag",), limit=3,
+                                mc_samples=T, moment_order=K, moments_of=moments_of, seed=seed, progress=False))
+    imgs, _ = _shard_reference(data)
+    with h5py.File(out, "r") as f:
+        g = f["mc"]
+        assert g.attrs["moments_of"] == moments_of and g.attrs["mc_samples"] == T and g.attrs["moment_order"] == K
+        assert bool(g.attrs["head_only"]) and f["logits"].shape[0] == 3
+        mean, central, entropy = g["mean"][()], g["central"][()], g["entropy"][()]
+    assert central.shape == (3, K - 1, 19, 24, 24) and mean.dtype == np.float32
+    for i in range(3):
+        x = normalize(torch.from_numpy(imgs[i:i + 1]))
+        # the library function, called directly
+        mom = mc_moments(model, x, samples=T, order=K, moments_of=moments_of, head_only=True, seed=seed + i)
+        np.testing.assert_array_equal(mean[i], mom["mean"][0].numpy())
+        np.testing.assert_array_equal(central[i], mom["central"][0].numpy())
+        # brute force: T explicit full stochastic passes (dropout on, BatchNorm in eval), float64 moments
+        model.eval()
+        for m in model.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.train()
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(seed + i)
+            passes = torch.stack([model(x)[0] for _ in range(T)]).double()
+        model.eval()
+        probs = F.softmax(passes, dim=1)
+        vals = passes if moments_of == "logits" else probs
+        mu = vals.mean(0)
+        np.testing.assert_allclose(mean[i], mu.numpy(), atol=1e-4)
+        for k in range(2, K + 1):
+            np.testing.assert_allclose(central[i, k - 2], ((vals - mu) ** k).mean(0).numpy(), atol=1e-4)
+        pm = probs.mean(0)
+        np.testing.assert_allclose(entropy[i], -(pm * pm.log()).sum(0).numpy(), atol=1e-4)
+
+
+def _write_evalset(root, n=2, h=40, w=56):
+    rng = np.random.default_rng(0)
+    for sub in ("images", "labels", "roi"):
+        (root / sub).mkdir(parents=True)
+    for i in range(n):
+        cv2.imwrite(str(root / "images" / f"f{i}.png"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        lab = rng.choice(np.array([0, 1, 255], np.uint8), (h, w))
+        cv2.imwrite(str(root / "labels" / f"f{i}.png"), lab)
+        cv2.imwrite(str(root / "roi" / f"f{i}.png"), (rng.random((h, w)) > 0.5).astype(np.uint8))
+    return root
+
+
+def test_export_evalset_full_resolution_with_roi(setup):
+    d, _, ckpt, model = setup
+    root = _write_evalset(d / "evalset")
+    out = d / "eval.h5"
+    export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), images=str(root), preset="standard",
+                                progress=False))
+    with h5py.File(out, "r") as f:
+        assert f.attrs["dataset"] == "standard"
+        assert f["logits"].shape == (2, 19, 40, 56)
+        assert [x.decode() for x in f["image_id"][()]] == ["f0", "f1"]
+        for i in range(2):
+            assert np.array_equal(f["label"][i], cv2.imread(str(root / "labels" / f"f{i}.png"), 0))
+            assert np.array_equal(f["roi"][i], cv2.imread(str(root / "roi" / f"f{i}.png"), 0))
+        rgb = cv2.cvtColor(cv2.imread(str(root / "images" / "f1.png")), cv2.COLOR_BGR2RGB)
+        with torch.no_grad():
+            expect = model(normalize(torch.from_numpy(rgb)[None]))[0].numpy()
+        np.testing.assert_allclose(f["logits"][1].astype(np.float32), expect, atol=2e-3, rtol=1e-3)
+
+
+def test_sliding_window_equals_full_inference_for_a_pointwise_model():
+    # A 1x1-conv network has no spatial context: any tiling must reproduce the full-image logits exactly.
+    torch.manual_seed(0)
+    net = nn.Conv2d(3, 5, 1).eval()
+    x = torch.randn(1, 3, 37, 53)
+    full = predict_logits(net, x)
+    tiled = predict_logits(net, x, window=16, stride=10)
+    torch.testing.assert_close(tiled, full, atol=1e-6, rtol=1e-6)
+    with pytest.raises(MaxentError, match="stride"):
+        predict_logits(net, x, window=16, stride=20)
+
+
+def test_export_refuses_bad_options(setup, tmp_path):
+    d, data, ckpt, _ = setup
+    with pytest.raises(MaxentError, match="exactly one input"):
+        export_logits(ExportOptions(checkpoint=str(ckpt), out=str(tmp_path / "x.h5"), progress=False))
+    with pytest.raises(MaxentError, match="--kinds"):
+        export_logits(ExportOptions(checkpoint=str(ckpt), out=str(tmp_path / "x.h5"), data=str(data),
+                                    kinds=("dags",), progress=False))
+    with pytest.raises(MaxentError, match="class"):
+        export_logits(ExportOptions(checkpoint=str(ckpt), out=str(tmp_path / "x.h5"), data=str(data),
+                                    num_classes=5, progress=False))
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.h5.tmp").exists()
+
+
+def test_maxent_train_never_imports_oodscore():
+    code = ("import sys, maxent_train.export, maxent_train.train, maxent_train.cli; "
+            "assert 'oodscore' not in sys.modules, 'oodscore imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

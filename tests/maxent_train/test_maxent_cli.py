@@ -1,0 +1,137 @@
+"""maxent-train CLI: config round trip, one-line errors for bad inputs (no traceback)."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from maxent_train.cli import app
+from maxent_train.models import create_model
+from maxent_train.train import read_log
+
+from _maxent_shards import make_shards
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("cli") / "ds", {"cityscapes": 16, "coco": 10, "dag": 8},
+                       size=24, shard_size=8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _fit(*args: str):
+    res = runner.invoke(app, ["fit", "--no-progress", *args])
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def _losses(run) -> list[float]:
+    return [r["loss"] for r in read_log(run / "log.jsonl")]
+
+
+def _one_line_error(res, *needles: str) -> None:
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_config_json_and_toml_reproduce_a_run(data_dir, tmp_path):
+    common = ["--data", str(data_dir), "--model", "tiny_segnet", "--batch-size", "4", "--lr", "1e-3",
+              "--embedding-img-interval", "2", "--seed", "3", "--max-steps", "8", "--lambda", "0.7"]
+    _fit(*common, "--out", str(tmp_path / "a"))
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["options"]["lam"] == 0.7 and cfg["options"]["embedding_img_interval"] == 2
+    _fit("--config", str(tmp_path / "a" / "config.json"), "--out", str(tmp_path / "b"))
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "a") and len(_losses(tmp_path / "a")) == 8
+    # an explicit flag overrides the config file
+    _fit("--config", str(tmp_path / "a" / "config.json"), "--out", str(tmp_path / "c"), "--seed", "4")
+    assert _losses(tmp_path / "c") != _losses(tmp_path / "a")
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["options"]["seed"] == 4
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'data = "{data_dir}"\nmodel = "tiny_segnet"\nbatch-size = 4\nlr = 1e-3\n'
+                    f'embedding_img_interval = 2\nseed = 3\nmax_steps = 8\nlambda = 0.7\n')
+    _fit("--config", str(toml), "--out", str(tmp_path / "d"))
+    assert _losses(tmp_path / "d") == _losses(tmp_path / "a")
+
+
+def test_bad_config_key(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('learning_rate = 0.1\n')
+    _one_line_error(runner.invoke(app, ["fit", "--config", str(toml), "--out", str(tmp_path / "x")]),
+                    "unknown option", "learning_rate")
+
+
+def test_data_dir_without_manifest(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _one_line_error(runner.invoke(app, ["fit", "--data", str(tmp_path / "empty"), "--model", "tiny_segnet",
+                                        "--out", str(tmp_path / "run"), "--no-progress"]), "manifest.json")
+
+
+def test_corrupt_shard_is_refused(data_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "ds"
+    shutil.copytree(data_dir, bad)
+    with h5py.File(bad / "dag-00000.h5", "r+") as f:     # valid HDF5, wrong content: only the checksum can tell
+        f["image"][0, 0, 0, 0] ^= 0xFF
+    _one_line_error(runner.invoke(app, ["fit", "--data", str(bad), "--model", "tiny_segnet",
+                                        "--out", str(tmp_path / "run"), "--no-progress"]), "dag-00000.h5", "sha256")
+    torch.save(create_model("tiny_segnet").state_dict(), tmp_path / "ok.pt")
+    _one_line_error(runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "ok.pt"), "--model", "tiny_segnet",
+                                        "--data", str(bad), "--out", str(tmp_path / "x.h5"), "--no-progress"]),
+                    "dag-00000.h5", "sha256")
+    _one_line_error(runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(bad),
+                                        "--out", str(tmp_path / "x.h5"), "--no-progress"]), "none.pt")
+
+
+def test_init_checkpoint_mismatch(data_dir, tmp_path):
+    other = create_model("tiny_segnet", num_classes=19, width=16)          # different tensor shapes
+    torch.save({"state_dict": {"module." + k: v for k, v in other.state_dict().items()}}, tmp_path / "w16.pt")
+    _one_line_error(runner.invoke(app, ["fit", "--data", str(data_dir), "--model", "tiny_segnet", "--init",
+                                        str(tmp_path / "w16.pt"), "--out", str(tmp_path / "r1"), "--no-progress"]),
+                    "w16.pt", "mismatch")
+    extra = create_model("tiny_segnet", num_classes=19).state_dict()
+    extra["aux.weight"] = torch.zeros(1)
+    del extra["classifier.bias"]
+    torch.save(extra, tmp_path / "keys.pt")
+    _one_line_error(runner.invoke(app, ["fit", "--data", str(data_dir), "--model", "tiny_segnet", "--init",
+                                        str(tmp_path / "keys.pt"), "--out", str(tmp_path / "r2"), "--no-progress"]),
+                    "missing", "classifier.bias", "unexpected", "aux.weight")
+    five = create_model("tiny_segnet", num_classes=5)
+    torch.save(five.state_dict(), tmp_path / "c5.pt")
+    _one_line_error(runner.invoke(app, ["fit", "--data", str(data_dir), "--model", "tiny_segnet", "--init",
+                                        str(tmp_path / "c5.pt"), "--out", str(tmp_path / "r3"), "--no-progress"]),
+                    "class count")
+    _one_line_error(runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "c5.pt"), "--model", "tiny_segnet",
+                                        "--data", str(data_dir), "--out", str(tmp_path / "x.h5"), "--no-progress"]),
+                    "class count")
+
+
+def test_fit_then_export_and_models(data_dir, tmp_path):
+    _fit("--data", str(data_dir), "--model", "tiny_segnet", "--out", str(tmp_path / "run"), "--batch-size", "4",
+         "--max-steps", "3")
+    res = runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "run" / "model-final.pt"), "--data",
+                              str(data_dir), "--kinds", "dag", "--limit", "3", "--out", str(tmp_path / "l.h5"),
+                              "--mc-samples", "2", "--moment-order", "3", "--mc-dtype", "float16", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "l.h5", "r") as f:
+        assert f["logits"].shape == (3, 19, 24, 24) and f["mc/central"].shape == (3, 2, 19, 24, 24)
+        assert f["mc/mean"].dtype.name == "float16" and f.attrs["model"] == "tiny_segnet"
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0 and "tiny_segnet" in res.output

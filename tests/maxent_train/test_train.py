@@ -1,0 +1,150 @@
+"""maxent_train.train: fit lowers the loss, kill -9 + resume is exact, config.json reproduces a run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maxent_train import MaxentError
+from maxent_train.data import DeviceAugment, MixPlan, ShardReader
+from maxent_train.loss import maxent_loss
+from maxent_train.models import create_model
+from maxent_train.train import CHECKPOINT_LAST, MODEL_FINAL, FitConfig, fit, read_log
+
+from _maxent_shards import make_shards
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("train") / "ds", {"cityscapes": 24, "coco": 20, "dag": 12},
+                       size=32, shard_size=8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # bit-identical CPU results between this process and the subprocesses (OMP_NUM_THREADS=1) need equal threads
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _cfg(data_dir, out, **kw) -> FitConfig:
+    base = dict(data=str(data_dir), model="tiny_segnet", out=str(out), batch_size=4, lr=1e-3, epochs=50,
+                embedding_img_interval=3, seed=7, checkpoint_every=10, progress=False)
+    base.update(kw)
+    return FitConfig(**base)
+
+
+def _fixed_batch_loss(data_dir, state_dict, lam: float) -> float:
+    from cocodag.shards import open_dataset
+
+    ds = open_dataset(data_dir)
+    reader = ShardReader(ds)
+    plan = MixPlan({k: ds.num_samples(k) for k in ("cityscapes", "coco", "dag")}, batch_size=8, seed=99,
+                   embedding_img_interval=2)
+    refs = np.concatenate([plan.batch_refs(0, 0), plan.batch_refs(0, 1)])   # original + DAG crops
+    images, labels = reader.read(refs)
+    reader.close()
+    x, y = DeviceAugment(flip_p=0.0)(torch.from_numpy(images), torch.from_numpy(labels))
+    model = create_model("tiny_segnet", num_classes=19)
+    model.load_state_dict(state_dict)
+    model.eval()
+    with torch.no_grad():
+        loss, _ = maxent_loss(model(x), y, lam=lam)
+    return float(loss)
+
+
+def test_fit_lowers_loss_on_a_fixed_batch(data_dir, tmp_path):
+    torch.manual_seed(0)
+    init = create_model("tiny_segnet", num_classes=19)
+    torch.save(init.state_dict(), tmp_path / "init.pt")
+    # λ=0.5: with λ=0.9 a fresh network is already near the OOD optimum (uniform softmax) and the loss is
+    # dominated by the λ·log C floor, so 60 steps barely move it
+    summary = fit(_cfg(data_dir, tmp_path / "run", init=str(tmp_path / "init.pt"), max_steps=60, lam=0.5))
+    assert summary["steps"] == 60
+    final = torch.load(tmp_path / "run" / MODEL_FINAL, weights_only=True)
+    assert final["metadata"]["model"] == "tiny_segnet" and final["metadata"]["num_classes"] == 19
+    before = _fixed_batch_loss(data_dir, init.state_dict(), 0.5)
+    after = _fixed_batch_loss(data_dir, final["state_dict"], 0.5)
+    assert after < 0.8 * before, (before, after)
+    log = read_log(tmp_path / "run" / "log.jsonl")
+    assert [r["step"] for r in log] == list(range(1, 61))
+    assert {"step", "epoch", "loss", "id_ce", "ood_entropy", "lr", "samples_per_s"} <= set(log[0])
+    # DAG batches are every 3rd batch of each epoch (6 batches/epoch: 24 cityscapes + 2 coco crops, batch 4)
+    assert [r["dag"] for r in log[:6]] == [False, False, True, False, False, True]
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["options"]["lr"] == 1e-3 and cfg["seed"] == 7 and len(cfg["data_manifest_hash"]) == 64
+    assert "torch" in cfg["versions"] and cfg["steps_per_epoch"] == 6
+    ck = torch.load(tmp_path / "run" / CHECKPOINT_LAST, weights_only=True)   # loads without unpickling code
+    assert ck["step"] == 60 and ck["data"] == {"epoch": 10, "batch": 0}
+
+
+def test_kill9_then_resume_matches_uninterrupted(data_dir, tmp_path):
+    steps = 80
+    ref = fit(_cfg(data_dir, tmp_path / "ref", max_steps=steps))
+    ref_log = read_log(tmp_path / "ref" / "log.jsonl")
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "maxent_train", "fit", "--data", str(data_dir), "--model", "tiny_segnet",
+           "--out", str(run), "--batch-size", "4", "--lr", "1e-3", "--epochs", "50", "--embedding-img-interval", "3",
+           "--seed", "7", "--checkpoint-every", "10", "--max-steps", str(steps), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while not (run / CHECKPOINT_LAST).exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (run / MODEL_FINAL).exists(), "the run finished before it was killed"
+    saved = torch.load(run / CHECKPOINT_LAST, weights_only=True)["step"]
+    assert 0 < saved < steps
+
+    with pytest.raises(MaxentError, match="--resume"):
+        fit(_cfg(data_dir, run, max_steps=steps))                     # refuses to overwrite a run
+    first_step = []
+    fit(_cfg(data_dir, run, max_steps=steps), resume=True, on_step=lambda r: first_step.append(r["step"]))
+    assert first_step[0] == saved + 1                                  # continued, not restarted at 0
+    log = read_log(run / "log.jsonl")
+    assert [r["step"] for r in log] == list(range(1, steps + 1))
+    # bit-identical losses on CPU (same batches, flips, dropout masks, optimizer state)
+    assert [r["loss"] for r in log] == [r["loss"] for r in ref_log]
+    a = torch.load(run / MODEL_FINAL, weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "ref" / MODEL_FINAL, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_changed_options(data_dir, tmp_path):
+    fit(_cfg(data_dir, tmp_path / "r", max_steps=12))
+    with pytest.raises(MaxentError, match="lr"):
+        fit(_cfg(data_dir, tmp_path / "r", max_steps=20, lr=1e-2), resume=True)
+    with pytest.raises(MaxentError, match="nothing to resume"):
+        fit(_cfg(data_dir, tmp_path / "none", max_steps=5), resume=True)
+    # extending a finished run with a larger --max-steps continues from its checkpoint
+    fit(_cfg(data_dir, tmp_path / "r", max_steps=20), resume=True)
+    assert [r["step"] for r in read_log(tmp_path / "r" / "log.jsonl")] == list(range(1, 21))
+
+
+def test_recreate_optimizer_changes_training(data_dir, tmp_path):
+    a = fit(_cfg(data_dir, tmp_path / "a", max_steps=12, checkpoint_every=100))
+    b = fit(_cfg(data_dir, tmp_path / "b", max_steps=12, checkpoint_every=100, recreate_optimizer_each_epoch=False))
+    la = [r["loss"] for r in read_log(tmp_path / "a" / "log.jsonl")]
+    lb = [r["loss"] for r in read_log(tmp_path / "b" / "log.jsonl")]
+    assert la[:7] == lb[:7] and la[7:] != lb[7:]      # identical first epoch (6 steps + 1 after reset differs)
+    assert a["steps"] == b["steps"] == 12

@@ -1,0 +1,161 @@
+"""OODMC: feature layout, fitting separable synthetic moments, sampling, persistence, mismatch errors."""
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from oodscore import OodscoreError
+from oodscore.scores import OODMC, mc_features
+
+
+def make_frame(rng, c=3, k=3, h=12, w=14, ood_frac=0.3, void_frac=0.1):
+    """Synthetic MC moments: OOD pixels have high entropy and large variance, ID pixels confident means."""
+    label = np.zeros((h, w), np.uint8)
+    r = rng.random((h, w))
+    label[r < ood_frac] = 1
+    label[(r >= ood_frac) & (r < ood_frac + void_frac)] = 255
+    ood = label == 1
+    mean = rng.normal(size=(c, h, w)).astype(np.float32)
+    mean[0] += np.where(ood, 0.0, 4.0)
+    central = np.abs(rng.normal(scale=0.3, size=(k - 1, c, h, w))).astype(np.float32)
+    central[0] += np.where(ood, 2.0, 0.0)
+    entropy = (rng.uniform(0, 0.5, size=(h, w)) + np.where(ood, 0.6, 0.0)).astype(np.float32)
+    return {"mean": mean, "central": central, "entropy": entropy}, label
+
+
+def test_feature_layout():
+    rng = np.random.default_rng(0)
+    mc, _ = make_frame(rng, c=2, k=4, h=3, w=4)
+    w = 0.3
+    f = mc_features(mc, w)
+    assert f.shape == (12, 1 + 4 * 2) and f.dtype == np.float32
+    for y in range(3):
+        for x in range(4):
+            row = f[y * 4 + x]
+            expect = [(1 - w) * mc["entropy"][y, x]] + [w * mc["mean"][cc, y, x] for cc in range(2)]
+            for j in range(3):
+                expect += [w * mc["central"][j, cc, y, x] for cc in range(2)]
+            np.testing.assert_allclose(row, expect, rtol=1e-6)
+    # pixel subsets (bool mask or flat indices) pick the same rows
+    mask = rng.random((3, 4)) < 0.5
+    np.testing.assert_array_equal(mc_features(mc, w, mask), f[mask.ravel()])
+    np.testing.assert_array_equal(mc_features(mc, w, np.array([5, 0, 7])), f[[5, 0, 7]])
+    # torch tensors accepted
+    np.testing.assert_array_equal(mc_features({k: torch.from_numpy(v) for k, v in mc.items()}, w), f)
+
+
+def test_fit_separable_and_score():
+    rng = np.random.default_rng(1)
+    train = [make_frame(rng) for _ in range(4)]
+    model = OODMC(svm_points_num=300, svm_eval_subsize=7).fit(train)
+    assert model.n_samples_ == {"id": 150, "ood": 150}  # balanced, quota svm_points_num // 2 per class
+    n_id = sum(int((lab == 0).sum()) for _, lab in train)
+    n_ood = sum(int((lab == 1).sum()) for _, lab in train)
+    assert model.n_available_ == {"id": n_id, "ood": n_ood}  # 255 pixels ignored, not OOD
+    mc, label = make_frame(rng)
+    s = model.score(mc)
+    assert s.shape == label.shape and s.dtype == np.float32
+    keep = label != 255
+    assert roc_auc_score(label[keep], s[keep]) > 0.98
+    assert s[label == 1].mean() > 0 > s[label == 0].mean()  # positive = OOD
+    # chunked evaluation equals one-shot decision_function on all pixels
+    x = model.scaler_.transform(mc_features(mc, 0.5))
+    np.testing.assert_allclose(s.ravel(), model.clf_.decision_function(x), rtol=1e-5, atol=1e-6)
+
+
+def test_sampling_deterministic_and_quota():
+    rng = np.random.default_rng(2)
+    train = [make_frame(rng) for _ in range(3)]
+    a = OODMC(svm_points_num=100, random_state=5).fit(train)
+    b = OODMC(svm_points_num=100, random_state=5).fit(iter(train))
+    np.testing.assert_array_equal(a.clf_.coef_, b.clf_.coef_)
+    np.testing.assert_array_equal(a.scaler_.mean_, b.scaler_.mean_)
+    c = OODMC(svm_points_num=100, random_state=6).fit(train)
+    assert not np.array_equal(a.scaler_.mean_, c.scaler_.mean_)
+    # more points than available: everything is used, and the sample is all labelled pixels
+    big = OODMC(svm_points_num=10 ** 6).fit(train)
+    assert big.n_samples_ == big.n_available_
+    feats = np.concatenate([mc_features(mc, 0.5, lab.ravel() <= 1) for mc, lab in train])
+    np.testing.assert_allclose(big.scaler_.mean_, feats.astype(np.float64).mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_other_classifiers():
+    rng = np.random.default_rng(3)
+    train = [make_frame(rng) for _ in range(2)]
+    mc, label = make_frame(rng)
+    keep = label != 255
+    for name in ("logistic", "sklearn.linear_model:LogisticRegression", "sklearn.tree.DecisionTreeClassifier"):
+        s = OODMC(svm_points_num=200, classifier=name).fit(train).score(mc)
+        assert roc_auc_score(label[keep], s[keep]) > 0.9
+    with pytest.raises(OodscoreError, match="classifier"):
+        OODMC(classifier="no-such-thing").fit(train)
+
+
+def test_save_load_roundtrip(tmp_path):
+    rng = np.random.default_rng(4)
+    train = [make_frame(rng) for _ in range(2)]
+    model = OODMC(svm_points_num=300, moment_weight=0.4, C=0.5).fit(train)
+    p = model.save(tmp_path / "oodmc.joblib")
+    back = OODMC.load(p)
+    assert back.get_params() == model.get_params() and back.clf_params == {"C": 0.5}
+    assert (back.moment_order_, back.num_classes_) == (3, 3)
+    mc, _ = make_frame(rng)
+    np.testing.assert_array_equal(back.score(mc), model.score(mc))
+    with pytest.raises(OodscoreError, match="not found"):
+        OODMC.load(tmp_path / "missing.joblib")
+    (tmp_path / "junk.joblib").write_bytes(b"not a pickle")
+    with pytest.raises(OodscoreError, match="junk.joblib"):
+        OODMC.load(tmp_path / "junk.joblib")
+
+
+def test_mismatches_and_errors():
+    rng = np.random.default_rng(5)
+    train = [make_frame(rng, k=3) for _ in range(2)]
+    model = OODMC(svm_points_num=200).fit(train)
+    mc_k4, _ = make_frame(rng, k=4)
+    with pytest.raises(OodscoreError, match="moment order K=4"):
+        model.score(mc_k4)
+    mc_c4, _ = make_frame(rng, c=4)
+    with pytest.raises(OodscoreError, match="C=4"):
+        model.score(mc_c4)
+    mc, _ = make_frame(rng)
+    with pytest.raises(OodscoreError, match="moments_of"):
+        model.score({**mc, "moments_of": "probs"})
+    model.score({**mc, "moments_of": "logits"})
+    with pytest.raises(OodscoreError, match="not fitted"):
+        OODMC().score(mc)
+    with pytest.raises(OodscoreError, match="no OOD"):
+        OODMC().fit([(mc, np.zeros((12, 14), np.uint8))])
+    with pytest.raises(OodscoreError, match="differ from earlier frames"):
+        OODMC().fit([train[0], make_frame(rng, k=4)])
+    with pytest.raises(OodscoreError, match="label: expected shape"):
+        OODMC().fit([(mc, np.zeros((3, 3), np.uint8))])
+    with pytest.raises(OodscoreError, match="missing keys"):
+        model.score({"mean": mc["mean"]})
+    with pytest.raises(OodscoreError, match="moment_weight"):
+        OODMC(moment_weight=2.0).fit(train)
+    with pytest.raises(OodscoreError, match="moments_of"):
+        OODMC(moments_of="features").fit(train)
+
+
+def test_streaming_sample_equals_global_smallest_keys():
+    """The one-pass sample equals drawing every labelled pixel's key up front and keeping the smallest per class."""
+    rng = np.random.default_rng(6)
+    train = [make_frame(rng, h=20, w=20) for _ in range(5)]
+    quota = 37
+    model = OODMC(svm_points_num=2 * quota, random_state=9).fit(train)
+    keys_rng = np.random.default_rng(9)
+    keys = {0: [], 1: []}
+    feats = {0: [], 1: []}
+    for mc, lab in train:  # same draw order as documented: per frame, ID pixels then OOD pixels
+        for cls in (0, 1):
+            sel = lab.ravel() == cls
+            keys[cls].append(keys_rng.random(int(sel.sum())))
+            feats[cls].append(mc_features(mc, 0.5, sel))
+    chosen = []
+    for cls in (0, 1):
+        k, f = np.concatenate(keys[cls]), np.concatenate(feats[cls])
+        chosen.append(f[np.argsort(k)[:quota]])
+    x = np.concatenate(chosen).astype(np.float64)
+    np.testing.assert_allclose(model.scaler_.mean_, x.mean(axis=0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(model.scaler_.var_, x.var(axis=0), rtol=1e-5, atol=1e-7)
