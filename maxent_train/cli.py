@@ -165,6 +165,61 @@ def models() -> None:
         typer.echo(name)
 
 
+@app.command()
+def miou(
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (model-final.pt or a state_dict with --model).")],
+    cityscapes: Annotated[Path, typer.Option(help="Cityscapes-layout root (leftImg8bit/, gtFine/).")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    out: Annotated[Optional[Path], typer.Option(help="Also write the result as JSON here.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate at most N frames.")] = None,
+    device: Annotated[DeviceName, typer.Option(help="auto picks cuda when available.")] = DeviceName.auto,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Closed-set segmentation quality: mIoU and pixel accuracy on a Cityscapes-layout split."""
+    import json
+
+    from .segeval import evaluate_segmentation
+
+    with user_errors():
+        res = evaluate_segmentation(checkpoint, cityscapes, split=split, device=device.value, limit=limit,
+                                    progress=progress)
+        if out is not None:
+            from cocodag.shards import atomic_write_json
+
+            atomic_write_json(out, res)
+        typer.echo(f"mIoU {100 * res['miou']:.2f}  pixel acc {100 * res['pixel_acc']:.2f}  ({res['n_frames']} frames)")
+        typer.echo(json.dumps({k: round(v, 4) for k, v in res["iou"].items() if v is not None}))
+
+
+@app.command()
+def predict(
+    inputs: Annotated[Path, typer.Argument(help="An image file or a folder of images.")],
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (model-final.pt).")],
+    out: Annotated[Path, typer.Option(help="Output folder for heat maps, masks and overlays.")],
+    method: Annotated[str, typer.Option(help="Score: entropy, msp, maxlogit, sml or vde.")] = "entropy",
+    sml_stats: Annotated[Optional[Path], typer.Option(help="SML statistics JSON (needed by sml and vde).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Mask threshold (score >= t is anomalous).")] = None,
+    threshold_from: Annotated[Optional[Path], typer.Option(
+        help="thresholds.json written by `oodscore evaluate` on a validation set (recommended threshold).")] = None,
+    threshold_kind: Annotated[str, typer.Option(help="Which saved threshold: f1 (F1-optimal) or tpr95.")] = "f1",
+    window: Annotated[Optional[int], typer.Option(help="Sliding-window size for large images (default: whole image).")] = None,
+    stride: Annotated[Optional[int], typer.Option(help="Sliding-window stride.")] = None,
+    save_scores: Annotated[bool, typer.Option("--save-scores", help="Also save raw score maps as scores/<name>.npy.")] = False,
+    device: Annotated[DeviceName, typer.Option(help="auto picks cuda when available.")] = DeviceName.auto,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Anomaly heat map (with colour bar), binary mask at the recommended threshold, and overlay per image."""
+    from .predict import predict_images
+
+    with user_errors():
+        res = predict_images(checkpoint, inputs, out, method=method, sml_stats=sml_stats, threshold=threshold,
+                             threshold_from=threshold_from, threshold_kind=threshold_kind, device=device.value,
+                             window=window, stride=stride, save_scores=save_scores, progress=progress)
+        if res["threshold"] is None:
+            typer.echo("note: no threshold given (--threshold or --threshold-from): masks were not written", err=True)
+        typer.echo(f"{len(res['images'])} images -> {res['out']}", err=True)
+
+
 def main() -> None:
     app()
 

@@ -151,6 +151,7 @@ def evaluate(
     threshold_kind: Annotated[str, typer.Option("--threshold-kind", help="f1 | tpr95 (with --threshold-from).")
                               ] = "f1",
     device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda[:i] for the scores.")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Score frames and write metrics (exact by default), ROC/PR plots and heat-map overlays."""
     with _errors():
@@ -169,7 +170,8 @@ def evaluate(
                 raise OodscoreError("--method is for --logits; --scores evaluates the given maps as they are")
             res = evaluate_score_maps(scores, dataset, out, name=name, components=components, region=region,
                                       bins=bins, max_overlays=max_overlays, threshold_from=threshold_from,
-                                      threshold_kind=threshold_kind, resize=resize_scores)
+                                      threshold_kind=threshold_kind, resize=resize_scores,
+                                      progress=progress)
             if res.extra_names:
                 _echo(f"note: {len(res.extra_names)} score map(s) have no ground-truth frame and were not used: "
                       + ", ".join(res.extra_names[:5]) + (" ..." if len(res.extra_names) > 5 else ""))
@@ -180,7 +182,8 @@ def evaluate(
                                   smoothing=smoothing, vde_threshold=vde_threshold, oodmc_model=oodmc_model,
                                   components=components, region=region or "all", bins=bins,
                                   max_overlays=max_overlays, threshold_from=threshold_from,
-                                  threshold_kind=threshold_kind, device=device)
+                                  threshold_kind=threshold_kind, device=device,
+                                  progress=progress)
         _print_summary(res)
 
 

@@ -13,3 +13,15 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real-data folder not present at {REAL_DATA}")
     return REAL_DATA
+
+
+def pytest_configure(config):
+    # Tests run as `pytest -n 2` on 2 cores: one intra-op thread per worker avoids OpenMP oversubscription,
+    # which slows torch on a busy machine by an order of magnitude.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        try:
+            import torch
+
+            torch.set_num_threads(1)
+        except ImportError:  # pragma: no cover
+            pass
