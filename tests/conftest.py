@@ -3,6 +3,9 @@ from pathlib import Path
 
 import pytest
 
+# see maxent_train/__init__.py: avoid OpenMP spin-waiting when the two xdist workers share 2 cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("COCODAG_REAL_DATA", ROOT.parent / "shared" / "real-data"))
 
