@@ -128,8 +128,11 @@ def _baseline_matches(cfg: DemoConfig) -> bool:
     return info.get("world") == cfg.world_key()
 
 
-def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Run every stage (skipping finished ones) and write ``OUT/report/results.md``; return the summary dict."""
+def run_demo(cfg: DemoConfig, until: str | None = None) -> dict[str, Any]:
+    """Run every stage (skipping finished ones) and write ``OUT/report/results.md``; return the summary dict.
+
+    ``until="baseline"`` stops after the baseline model and its mIoU (used by ``data/make_baseline.py``).
+    """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
@@ -164,10 +167,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "maxent_train", "fit", "--data", shards, "--model", cfg.model, "--out", base_dir,
         "--lambda", 0.0, "--coco-fraction", 0.0, "--embedding-img-interval", 0, "--lr", cfg.baseline_lr,
         "--max-steps", cfg.baseline_steps, "--epochs", 10000, "--batch-size", cfg.batch_size, "--seed", cfg.seed,
+        "--keep-optimizer",
         *dev, *prog), logs / "baseline.log", quiet=False))
     st.stage("baseline-miou", base_dir / "miou.json", lambda: _run(_cmd(
         "maxent_train", "miou", "--checkpoint", base_ckpt, "--cityscapes", world / "cityscapes", "--split", "val",
         "--out", base_dir / "miou.json", *dev), logs / "miou.log"))
+    if until == "baseline":
+        return {"baseline": str(base_ckpt), "miou": json.loads((base_dir / "miou.json").read_text())}
 
     # ---- MaxEnt fine-tunes
     models = {"baseline": [base_ckpt]}
