@@ -58,7 +58,7 @@ class DemoConfig:
     seeds: int = 1
     mc_samples: int = 16
     moment_order: int = 4
-    oodmc_train_crops: int = 96
+    oodmc_train_crops: int = 64
     sml_train_crops: int = 160
     vde_threshold: float | None = None
     device: str = "auto"
@@ -197,7 +197,7 @@ def run_demo(cfg: DemoConfig, until: str | None = None) -> dict[str, Any]:
         for ckpt in ckpts:
             rdir = ckpt.parent
             mc = name in ("baseline", oodmc_model)
-            mc_args = ["--mc-samples", cfg.mc_samples, "--moment-order", cfg.moment_order, "--mc-dtype", "float16"]
+            mc_args = ["--mc-samples", cfg.mc_samples, "--moment-order", cfg.moment_order, "--mc-dtype", "float32"]
             st.stage(f"export {rdir.name}", rdir / "test.h5", lambda ckpt=ckpt, rdir=rdir, mc=mc: _run(_cmd(
                 "maxent_train", "export", "--checkpoint", ckpt, "--images", world / "anomaly", "--preset", "standard",
                 "--out", rdir / "test.h5", "--store-images", *(mc_args if mc else []), "--seed", cfg.seed, *dev,

@@ -353,9 +353,14 @@ def export_logits(opts: ExportOptions) -> dict[str, Any]:
                     f["mc"].attrs["head_only"] = bool(mom.get("head_only", head_only))   # what actually ran
                     mean, central, ent = (_at_size(mom["mean"], (h, w)), _at_size(mom["central"], (h, w)),
                                           _at_size(mom["entropy"], (h, w)))
-                    dsets["mc/mean"][i] = mean[0].cpu().numpy().astype(mc_np_dtype)
-                    dsets["mc/central"][i] = central[0].cpu().numpy().astype(mc_np_dtype)
-                    dsets["mc/entropy"][i] = ent[0].cpu().numpy().astype(mc_np_dtype)
+                    for key, t in (("mc/mean", mean), ("mc/central", central), ("mc/entropy", ent)):
+                        a = t[0].cpu().numpy().astype(mc_np_dtype)
+                        if mc_np_dtype == np.float16 and not np.isfinite(a).all():
+                            # high-order moments of logits easily pass float16's 65504 (a deviation of 16 -> 16^4)
+                            raise MaxentError(f"{fr.name}: {key} overflows float16 "
+                                              f"({int((~np.isfinite(a)).sum())} values); use --mc-dtype float32 "
+                                              f"or --moments-of probs")
+                        dsets[key][i] = a
                 if pbar is not None:
                     pbar.update(1)
         os.replace(tmp, out)

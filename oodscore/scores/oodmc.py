@@ -52,6 +52,10 @@ def check_mc(mc: dict, where: str = "mc") -> tuple[np.ndarray, np.ndarray, np.nd
     mean = _to_numpy(mc["mean"], f"{where}['mean']")
     central = _to_numpy(mc["central"], f"{where}['central']")
     entropy = _to_numpy(mc["entropy"], f"{where}['entropy']")
+    for key, a in (("mean", mean), ("central", central), ("entropy", entropy)):
+        if not np.isfinite(a).all():
+            raise OodscoreError(f"{where}['{key}']: {int((~np.isfinite(a)).sum())} non-finite values (a float16 "
+                                f"overflow of high-order moments? export with --mc-dtype float32)")
     if mean.ndim != 3:
         raise OodscoreError(f"{where}['mean']: expected (C, H, W), got {mean.shape}")
     c, h, w = mean.shape

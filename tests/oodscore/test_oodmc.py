@@ -159,3 +159,19 @@ def test_streaming_sample_equals_global_smallest_keys():
     x = np.concatenate(chosen).astype(np.float64)
     np.testing.assert_allclose(model.scaler_.mean_, x.mean(axis=0), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(model.scaler_.var_, x.var(axis=0), rtol=1e-5, atol=1e-7)
+
+
+def test_non_finite_moments_are_a_clear_error():
+    """float16 exports can overflow 4th moments of logits to inf: OODMC must say so, not crash in sklearn."""
+    import numpy as np
+    import pytest
+
+    from oodscore import OodscoreError
+    from oodscore.scores.oodmc import check_mc
+
+    mc = {"mean": np.zeros((3, 4, 5), np.float32), "central": np.zeros((3, 3, 4, 5), np.float16),
+          "entropy": np.zeros((4, 5), np.float32)}
+    check_mc(mc)
+    mc["central"][2, 0, 1, 1] = np.inf
+    with pytest.raises(OodscoreError, match="non-finite.*mc-dtype float32"):
+        check_mc(mc)
