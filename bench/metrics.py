@@ -141,7 +141,8 @@ def main(argv=None) -> None:
         print(f"stream {r['pixels']:.0e} px ({r['dtype']}, chunks of {r['chunk']:.0e}): update {r['update_s']:.1f} s"
               f" + compute {r['compute_s']:.1f} s (data generation {r['generate_s']:.1f} s not counted);"
               f" {r['distinct_entries']:,} histogram entries; peak RSS {r['peak_rss_mib']:.0f} MiB"
-              f" (process baseline {r['rss_before_mib']:.0f} MiB)")
+              f" (process baseline {r['rss_before_mib']:.0f} MiB;"
+              f" {'within' if r['peak_rss_mib'] < 4096 else 'OVER'} the 4 GiB budget)")
 
 
 if __name__ == "__main__":

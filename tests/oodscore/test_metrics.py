@@ -294,3 +294,96 @@ def test_fpr95_interp_on_exact_plateau_follows_np_interp():
     m = pixel_metrics(s, y)
     assert m["fpr95_interp"] == pytest.approx(np.interp(0.95, tpr, fpr), abs=TOL)
     assert m["fpr95"] == pytest.approx(fpr[np.flatnonzero(tpr >= 0.95)[0]], abs=TOL)
+
+
+# ----------------------------------------------------------------------------- exact state: merges and count dtype
+def _ref_hist(keys_list, counts_list):
+    """Independent reference for merged runs: np.unique over the concatenation + bincount of the counts."""
+    k = np.concatenate(keys_list)
+    c = np.concatenate([np.asarray(x, np.int64) for x in counts_list])
+    u, inv = np.unique(k, return_inverse=True)
+    return u, np.bincount(inv, weights=c, minlength=u.size).astype(np.int64)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_merge_runs_in_place_equals_unique(monkeypatch, seed):
+    """Small blocks force the blocked search and the back-to-front in-place insertion through many blocks."""
+    import oodscore.metrics as mm
+
+    monkeypatch.setattr(mm, "_SEARCH_BLOCK", 7)
+    monkeypatch.setattr(mm, "_MOVE_BLOCK", 5)
+    rng = np.random.default_rng(seed)
+    runs = []
+    for n in (500, 37, 1, 300, 2000):
+        k = np.unique(rng.integers(0, 3000, n).astype(np.uint32))  # overlapping key ranges, shared keys
+        runs.append((k, rng.integers(1, 1000, k.size).astype(np.uint32)))
+    ref = _ref_hist([k for k, _ in runs], [c for _, c in runs])
+    acc = (runs[0][0].copy(), runs[0][1].copy())
+    for k, c in runs[1:]:
+        acc = mm._merge_runs(acc, (k.copy(), c.copy()))
+    np.testing.assert_array_equal(acc[0], ref[0])
+    np.testing.assert_array_equal(acc[1].astype(np.int64), ref[1])
+    # disjoint insertion at the ends and in the middle, into a view (must copy, not resize someone else's buffer)
+    base = np.arange(0, 100, 2, dtype=np.uint32)
+    ins = np.array([1, 3, 51, 99, 100, 200], np.uint32)
+    kk, cc = mm._insert_disjoint(base[:], np.ones(base.size, np.uint32)[:], ins, np.full(ins.size, 2, np.uint32))
+    np.testing.assert_array_equal(kk, np.sort(np.concatenate([base, ins])))
+    np.testing.assert_array_equal(cc, np.where(np.isin(kk, ins), 2, 1))
+    assert base.size == 50
+
+
+def test_streaming_small_blocks_buffer_and_flush_equal_sklearn(monkeypatch):
+    """Many updates with new and repeated keys go through the buffer, its LSM merges and flushes."""
+    import oodscore.metrics as mm
+
+    monkeypatch.setattr(mm, "_SEARCH_BLOCK", 16)
+    monkeypatch.setattr(mm, "_MOVE_BLOCK", 64)
+    flushes = []
+    real_flush = PixelMetrics._flush
+
+    def counting_flush(self, cls):
+        flushes.append(len(self._buf[cls]))
+        real_flush(self, cls)
+
+    monkeypatch.setattr(PixelMetrics, "_flush", counting_flush)
+    rng = np.random.default_rng(21)
+    m = PixelMetrics()
+    ss, ys = [], []
+    for i in range(40):
+        n = int(rng.integers(1, 3000))
+        y = (rng.random(n) < 0.3).astype(np.uint8)
+        y[rng.random(n) < 0.1] = 255
+        # a mix of coarse (repeated) and fine (new) float32 values that drift upward
+        s = np.where(rng.random(n) < 0.5, np.round(rng.normal(size=n), 1), rng.normal(size=n) + i / 10)
+        s = (s + y * 0.7).astype(np.float32)
+        m.update(s, y)
+        ss.append(s)
+        ys.append(y)
+    assert sum(n > 0 for n in flushes) >= 3  # buffered runs were merged into the main runs mid-stream
+    s, y = np.concatenate(ss), np.concatenate(ys)
+    s_ref, y_ref = _ref(s, y)
+    out = m.compute()
+    assert abs(out["auroc"] - roc_auc_score(y_ref, s_ref)) < TOL
+    assert abs(out["ap"] - average_precision_score(y_ref, s_ref)) < TOL
+    assert out == pixel_metrics(s, y)
+    assert m.n_distinct == np.unique(s[y == 0]).size + np.unique(s[y == 1]).size  # all runs flushed, no repeats
+
+
+def test_counts_upcast_past_uint32_exactly():
+    """Class totals past 2^32 - 1 switch counts to uint64 (no wrap-around); reference: sklearn with sample weights."""
+    f32 = lambda *v: np.array(v, np.float32)  # noqa: E731
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    m = PixelMetrics()
+    m._add_unique(0, f32(0.25), i64(3_000_000_000))
+    m._add_unique(1, f32(0.5), i64(4_000_000_000))
+    assert m._big[0][1].dtype == np.uint32 and m._big[1][1].dtype == np.uint32
+    m._add_unique(0, f32(0.25, 0.5), i64(2_000_000_000, 1))         # 3e9 + 2e9 on one key would wrap in uint32
+    m._add_unique(1, f32(0.25, 1.0), i64(7, 4_000_000_000))         # new keys into a widened state
+    assert m._big[0][1].dtype == np.uint64 and m._big[1][1].dtype == np.uint64
+    out = m.compute()
+    assert out["n_neg"] == 5_000_000_001 and out["n_pos"] == 8_000_000_007
+    s = np.array([0.25, 0.5, 0.5, 0.25, 1.0])
+    y = np.array([0, 0, 1, 1, 1])
+    w = np.array([5e9, 1, 4e9, 7, 4e9])
+    assert abs(out["auroc"] - roc_auc_score(y, s, sample_weight=w)) < TOL
+    assert abs(out["ap"] - average_precision_score(y, s, sample_weight=w)) < TOL
