@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -82,14 +80,12 @@ def load_model_for_export(checkpoint: str | Path, model: str | None = None, num_
     Returns ``(model in eval mode on device, metadata)``.
     """
     from .models import create_model, load_checkpoint
+    from .models._helpers import load_file
 
     path = Path(checkpoint)
     if not path.is_file():
         raise MaxentError(f"--checkpoint {path}: file does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise MaxentError(f"--checkpoint {path}: cannot read ({str(e).strip().splitlines()[0][:200]})") from None
+    obj = load_file(path)
     meta = dict(obj.get("metadata") or {}) if isinstance(obj, dict) else {}
     name = model or meta.get("model")
     if not name:

@@ -72,17 +72,28 @@ def _extract_state_dict(obj, path: Path) -> Mapping[str, torch.Tensor]:
                       f"{list(_WRAPPER_KEYS)}; got {keys})")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file (``weights_only=True``) and return its cleaned state_dict."""
+def load_file(path: str | Path):
+    """``torch.load(path, weights_only=True)`` on CPU with one-line errors (missing, corrupt, needs unpickling)."""
     path = Path(path)
     if not path.is_file():
         raise MaxentError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not zipfile.is_zipfile(path):
+            raise MaxentError(f"{path}: not a PyTorch checkpoint (torch.save zip archive); legacy pickled "
+                              f"checkpoints are refused: re-save the state_dict with a current torch") from None
+        if "weights only load failed" in msg.lower():
+            # never retry with weights_only=False: that would execute code from the file
+            raise MaxentError(f"{path}: refused: not a plain tensor checkpoint (loading it would need unpickling "
+                              f"arbitrary objects); save `model.state_dict()` (or {{'state_dict': ...}})") from None
         raise MaxentError(f"{path}: cannot read checkpoint ({msg[:200]})") from None
-    return clean_state_dict(_extract_state_dict(obj, path))
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file (``weights_only=True``) and return its cleaned state_dict."""
+    return clean_state_dict(_extract_state_dict(load_file(path), Path(path)))
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
