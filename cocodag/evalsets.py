@@ -249,18 +249,22 @@ def _find_road_anomaly(root: Path) -> list[EvalItem]:
     return _pair("road-anomaly", root, images, labels)
 
 
-def _find_lostandfound(root: Path, split: str = "test") -> list[EvalItem]:
-    layout = PRESETS["lostandfound"].layout
-    img_root = _require_dir("lostandfound", root / "leftImg8bit" / split, layout)
-    gt_root = _require_dir("lostandfound", root / "gtCoarse" / split, layout)
+def _find_city_tree(preset: str, root: Path, split: str, gt_folder: str, label_suffix: str) -> list[EvalItem]:
+    """Cityscapes-style trees: ``leftImg8bit/<split>/<city>/*_leftImg8bit.*`` + ``<gt_folder>/<split>/<city>/*<suffix>``."""
+    layout = PRESETS[preset].layout
+    img_root = _require_dir(preset, root / "leftImg8bit" / split, layout)
+    gt_root = _require_dir(preset, root / gt_folder / split, layout)
     images: dict[str, Path] = {}
     labels: dict[str, Path] = {}
     for city in sorted(p for p in img_root.iterdir() if p.is_dir()):
         images.update(_images_in(city, "_leftImg8bit"))
     for city in sorted(p for p in gt_root.iterdir() if p.is_dir()):
-        labels.update({p.name[: -len("_gtCoarse_labelIds.png")]: p
-                       for p in sorted(city.glob("*_gtCoarse_labelIds.png"))})
-    return _pair("lostandfound", root, images, labels)
+        labels.update({p.name[: -len(label_suffix)]: p for p in sorted(city.glob("*" + label_suffix))})
+    return _pair(preset, root, images, labels)
+
+
+def _find_lostandfound(root: Path, split: str = "test") -> list[EvalItem]:
+    return _find_city_tree("lostandfound", root, split, "gtCoarse", "_gtCoarse_labelIds.png")
 
 
 def _find_fishyscapes(preset: str, split: str) -> Callable[[Path], list[EvalItem]]:
@@ -286,16 +290,7 @@ def _find_smiyc(preset: str) -> Callable[[Path], list[EvalItem]]:
 
 
 def _find_cityscapes(root: Path, split: str = "val") -> list[EvalItem]:
-    layout = PRESETS["cityscapes"].layout
-    img_root = _require_dir("cityscapes", root / "leftImg8bit" / split, layout)
-    gt_root = _require_dir("cityscapes", root / "gtFine" / split, layout)
-    images: dict[str, Path] = {}
-    labels: dict[str, Path] = {}
-    for city in sorted(p for p in img_root.iterdir() if p.is_dir()):
-        images.update(_images_in(city, "_leftImg8bit"))
-    for city in sorted(p for p in gt_root.iterdir() if p.is_dir()):
-        labels.update({p.name[: -len("_gtFine_labelIds.png")]: p for p in sorted(city.glob("*_gtFine_labelIds.png"))})
-    return _pair("cityscapes", root, images, labels)
+    return _find_city_tree("cityscapes", root, split, "gtFine", "_gtFine_labelIds.png")
 
 
 def _roi_laf(raw: np.ndarray) -> np.ndarray:
