@@ -133,6 +133,8 @@ def run_demo(cfg: DemoConfig, until: str | None = None) -> dict[str, Any]:
 
     ``until="baseline"`` stops after the baseline model and its mIoU (used by ``data/make_baseline.py``).
     """
+    if cfg.baseline not in ("auto", "train") and not Path(cfg.baseline).is_file():
+        raise CocodagError(f"--baseline {cfg.baseline}: not 'auto', 'train' or an existing checkpoint file")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
