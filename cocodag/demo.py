@@ -93,7 +93,6 @@ def _run(cmd: list[str], log: Path, quiet: bool = True) -> None:
     print(f"  $ {shown}", file=sys.stderr, flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # see maxent_train/__init__.py
     with open(log, "a") as fh:
         fh.write(f"\n$ {shown}\n")
         fh.flush()

@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from .atomic import atomic_write_bytes
 from .errors import CocodagError
 from .labels import IGNORE_ID, LABEL_ID_TO_TRAIN_ID
 
@@ -366,19 +367,13 @@ def parse_dataset_spec(spec: str) -> tuple[Preset, Path]:
 
 
 # ------------------------------------------------------------------------------------------------------ convert
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _write_png(path: Path, array: np.ndarray) -> None:
     import cv2
 
     ok, buf = cv2.imencode(".png", array)
     if not ok:
         raise CocodagError(f"{path}: PNG encoding failed")
-    _atomic_write_bytes(path, buf.tobytes())
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def _copy_image(src: Path, dst_dir: Path, name: str) -> Path:

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Iterator
 import h5py
 import numpy as np
 
+from .atomic import atomic_write_json  # noqa: F401 - part of this module's API
 from .errors import CocodagError
 from .labels import IGNORE_ID, NUM_CLASSES, OOD_ID, TRAIN_CLASS_NAMES
 
@@ -44,17 +45,6 @@ NO_QUADRANT = 255
 
 
 # --------------------------------------------------------------------------------------------------------- helpers
-def atomic_write_json(path: Path | str, obj: Any) -> None:
-    """Write JSON via ``<path>.tmp`` + ``os.replace``: readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

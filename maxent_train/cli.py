@@ -184,7 +184,7 @@ def miou(
         res = evaluate_segmentation(checkpoint, cityscapes, split=split, device=device.value, limit=limit,
                                     progress=progress)
         if out is not None:
-            from cocodag.shards import atomic_write_json
+            from cocodag.atomic import atomic_write_json
 
             atomic_write_json(out, res)
         typer.echo(f"mIoU {100 * res['miou']:.2f}  pixel acc {100 * res['pixel_acc']:.2f}  ({res['n_frames']} frames)")

@@ -34,6 +34,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from cocodag.atomic import atomic_write_text
+
 from . import MaxentError, __version__
 from .data import DeviceAugment, MixPlan, ShardLoader, derive_seed, open_training_data
 
@@ -177,11 +179,6 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def rng_state() -> dict[str, Any]:
     """RNG states in forms ``torch.load(weights_only=True)`` accepts (tensors, lists, ints, strings)."""
@@ -319,10 +316,10 @@ def fit(cfg: FitConfig, *, resume: bool = False, on_step: Callable[[dict], None]
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         record["resumed_from_step"] = step if resume else None
-        _atomic_write_text(out / CONFIG_NAME, json.dumps(record, indent=2, sort_keys=True, default=str))
+        atomic_write_text(out / CONFIG_NAME, json.dumps(record, indent=2, sort_keys=True, default=str))
         # Drop log lines written after the checkpoint (the killed run's tail): the resumed run rewrites them.
         log = [r for r in read_log(out / LOG_NAME) if r.get("step", 0) <= step] if resume else []
-        _atomic_write_text(out / LOG_NAME, "".join(json.dumps(r) + "\n" for r in log))
+        atomic_write_text(out / LOG_NAME, "".join(json.dumps(r) + "\n" for r in log))
 
     train_model: torch.nn.Module = model
     if distributed:

@@ -26,6 +26,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from cocodag.atomic import atomic_write_text
+
 from . import OodscoreError
 
 THRESHOLDS_FORMAT = "oodscore-thresholds"
@@ -36,12 +38,6 @@ _OVERLAY_WIDTH = 1024          # overlays are drawn at most this wide (image + h
 
 
 # ------------------------------------------------------------------------------------------------- files
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _jsonable(v):
     if isinstance(v, (np.floating, float)):
         v = float(v)
@@ -60,7 +56,7 @@ def write_metrics(out_dir: Path | str, results: dict[str, dict]) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scalars = {m: {k: _jsonable(v) for k, v in r.items() if np.isscalar(v) or v is None} for m, r in results.items()}
-    _atomic_write_text(out_dir / "metrics.json", json.dumps(scalars, indent=2) + "\n")
+    atomic_write_text(out_dir / "metrics.json", json.dumps(scalars, indent=2) + "\n")
     keys: list[str] = []
     for r in scalars.values():
         keys += [k for k in r if k not in keys]
@@ -77,7 +73,7 @@ def write_metrics(out_dir: Path | str, results: dict[str, dict]) -> None:
 def save_thresholds(path: Path | str, thresholds: dict[str, dict[str, float]], *, source: str = "") -> None:
     """Save per-method thresholds ``{method: {"f1": t, "tpr95": t}}`` (found on a validation run) as JSON."""
     doc = {"format": THRESHOLDS_FORMAT, "version": 1, "source": source, "methods": _jsonable(thresholds)}
-    _atomic_write_text(Path(path), json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(Path(path), json.dumps(doc, indent=2) + "\n")
 
 
 def load_thresholds(path: Path | str, kind: str = "f1") -> dict[str, float]:
