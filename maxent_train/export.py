@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from . import MaxentError, __version__
 from .data import normalize
+from .train import resolve_device
 
 LOGITS_FORMAT = "cocodag-logits"
 LOGITS_VERSION = 1
@@ -98,12 +99,6 @@ def load_model_for_export(checkpoint: str | Path, model: str | None = None, num_
     load_checkpoint(net, path, strict=True)
     meta.update(model=name, num_classes=nc)
     return net.to(device).eval(), meta
-
-
-def _resolve_device(name: str) -> torch.device:
-    from .train import resolve_device
-
-    return resolve_device(name)
 
 
 # --------------------------------------------------------------------------------------------------------- sources
@@ -275,7 +270,7 @@ def export_logits(opts: ExportOptions) -> dict[str, Any]:
         raise MaxentError(f"--limit must be > 0, got {opts.limit}")
     if opts.batch_size <= 0:
         raise MaxentError(f"--batch-size must be > 0, got {opts.batch_size}")
-    device = _resolve_device(opts.device)
+    device = resolve_device(opts.device)
     model, meta = load_model_for_export(opts.checkpoint, opts.model, opts.num_classes, device)
     num_classes = int(meta["num_classes"])
 
