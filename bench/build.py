@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cocodag.build import BuildConfig, _dag_draw_object, build_dataset, plan_build  # noqa: E402
-from cocodag.cityscapes import decode_image  # noqa: E402
-from cocodag.shards import COMPRESSIONS  # noqa: E402
+from cocodag.imageio import decode_image  # noqa: E402
+from cocodag.formats.shards import COMPRESSIONS  # noqa: E402
 
 
 def make_world(root: Path, frames: int, coco_images: int) -> tuple[Path, Path]:

@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--interval", type=int, default=2, help="embedding_img_interval (DAG every k-th batch)")
     args = ap.parse_args()
 
-    from cocodag.shards import open_dataset
+    from cocodag.formats.shards import open_dataset
     from maxent_train.data import DeviceAugment, MixPlan, ShardLoader
     from maxent_train.loss import maxent_loss
     from maxent_train.models import create_model

@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cocodag.labels import LABEL_ID_TO_TRAIN_ID, OOD_ID  # noqa: E402
-from cocodag.shards import ShardWriter, open_dataset  # noqa: E402
+from cocodag.formats.shards import ShardWriter, open_dataset  # noqa: E402
 from maxent_train.data import IMAGENET_MEAN, IMAGENET_STD, DeviceAugment, MixPlan, ShardLoader  # noqa: E402
 
 FRAME_W, FRAME_H = 2048, 1024

@@ -10,7 +10,7 @@ Work is organised so every input is decoded once per sample and nothing is done 
 Every random draw of a unit comes from ``np.random.SeedSequence([seed, stream_id, unit])``, so a sample depends only
 on (seed, stream, index). Units are grouped into fixed *tasks* (one shard per stream each): a task's bytes do not
 depend on ``--workers`` or scheduling. A task writes its shards (``*.h5.tmp`` -> rename, by
-:func:`cocodag.shards.write_shard`) and then a small record ``progress/task-NNNNN.json`` (atomic); a rerun keeps
+:func:`cocodag.formats.shards.write_shard`) and then a small record ``progress/task-NNNNN.json`` (atomic); a rerun keeps
 tasks whose record matches the config, and the manifest is written last. With one worker, a writer thread writes and
 hashes task t's shards while task t+1 decodes; with several, each loky process runs whole tasks.
 """
@@ -27,12 +27,13 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from .cityscapes import Frame, decode_image, find_frames, load_frame
+from .cityscapes import Frame, find_frames, load_frame
+from .imageio import decode_image
 from .coco import CocoImage, CocoObject, CocoSource, ann_to_mask, coco_paths, image_masks, load_coco
 from .errors import CocodagError
 from .labels import IGNORE_ID, NUM_CLASSES, OOD_ID, ROAD_ID
 from .paste import crop_to_mask, paste_object
-from .shards import (COMPRESSIONS, KINDS, MANIFEST_NAME, SampleMeta, atomic_write_json, build_manifest,
+from .formats.shards import (COMPRESSIONS, KINDS, MANIFEST_NAME, SampleMeta, atomic_write_json, build_manifest,
                      config_hash, read_manifest, shard_name, write_shard)
 from .split import quadrant_boxes
 
@@ -641,17 +642,4 @@ def _manifest(plan: _Plan, recs: list[dict], extra: dict) -> dict[str, Any]:
     skipped += (plan.coco.stats.get("skipped", []) if plan.coco else [])
     return build_manifest(entries, crop_size=plan.cfg.crop, config=plan.resolved, seed=plan.cfg.seed,
                           inputs=plan.inputs, extra={**extra, "dropped": dropped, "skipped": skipped,
-                                                     "num_tasks": len(plan.tasks),
-                                                     "builder_versions": _builder_versions()})
-
-
-def _builder_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("pycocotools", "joblib", "h5py", "opencv-python-headless", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+                                                     "num_tasks": len(plan.tasks)})

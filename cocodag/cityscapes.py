@@ -6,12 +6,10 @@ Layout (the real one, unchanged)::
     ROOT/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png        (labelIds 0..33, converted with the official table)
     ROOT/gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png   (optional; used directly when present, see below)
 
-Decoding goes through :func:`decode_image` (``cv2.imdecode`` with ``IMREAD_UNCHANGED``, the fast path) plus a cheap
-end-of-stream check, because libjpeg only *warns* on a truncated JPEG and returns a half-grey image.
+Decoding goes through :func:`cocodag.imageio.decode_image`.
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +17,13 @@ import cv2
 import numpy as np
 
 from .errors import CocodagError
+from .imageio import decode_image, png_size
 from .labels import IGNORE_ID, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
 LABEL_TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
 LABEL_SOURCES = ("auto", "labelIds", "labelTrainIds")
-
-_PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -39,61 +36,6 @@ class Frame:
     label_kind: str       # "labelIds" | "labelTrainIds"
     width: int
     height: int
-
-
-# ------------------------------------------------------------------------------------------------------- decoding
-def png_size(path: Path | str) -> tuple[int, int]:
-    """(width, height) from a PNG's IHDR chunk without decoding it; raises :class:`CocodagError` if not a PNG."""
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if len(head) < 24 or head[:8] != _PNG_SIG or head[12:16] != b"IHDR":
-        raise CocodagError(f"{path}: not a PNG file (bad signature/header); corrupt or truncated")
-    w, h = struct.unpack(">II", head[16:24])
-    return int(w), int(h)
-
-
-def _truncated(buf: np.ndarray) -> bool:
-    """True when a PNG lacks its IEND chunk or a JPEG lacks its EOI marker near the end (truncated download)."""
-    b = buf[:8].tobytes()
-    if b.startswith(_PNG_SIG):
-        return b"IEND" not in buf[-32:].tobytes()
-    if b.startswith(b"\xff\xd8"):
-        # Some encoders pad after EOI; look in the tail rather than at the last two bytes only.
-        return b"\xff\xd9" not in buf[-1024:].tobytes()
-    return False
-
-
-def decode_image(path: Path | str, *, color: bool = True) -> np.ndarray:
-    """Decode an image file once, fast (cv2, ``IMREAD_UNCHANGED``).
-
-    Returns ``(H, W, 3)`` uint8 **BGR** when ``color`` (grey / alpha / 16-bit inputs are converted), else the raw
-    single-channel uint8 array. Raises :class:`CocodagError` naming the file when it is missing, corrupt or truncated.
-    """
-    try:
-        buf = np.fromfile(str(path), dtype=np.uint8)
-    except (FileNotFoundError, IsADirectoryError):
-        raise CocodagError(f"{path}: image file not found") from None
-    if buf.size == 0 or _truncated(buf):
-        raise CocodagError(f"{path}: corrupt or truncated image file ({buf.size} bytes)")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise CocodagError(f"{path}: corrupt image file (cannot be decoded)")
-    if img.dtype != np.uint8:
-        if img.dtype == np.uint16 and color:
-            img = (img >> 8).astype(np.uint8)
-        else:
-            raise CocodagError(f"{path}: expected 8-bit image, got {img.dtype}")
-    if not color:
-        if img.ndim != 2:
-            raise CocodagError(f"{path}: expected a single-channel label PNG, got shape {img.shape}")
-        return img
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    elif img.shape[2] != 3:
-        raise CocodagError(f"{path}: expected 1, 3 or 4 channels, got {img.shape[2]}")
-    return img
 
 
 # ------------------------------------------------------------------------------------------------------- the tree

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._cli_utils import user_errors
+from .cli_utils import user_errors
 
 _COMPRESSION_HELP = "HDF5 compression of image/label: none | lzf | gzip (level 1). Default measured by bench/build.py."
 

@@ -7,8 +7,7 @@ from typing import Annotated
 import typer
 
 from . import demo_world as dw
-from ._cli_utils import user_errors
-from .errors import CocodagError
+from .cli_utils import user_errors
 
 
 def demo_data(
@@ -27,7 +26,7 @@ def demo_data(
     workers: Annotated[int, typer.Option(help="Parallel worker processes (output does not depend on it).")] = 1,
 ) -> None:
     """Write the synthetic demo world in real formats: Cityscapes tree, COCO instances JSON, anomaly test set."""
-    with user_errors(CocodagError):
+    with user_errors():
         size = dw.parse_size(frame_size, "--frame-size")
         csize = dw.parse_size(coco_image_size, "--coco-image-size", minimum=(64, 64))
         info = dw.generate_demo_world(out, frames=frames, val_frames=val_frames, anomaly_frames=anomaly_frames,

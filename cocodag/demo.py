@@ -388,12 +388,12 @@ def demo_cmd(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of training.")] = True,
 ) -> None:
     """Run the whole method on the embedded demo world and print the seed's tables (resumes if interrupted)."""
-    from ._cli_utils import user_errors
+    from .cli_utils import user_errors
 
     cfg = DemoConfig(out=out, frames=frames, anomaly_frames=anomaly_frames, frame_size=frame_size, steps=steps,
                      seeds=seeds, baseline=baseline, baseline_steps=baseline_steps, mc_samples=mc_samples, lr=lr,
                      embedding_img_interval=embedding_img_interval, device=device, workers=workers, progress=progress)
-    with user_errors(CocodagError):
+    with user_errors():
         t = time.perf_counter()
         run_demo(cfg)
         print(f"demo finished in {time.perf_counter() - t:.0f} s; report: {Path(out) / 'report' / 'results.md'}",

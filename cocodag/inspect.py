@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import CocodagError
 from .labels import IGNORE_ID, OOD_ID
-from .shards import KINDS, open_dataset
+from .formats.shards import KINDS, open_dataset
 
 _OUTLINE_BGR = (0, 0, 255)   # red in cv2's BGR order
 _THUMB = 160

@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import CocodagError
 from .labels import IGNORE_ID, NUM_CLASSES, OOD_ID
-from .shards import KINDS, open_dataset
+from .formats.shards import KINDS, open_dataset
 
 _ALLOWED = np.zeros(256, dtype=bool)
 _ALLOWED[:NUM_CLASSES] = True
@@ -19,7 +19,7 @@ _META_SHAPES = {"frame": (), "coco_ann": (), "centroid": (2,), "crop": (4,), "qu
 def verify_dataset(root: Path | str, *, batch: int = 64) -> dict[str, Any]:
     """Validate every shard of a dataset; raise :class:`CocodagError` (one line, naming shard and sample) on failure.
 
-    Checks: manifest + per-shard sha256 (via :func:`cocodag.shards.open_dataset`), shard attrs/kind, image/label
+    Checks: manifest + per-shard sha256 (via :func:`cocodag.formats.shards.open_dataset`), shard attrs/kind, image/label
     shapes and dtypes, meta shapes, label values in {0..18, 254, 255}, every DAG crop holds OOD (254) and ID (0..18)
     pixels and a quadrant 0..3, and the manifest totals.
     """

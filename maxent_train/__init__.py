@@ -8,8 +8,10 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
+from cocodag.errors import CocodagError  # noqa: E402 - the common base of every error of ours
 
-class MaxentError(ValueError):
+
+class MaxentError(CocodagError):
     """A user-facing error of maxent_train (bad data dir, checkpoint, option...)."""
 
 

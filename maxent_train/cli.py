@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cocodag._cli_utils import user_errors
+from cocodag.cli_utils import user_errors
 
 app = typer.Typer(help="MaxEnt fine-tuning on cocodag shards; logit and MC-dropout export.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False, add_completion=False)
@@ -117,7 +117,7 @@ def export(
     data: Annotated[Optional[Path], typer.Option(help="A cocodag dataset directory as input.")] = None,
     kinds: Annotated[str, typer.Option(help="Shard kinds to export from --data, comma-separated.")] = "dag",
     images: Annotated[Optional[Path], typer.Option(help="An evaluation-set root as input (with --preset).")] = None,
-    preset: Annotated[str, typer.Option(help="Evaluation-set preset of --images (cocodag.evalsets).")] = "standard",
+    preset: Annotated[str, typer.Option(help="Evaluation-set preset of --images (cocodag.formats.evalsets).")] = "standard",
     model: Annotated[Optional[str], typer.Option(help="Model name when the checkpoint has no metadata.")] = None,
     num_classes: Annotated[Optional[int], typer.Option(help="Classes when the checkpoint has no metadata.")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples read per shard access (--data only).")] = 4,

@@ -68,7 +68,7 @@ class _KindIndex:
 
 
 class ShardReader:
-    """Reads samples of a :class:`cocodag.shards.Dataset` by (kind, global index); opens h5 files lazily per process.
+    """Reads samples of a :class:`cocodag.formats.shards.Dataset` by (kind, global index); opens h5 files lazily per process.
 
     Picklable: only paths travel to DataLoader workers; each worker opens its own handles on first use and a
     change of ``os.getpid()`` (fork) drops inherited handles.
@@ -322,7 +322,7 @@ class ShardLoader:
 
     Parameters
     ----------
-    dataset : :class:`cocodag.shards.Dataset`
+    dataset : :class:`cocodag.formats.shards.Dataset`
     plan : :class:`MixPlan`
     device : where batches go (uint8; normalize with :class:`DeviceAugment`)
     workers : DataLoader worker processes (0 = read in this process); results do not depend on it
@@ -397,7 +397,7 @@ def normalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tor
 
 
 def open_training_data(data_dir: Path | str, *, verify_checksums: bool = True):
-    """Open a cocodag dataset (manifest + checksums checked by ``cocodag.shards``); errors stay ``CocodagError``."""
-    from cocodag.shards import open_dataset
+    """Open a cocodag dataset (manifest + checksums checked by ``cocodag.formats.shards``); errors stay ``CocodagError``."""
+    from cocodag.formats.shards import open_dataset
 
     return open_dataset(data_dir, verify_checksums=verify_checksums)

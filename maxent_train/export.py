@@ -1,7 +1,7 @@
 """Logit / MC-dropout export to ``logits.h5`` (DESIGN §4.3, docs/formats.md §3).
 
 Inputs: a cocodag dataset (``data``, shard kinds ``kinds``; labels trainId -> 0, 254 -> 1, 255 -> 255) or an
-evaluation set (``images`` + ``preset`` via :mod:`cocodag.evalsets`, full-resolution inference, optionally in sliding
+evaluation set (``images`` + ``preset`` via :mod:`cocodag.formats.evalsets`, full-resolution inference, optionally in sliding
 windows). Every dataset is chunked one frame per chunk and filled frame by frame, so the file may exceed RAM; it is
 written to ``<out>.tmp`` and renamed when complete.
 
@@ -103,7 +103,7 @@ def load_model_for_export(checkpoint: str | Path, model: str | None = None, num_
 
 # --------------------------------------------------------------------------------------------------------- sources
 def _shard_frames(data: str, kinds: tuple[str, ...], chunk: int) -> tuple[int, tuple[int, int], Iterator[_Frame]]:
-    from cocodag.shards import KINDS, open_dataset
+    from cocodag.formats.shards import KINDS, open_dataset
 
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
@@ -132,7 +132,7 @@ def _shard_frames(data: str, kinds: tuple[str, ...], chunk: int) -> tuple[int, t
 def _evalset_frames(root: str, preset_name: str) -> tuple[int, tuple[int, int] | None, Iterator[_Frame], Any]:
     import cv2
 
-    from cocodag.evalsets import get_preset
+    from cocodag.formats.evalsets import get_preset
 
     preset = get_preset(preset_name)
     items = preset.find(root)

@@ -11,8 +11,10 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
+from cocodag.errors import CocodagError  # noqa: E402 - the common base of every error of ours
 
-class OodscoreError(ValueError):
+
+class OodscoreError(CocodagError):
     """A user-facing error of oodscore (bad input file, degenerate metric input, bad option...)."""
 
 

@@ -1,5 +1,5 @@
 """`oodscore` command line: thin typer shells over library functions (oodscore.report, oodscore.scores,
-cocodag.evalsets). Every error of ours becomes one red ``error:`` line and exit code 1."""
+cocodag.formats.evalsets). Every error of ours becomes one red ``error:`` line and exit code 1."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cocodag import CocodagError
-from cocodag._cli_utils import user_errors
+from cocodag.cli_utils import user_errors
 
 from . import OodscoreError
 
@@ -19,10 +18,6 @@ datasets_app = typer.Typer(help="Evaluation-set presets: list them, convert a se
 app.add_typer(datasets_app, name="datasets")
 
 _METHODS_HELP = "msp | maxlogit | entropy | sml | vde | oodmc"
-
-
-def _errors():
-    return user_errors(OodscoreError, CocodagError)
 
 
 def _echo(msg: str) -> None:
@@ -45,10 +40,10 @@ def fit_sml(
     device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda[:i] (default: cpu).")] = None,
 ) -> None:
     """Fit (or import) SML statistics: per predicted class, mean and variance of the max logit."""
-    with _errors():
+    with user_errors():
         from tqdm import tqdm
 
-        from .io import LogitsFile
+        from cocodag.formats.logits import LogitsFile
         from .scores import SMLStats
 
         sources = [s for s in (logits, import_official, stats) if s is not None]
@@ -91,10 +86,10 @@ def fit_oodmc(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the pixel sampling and the classifier.")] = 0,
 ) -> None:
     """Fit the OODMC classifier on MC-dropout moments (features from the file's mc/* datasets)."""
-    with _errors():
+    with user_errors():
         from tqdm import tqdm
 
-        from .io import LogitsFile
+        from cocodag.formats.logits import LogitsFile
         from .scores import OODMC
 
         with LogitsFile(logits) as lf:
@@ -154,7 +149,7 @@ def evaluate(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Score frames and write metrics (exact by default), ROC/PR plots and heat-map overlays."""
-    with _errors():
+    with user_errors():
         from .report import evaluate_logits, evaluate_score_maps
 
         if bins is not None and bins < 2:
@@ -190,7 +185,7 @@ def evaluate(
 @datasets_app.command("list")
 def datasets_list() -> None:
     """Show the presets: label convention and evaluated region (whole image or road)."""
-    from cocodag.evalsets import PRESETS
+    from cocodag.formats.evalsets import PRESETS
 
     for p in PRESETS.values():
         typer.echo(f"{p.name:<20} region={p.region:<4} {p.description}")
@@ -204,8 +199,8 @@ def datasets_convert(
     dst: Annotated[Path, typer.Argument(help="Output folder (images/, labels/, roi/, meta.json).")],
 ) -> None:
     """Convert an evaluation set to the documented layout (labels 0 = ID, 1 = anomaly, 255 = void)."""
-    with _errors():
-        from cocodag.evalsets import convert
+    with user_errors():
+        from cocodag.formats.evalsets import convert
 
         meta = convert(preset, src, dst)
         px = meta["pixels"]

@@ -416,7 +416,7 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
         A ``thresholds.json`` of a validation run: its thresholds draw the overlay masks and give
         F1/precision/recall/FPR at that fixed threshold (``<metric>@<kind>_given``).
     """
-    from .io import LogitsFile
+    from cocodag.formats.logits import LogitsFile
 
     if not methods:
         raise OodscoreError("no --method given; choose from " + ", ".join(METHODS))
@@ -483,7 +483,7 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
         Resize score maps whose size differs from the label bilinearly (as the SegmentMeIfYouCan tooling does);
         default False: a size mismatch is an error.
     """
-    from cocodag.evalsets import parse_dataset_spec
+    from cocodag.formats.evalsets import parse_dataset_spec
 
     from .io import open_score_maps
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from cocodag.formats.logits import upsample as upsample_rule
 from oodscore import OodscoreError
 
 
@@ -82,10 +82,7 @@ def check_size(size) -> tuple[int, int] | None:
 def upsample(t: torch.Tensor, size) -> torch.Tensor:
     """Bilinear resize of ``(N, C, h, w)`` to ``size`` = (H, W) (``align_corners=False``, as the SML code's
     ``Upsample``); no-op when ``size`` is None or already equal."""
-    size = check_size(size)
-    if size is None or tuple(t.shape[-2:]) == size:
-        return t
-    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+    return upsample_rule(t, check_size(size))
 
 
 def to_output(t: torch.Tensor, batched: bool) -> np.ndarray:

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from cocodag.build import BuildConfig, build_dataset
 from cocodag.cli import app
 from cocodag.errors import CocodagError
-from cocodag.shards import open_dataset
+from cocodag.formats.shards import open_dataset
 from cocodag.verify import verify_dataset
 
 from _fixtures import SMALL, TRAIN_IDS, make_cityscapes, make_coco

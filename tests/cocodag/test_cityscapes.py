@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cocodag.cityscapes import decode_image, find_frames, load_frame, load_frame_rgb
+from cocodag.cityscapes import find_frames, load_frame, load_frame_rgb
+from cocodag.imageio import decode_image
 from cocodag.errors import CocodagError
 
 from _fixtures import TRAIN_IDS, make_cityscapes

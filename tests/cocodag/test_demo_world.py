@@ -184,7 +184,7 @@ def test_anomaly_set(world):
 
 
 def test_anomaly_set_readable_by_demo_preset(world):
-    evalsets = pytest.importorskip("cocodag.evalsets")
+    evalsets = pytest.importorskip("cocodag.formats.evalsets")
     preset = evalsets.get_preset("demo")
     items = preset.find(world / "anomaly")
     assert sorted(i.name for i in items) == sorted(json.loads((world / "anomaly" / "meta.json").read_text())["names"])

@@ -1,4 +1,4 @@
-"""Evaluation-set presets -> the documented 0/1/255 layout (cocodag.evalsets, docs/formats.md §2).
+"""Evaluation-set presets -> the documented 0/1/255 layout (cocodag.formats.evalsets, docs/formats.md §2).
 
 Oracles: the source files' own values mapped with literal per-pixel rules written here (not the module's LUTs);
 the real RoadAnomaly frames (../shared/real-data) where present.
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cocodag import CocodagError
-from cocodag.evalsets import PRESETS, EvalItem, convert, get_preset, parse_dataset_spec
+from cocodag.formats.evalsets import PRESETS, EvalItem, convert, get_preset, parse_dataset_spec
 
 # Cityscapes labelIds that have a trainId (official cityscapesScripts table), written out independently here.
 _CS_EVAL_IDS = {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33}

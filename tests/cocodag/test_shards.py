@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cocodag.errors import CocodagError
-from cocodag.shards import SampleMeta, ShardWriter, open_dataset
+from cocodag.formats.shards import SampleMeta, ShardWriter, open_dataset
 
 
 def _samples(rng, n, s):

@@ -8,7 +8,7 @@ from cocodag.build import BuildConfig, build_dataset
 from cocodag.cli import app
 from cocodag.errors import CocodagError
 from cocodag.inspect import inspect_dataset
-from cocodag.shards import SampleMeta, ShardWriter
+from cocodag.formats.shards import SampleMeta, ShardWriter
 from cocodag.verify import verify_dataset
 
 from _fixtures import make_cityscapes, make_coco

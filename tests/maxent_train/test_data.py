@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cocodag.shards import open_dataset
+from cocodag.formats.shards import open_dataset
 from maxent_train import MaxentError
 from maxent_train.data import (IMAGENET_MEAN, IMAGENET_STD, KIND_CODES, DeviceAugment, MixPlan, ShardLoader,
                                ShardReader)
@@ -129,7 +129,7 @@ def test_reader_matches_h5py_and_reads_runs(data_dir, monkeypatch):
     idx = np.array([5, 6, 7, 8, 9, 30, 2, 3], np.int64)      # 5..7 | 8..9 cross a shard border at 8
     refs = np.stack([np.full(len(idx), CS), idx], 1)
     calls = []
-    from cocodag.shards import ShardFile
+    from cocodag.formats.shards import ShardFile
 
     orig = ShardFile.read
     monkeypatch.setattr(ShardFile, "read", lambda self, a, b: calls.append((self.path.name, a, b)) or orig(self, a, b))

@@ -47,7 +47,7 @@ def _cfg(data_dir, out, **kw) -> FitConfig:
 
 
 def _fixed_batch_loss(data_dir, state_dict, lam: float) -> float:
-    from cocodag.shards import open_dataset
+    from cocodag.formats.shards import open_dataset
 
     ds = open_dataset(data_dir)
     reader = ShardReader(ds)

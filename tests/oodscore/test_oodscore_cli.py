@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from oodscore.cli import app
-from oodscore.io import LogitsWriter
+from cocodag.formats.logits import LogitsWriter
 from oodscore.metrics import pixel_metrics
 
 runner = CliRunner()

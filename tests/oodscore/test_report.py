@@ -14,7 +14,7 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from oodscore import OodscoreError
-from oodscore.io import LogitsWriter
+from cocodag.formats.logits import LogitsWriter
 from oodscore.report import (evaluate_logits, load_thresholds, normalize_scores, save_overlay, save_thresholds,
                              write_metrics)
 

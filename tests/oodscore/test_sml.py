@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from cocodag import CocodagError  # SMLStats is the foundation's (cocodag.formats.sml_stats)
 from oodscore import OodscoreError
 from oodscore.scores import SML, SMLStats
 
@@ -138,22 +139,22 @@ def test_stats_float16_and_large_offset():
 
 def test_stats_unfitted_and_errors(tmp_path):
     st = SMLStats()
-    with pytest.raises(OodscoreError, match=r"SMLStats is not fitted: call partial_fit\(\) or SMLStats.load\(path\)"):
+    with pytest.raises(CocodagError, match=r"SMLStats is not fitted: call partial_fit\(\) or SMLStats.load\(path\)"):
         st.std_
-    with pytest.raises(OodscoreError, match="not fitted"):
+    with pytest.raises(CocodagError, match="not fitted"):
         SML(st).score(np.zeros((3, 4, 4), np.float32))
     st.partial_fit(np.zeros((3, 4, 4), np.float32))
-    with pytest.raises(OodscoreError, match="expected 3 classes"):
+    with pytest.raises(CocodagError, match="expected 3 classes"):
         st.partial_fit(np.zeros((4, 4, 4), np.float32))
-    with pytest.raises(OodscoreError, match="num_classes"):
+    with pytest.raises(CocodagError, match="num_classes"):
         SMLStats(num_classes=19).partial_fit(np.zeros((3, 4, 4), np.float32))
-    with pytest.raises(OodscoreError, match="not found"):
+    with pytest.raises(CocodagError, match="not found"):
         SMLStats.load(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{nope")
-    with pytest.raises(OodscoreError, match="bad.json: not a valid JSON"):
+    with pytest.raises(CocodagError, match="bad.json: not a valid JSON"):
         SMLStats.load(tmp_path / "bad.json")
     (tmp_path / "other.json").write_text(json.dumps({"format": "something-else"}))
-    with pytest.raises(OodscoreError, match="format"):
+    with pytest.raises(CocodagError, match="format"):
         SMLStats.load(tmp_path / "other.json")
 
 
@@ -198,7 +199,7 @@ def test_official_roundtrip(tmp_path):
     np.testing.assert_array_equal(st.mean_, [float(mean_d[k]) for k in range(19)])
     np.testing.assert_array_equal(st.var_, [var_d[k] for k in range(19)])
     assert not st.counts_known_
-    with pytest.raises(OodscoreError, match="no pixel counts"):
+    with pytest.raises(CocodagError, match="no pixel counts"):
         st.partial_fit(rng.normal(size=(19, 4, 4)))
     # export -> import gives the same numbers, and JSON keeps "count unknown"
     m, v = st.export_official(tmp_path / "out")
@@ -212,7 +213,7 @@ def test_official_roundtrip(tmp_path):
     raw = np.load(m, allow_pickle=True).item()
     assert raw == {k: float(mean_d[k]) for k in range(19)}
     np.save(tmp_path / "notdict.npy", np.zeros(3))
-    with pytest.raises(OodscoreError, match="expected an np.save'd dict"):
+    with pytest.raises(CocodagError, match="expected an np.save'd dict"):
         SMLStats.import_official(tmp_path / "notdict.npy", v)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -30,9 +29,10 @@ from typing import Any, Iterable, Iterator
 import h5py
 import numpy as np
 
-from .atomic import atomic_write_json  # noqa: F401 - part of this module's API
-from .errors import CocodagError
-from .labels import IGNORE_ID, NUM_CLASSES, OOD_ID, TRAIN_CLASS_NAMES
+from ..atomic import atomic_write_json  # noqa: F401 - part of this module's API
+from ..errors import CocodagError
+from ..versions import library_versions
+from ..labels import IGNORE_ID, NUM_CLASSES, OOD_ID, TRAIN_CLASS_NAMES
 
 SHARD_FORMAT = "cocodag-shard"
 SHARD_VERSION = 1
@@ -58,18 +58,6 @@ def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:
 
 def shard_name(kind: str, index: int) -> str:
     return f"{kind}-{index:05d}.h5"
-
-
-def library_versions() -> dict[str, str]:
-    import cv2
-    import PIL
-
-    from . import __version__
-
-    return {
-        "cocodag": __version__, "python": platform.python_version(), "numpy": np.__version__,
-        "h5py": h5py.__version__, "opencv": cv2.__version__, "pillow": PIL.__version__,
-    }
 
 
 def _compression_kwargs(compression: str) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
-from .errors import CocodagError
-from .labels import IGNORE_ID, LABEL_ID_TO_TRAIN_ID
+from ..atomic import atomic_write_bytes
+from ..errors import CocodagError
+from ..labels import IGNORE_ID, LABEL_ID_TO_TRAIN_ID
 
 EVALSET_FORMAT = "cocodag-evalset"
 EVALSET_VERSION = 1
