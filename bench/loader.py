@@ -34,8 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cocodag.labels import LABEL_ID_TO_TRAIN_ID, OOD_ID  # noqa: E402
 from cocodag.formats.shards import ShardWriter, open_dataset  # noqa: E402
+from cocodag.imageio import decode_image, read_rgb  # noqa: E402
+from cocodag.labels import LABEL_ID_TO_TRAIN_ID, OOD_ID  # noqa: E402
 from maxent_train.data import IMAGENET_MEAN, IMAGENET_STD, DeviceAugment, MixPlan, ShardLoader  # noqa: E402
 
 FRAME_W, FRAME_H = 2048, 1024
@@ -113,11 +114,11 @@ class OnTheFly(torch.utils.data.Dataset):
     def sample(self, i: int, normalize: bool = True):
         rng = np.random.default_rng((self.seed, i))
         f_img, f_lab = self.frames[i % len(self.frames)]
-        img = cv2.cvtColor(cv2.imread(str(f_img), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        lab = LABEL_ID_TO_TRAIN_ID[cv2.imread(str(f_lab), cv2.IMREAD_UNCHANGED)]
+        img = read_rgb(f_img)
+        lab = LABEL_ID_TO_TRAIN_ID[decode_image(f_lab, color=False)]
         p_img, p_mask = self.proxies[int(rng.integers(len(self.proxies)))]
-        obj = cv2.cvtColor(cv2.imread(str(p_img), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        mask = cv2.imread(str(p_mask), cv2.IMREAD_UNCHANGED).astype(bool)
+        obj = read_rgb(p_img)
+        mask = decode_image(p_mask, color=False).astype(bool)
         ys, xs = np.nonzero(mask)
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         obj, mask = obj[y0:y1, x0:x1], mask[y0:y1, x0:x1]

@@ -3,16 +3,19 @@
 Work is organised so every input is decoded once per sample and nothing is done twice:
 
 - a *frame unit* ``u`` decodes Cityscapes frame ``order[u % n_frames]`` once and emits both its Cityscapes crops
-  (stream ``cityscapes``, units ``u < n_frames``) and one pasted sample split into four quadrant crops (stream
-  ``dag``, units ``u < dag_samples``);
-- a *COCO unit* ``v`` decodes proxy image ``order[v % n_proxies]`` once and emits one crop (stream ``coco``).
+  (stream ``cityscapes``, units ``u < n_frames``) and one pasted sample (:func:`cocodag.paste.paste_object`) split
+  into four quadrant crops (:func:`cocodag.split.split_by_centroid`; stream ``dag``, units ``u < dag_samples``);
+- a *COCO unit* ``v`` decodes proxy image ``order[v % n_proxies]`` once and emits one crop
+  (:func:`cocodag.coco.crop_proxy`; stream ``coco``).
 
-Every random draw of a unit comes from ``np.random.SeedSequence([seed, stream_id, unit])``, so a sample depends only
-on (seed, stream, index). Units are grouped into fixed *tasks* (one shard per stream each): a task's bytes do not
-depend on ``--workers`` or scheduling. A task writes its shards (``*.h5.tmp`` -> rename, by
-:func:`cocodag.formats.shards.write_shard`) and then a small record ``progress/task-NNNNN.json`` (atomic); a rerun keeps
-tasks whose record matches the config, and the manifest is written last. With one worker, a writer thread writes and
-hashes task t's shards while task t+1 decodes; with several, each loky process runs whole tasks.
+Every random draw of a unit comes from ``np.random.SeedSequence([seed, STREAM_CODES[stream], unit])``
+(:data:`cocodag.formats.shards.STREAM_CODES`), so a sample depends only on (seed, stream, index). Units are grouped
+into fixed *tasks* (one shard per stream each): a task's bytes do not depend on ``--workers`` or scheduling. Each task
+travels as a frozen :class:`FrameTask` / :class:`CocoTask` (its inputs + :class:`BuildSettings`), writes its shards
+(``*.h5.tmp`` -> rename, by :func:`cocodag.formats.shards.write_shard`) and then a small record
+``progress/task-NNNNN.json`` (atomic); a rerun keeps tasks whose record matches the config, and the manifest is
+written last. With one worker, a writer thread writes and hashes task t's shards while task t+1 decodes; with
+several, each loky process runs whole tasks.
 """
 from __future__ import annotations
 
@@ -27,22 +30,21 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from .atomic import atomic_write_json, temp_path
 from .cityscapes import Frame, find_frames, load_frame
-from .imageio import decode_image
-from .coco import CocoImage, CocoObject, CocoSource, ann_to_mask, coco_paths, image_masks, load_coco
+from .coco import (CocoImage, CocoObject, CocoSource, ann_to_mask, coco_paths, crop_proxy, image_masks, load_coco,
+                   load_image)
 from .errors import CocodagError
-from .labels import IGNORE_ID, NUM_CLASSES, OOD_ID, ROAD_ID
+from .formats.shards import (COMPRESSIONS, KINDS, MANIFEST_NAME, STREAM_CODES, SampleMeta, build_manifest,
+                             config_hash, read_manifest, shard_name, write_shard)
+from .labels import IGNORE_ID, ROAD_ID
 from .paste import crop_to_mask, paste_object
-from .formats.shards import (COMPRESSIONS, KINDS, MANIFEST_NAME, SampleMeta, atomic_write_json, build_manifest,
-                     config_hash, read_manifest, shard_name, write_shard)
-from .split import quadrant_boxes
+from .split import split_by_centroid
 
-STREAM_IDS = {"dag": 0, "cityscapes": 1, "coco": 2}
-_ORDER_FRAMES, _ORDER_COCO = 3, 4          # extra SeedSequence streams: the frame / proxy visiting order
+_ORDER_FRAMES, _ORDER_COCO = 3, 4          # extra SeedSequence streams (after STREAM_CODES): the visiting orders
 PROGRESS_DIR = "progress"
 DEFAULT_COMPRESSION = "none"               # measured by bench/build.py (see README): fastest, lzf/gzip save little
 SEED_WINDOW = (250, 774, 250, 1798)        # the seed's paste window: rows 250..774, cols 250..1798 of 1024x2048
-_COCO_CROP_TRIES = 10
 # Test hook: sleep this many seconds per task (lets the kill -9 resume test interrupt a tiny build reliably).
 _SLOW_ENV = "COCODAG_TEST_TASK_DELAY"
 
@@ -121,6 +123,17 @@ def parse_range(text: str, name: str) -> tuple[float, float]:
     if len(parts) != 2:
         raise CocodagError(f"{name}: expected MIN:MAX, got {text!r}")
     return parts[0], parts[1]
+
+
+def parse_window(text: str) -> tuple[int, int, int, int]:
+    """``"R0:R1:C0:C1"`` -> the paste window (rows, then columns, on a 1024x2048 frame)."""
+    try:
+        window = tuple(int(float(v)) for v in str(text).split(":"))
+    except ValueError:
+        window = ()
+    if len(window) != 4:
+        raise CocodagError(f"--paste-window: expected R0:R1:C0:C1 numbers, got {text!r}")
+    return window
 
 
 def _rng(seed: int, stream: int, unit: int) -> np.random.Generator:
@@ -221,10 +234,77 @@ def plan_build(cityscapes: Path | str | None, coco: Path | str | None, cfg: Buil
                  config_hash(resolved))
 
 
+# ------------------------------------------------------------------------------------------------------- payloads
+@dataclass(frozen=True)
+class BuildSettings:
+    """What every task needs from the resolved config (so workers never see the plan or the COCO index)."""
+
+    out_dir: str
+    config_hash: str
+    crop: int
+    seed: int
+    compression: str
+    skip_bad: bool
+    crops_per_frame: int                       # resolved: 0 when the cityscapes stream is off
+    dag_samples: int                           # resolved: 0 when the dag stream is off
+    object_scale: tuple[float, float]
+    paste_window: tuple[int, int, int, int]
+    feather: float
+    flip: bool
+    coco_background: int                       # label of COCO background pixels (IGNORE_ID, or ROAD_ID = meta-ood)
+
+    @classmethod
+    def from_plan(cls, plan: _Plan, out_dir: Path) -> BuildSettings:
+        r = plan.resolved
+        return cls(str(out_dir), plan.config_hash, r["crop"], r["seed"], r["compression"], r["skip_bad"],
+                   r["cityscapes_crops_per_frame"], r["dag_samples"], tuple(r["object_scale"]),
+                   tuple(r["paste_window"]), r["feather"], r["flip"],
+                   ROAD_ID if r["coco_background"] == "road" else IGNORE_ID)
+
+
+@dataclass(frozen=True)
+class FrameTask:
+    """A frames task: unit ``u`` decodes ``frames[u - start]`` once for its Cityscapes crops (``u < num_frames``)
+    and one DAG paste of ``pastes[u - start]`` (``u < dag_samples``)."""
+
+    task: _Task
+    settings: BuildSettings
+    frames: tuple[Frame, ...]
+    pastes: tuple[tuple[CocoObject, CocoImage], ...]
+    num_frames: int
+    num_objects: int                           # size of the object list the DAG draw picks from
+
+
+@dataclass(frozen=True)
+class CocoTask:
+    """A COCO task: unit ``v`` crops proxy image ``images[v - start]``."""
+
+    task: _Task
+    settings: BuildSettings
+    images: tuple[CocoImage, ...]
+
+
+def _task_payload(plan: _Plan, task: _Task, settings: BuildSettings) -> FrameTask | CocoTask:
+    """Only what one task needs (a full COCO index would be hundreds of MB to pickle per task)."""
+    units = range(task.start, task.stop)
+    if task.kind == "coco":
+        n = len(plan.coco.images)
+        return CocoTask(task, settings, tuple(plan.coco.images[int(plan.coco_order[v % n])] for v in units))
+    n = len(plan.frames)
+    frames = tuple(plan.frames[int(plan.frame_order[u % n])] for u in units)
+    pastes, num_objects = (), 0
+    if settings.dag_samples:
+        num_objects = len(plan.coco.objects)
+        objs = [plan.coco.objects[_dag_draw_object(settings.seed, u, num_objects)[1]]
+                for u in range(task.start, min(task.stop, settings.dag_samples))]
+        pastes = tuple((o, plan.coco.images[o.image]) for o in objs)
+    return FrameTask(task, settings, frames, pastes, n, num_objects)
+
+
 # ------------------------------------------------------------------------------------------------------- workers
 def _dag_draw_object(seed: int, unit: int, n_objects: int) -> tuple[np.random.Generator, int]:
     """The DAG unit's generator after its first draw (the object): the parent uses it to ship only needed objects."""
-    rng = _rng(seed, STREAM_IDS["dag"], unit)
+    rng = _rng(seed, STREAM_CODES["dag"], unit)
     return rng, int(rng.integers(n_objects))
 
 
@@ -237,18 +317,15 @@ def _window(frame_w: int, frame_h: int, window: tuple[int, int, int, int]) -> tu
     return r0, r1, c0, c1
 
 
-class _Skip(Exception):
-    pass
-
-
-def _decode_or_skip(fn: Callable, *args, skip_bad: bool, skipped: list):
+def _decode_or_skip(load: Callable, item, skip_bad: bool, skipped: list):
+    """``load(item)``; with ``skip_bad`` a bad file is listed in ``skipped`` and ``None`` returned instead."""
     try:
-        return fn(*args)
+        return load(item)
     except CocodagError as e:
         if not skip_bad:
             raise
         skipped.append({"file": str(e).split(":")[0], "reason": str(e)})
-        raise _Skip from None
+        return None
 
 
 class _StreamBuffer:
@@ -276,149 +353,121 @@ class _StreamBuffer:
         return self.img[:n], self.lab[:n], self.meta
 
 
-def _frame_task(p: dict, task: _Task, tick: Callable[[int], None]) -> tuple:
-    cfg: dict = p["cfg"]
-    s, seed, k = cfg["crop"], cfg["seed"], cfg["cityscapes_crops_per_frame"]
-    dag_n, n_frames = cfg["dag_samples"], p["n_frames"]
-    units = range(task.start, task.stop)
-    out = {"dag": _StreamBuffer(4 * sum(u < dag_n for u in units), s),
-           "cityscapes": _StreamBuffer(k * sum(u < n_frames for u in units), s)}
+def _frame_task(p: FrameTask, tick: Callable[[int], None]) -> tuple:
+    st = p.settings
+    units = range(p.task.start, p.task.stop)
+    out = {"dag": _StreamBuffer(4 * sum(u < st.dag_samples for u in units), st.crop),
+           "cityscapes": _StreamBuffer(st.crops_per_frame * sum(u < p.num_frames for u in units), st.crop)}
     dropped = {"dag_no_ood": 0, "dag_no_id": 0, "dag_empty_paste": 0}
     skipped: list = []
-    lo, hi = cfg["object_scale"]
-    for u in units:
-        fi = int(p["frame_order"][u % n_frames])
-        frame: Frame = p["frames"][fi]
-        try:
-            bgr, lab = _decode_or_skip(load_frame, frame, skip_bad=cfg["skip_bad"], skipped=skipped)
-        except _Skip:
-            tick(1)
-            continue
-        H, W = lab.shape
-        if u < n_frames and k > 0:
-            rng = _rng(seed, STREAM_IDS["cityscapes"], u)
-            for _ in range(k):
-                x0, y0 = int(rng.integers(0, W - s + 1)), int(rng.integers(0, H - s + 1))
-                flip = cfg["flip"] and bool(rng.random() < 0.5)
-                out["cityscapes"].add(bgr[y0:y0 + s, x0:x0 + s], lab[y0:y0 + s, x0:x0 + s],
-                                      SampleMeta(frame.name, crop=(x0, y0, x0 + s, y0 + s)), flip)
-        if u < dag_n:
-            rng, oi = _dag_draw_object(seed, u, p["n_objects"])
-            obj: CocoObject = p["objects"][oi]
-            cimg: CocoImage = p["coco_images"][obj.image]
-            try:
-                obgr = _decode_or_skip(decode_image, cimg.path, skip_bad=cfg["skip_bad"], skipped=skipped)
-            except _Skip:
-                tick(1)
-                continue
-            _check_coco_size(cimg, obgr)
-            ann = next(a for a in cimg.anns if a["id"] == obj.ann_id)
-            orgb, omask = crop_to_mask(obgr, ann_to_mask(cimg, ann))
-            scale = float(rng.uniform(lo, hi))
-            r0, r1, c0, c1 = _window(W, H, cfg["paste_window"])
-            cy, cx = int(rng.integers(r0, r1 + 1)), int(rng.integers(c0, c1 + 1))
-            # In place: the Cityscapes crops above were already copied out, the frame is not needed afterwards.
-            comp, plab, box = paste_object(bgr, lab, orgb, omask, (cx, cy), scale, cfg["feather"], return_box=True,
-                                           inplace=True)
-            bx0, by0, bx1, by1 = box
-            ys, xs = np.nonzero(plab[by0:by1, bx0:bx1] == OOD_ID)
-            if ys.size == 0:
-                dropped["dag_empty_paste"] += 1
-                tick(1)
-                continue
-            mcx, mcy = int(round(bx0 + xs.mean())), int(round(by0 + ys.mean()))
-            for q, (x0, y0, x1, y1) in enumerate(quadrant_boxes(mcx, mcy, s, W, H)):
-                cl = plab[y0:y1, x0:x1]
-                if not (cl == OOD_ID).any():
-                    dropped["dag_no_ood"] += 1
-                    continue
-                if not (cl < NUM_CLASSES).any():
-                    dropped["dag_no_id"] += 1
-                    continue
-                out["dag"].add(comp[y0:y1, x0:x1], cl, SampleMeta(frame.name, coco_ann=obj.ann_id,
-                                                                  centroid=(mcx, mcy), crop=(x0, y0, x1, y1),
-                                                                  quadrant=q))
+    for i, u in enumerate(units):
+        frame = p.frames[i]
+        decoded = _decode_or_skip(load_frame, frame, st.skip_bad, skipped)
+        if decoded is not None:
+            bgr, lab = decoded
+            if u < p.num_frames and st.crops_per_frame > 0:
+                _cityscapes_crops(st, u, frame.name, bgr, lab, out["cityscapes"])
+            if u < st.dag_samples:
+                # Last use of the frame: the paste may write into it (the Cityscapes crops are already copied out).
+                _paste_and_split(p, i, bgr, lab, out["dag"], dropped, skipped)
         tick(1)
     return out, dropped, skipped
 
 
-def _check_coco_size(cimg: CocoImage, bgr: np.ndarray) -> None:
-    if bgr.shape[:2] != (cimg.height, cimg.width):
-        raise CocodagError(f"{cimg.path}: image is {bgr.shape[1]}x{bgr.shape[0]} but the COCO JSON says "
-                           f"{cimg.width}x{cimg.height}")
+def _cityscapes_crops(st: BuildSettings, unit: int, name: str, bgr: np.ndarray, lab: np.ndarray,
+                      buf: _StreamBuffer) -> None:
+    """The original in-distribution stream: ``crops_per_frame`` random S×S crops (random horizontal flip)."""
+    s, (H, W) = st.crop, lab.shape
+    rng = _rng(st.seed, STREAM_CODES["cityscapes"], unit)
+    for _ in range(st.crops_per_frame):
+        x0, y0 = int(rng.integers(0, W - s + 1)), int(rng.integers(0, H - s + 1))
+        flip = st.flip and bool(rng.random() < 0.5)
+        buf.add(bgr[y0:y0 + s, x0:x0 + s], lab[y0:y0 + s, x0:x0 + s], SampleMeta(name, crop=(x0, y0, x0 + s, y0 + s)),
+                flip)
 
 
-def _coco_task(p: dict, task: _Task, tick: Callable[[int], None]) -> tuple:
-    cfg: dict = p["cfg"]
-    s, seed = cfg["crop"], cfg["seed"]
-    bg = ROAD_ID if cfg["coco_background"] == "road" else IGNORE_ID
-    out = {"coco": _StreamBuffer(task.stop - task.start, s)}
+def _paste_and_split(p: FrameTask, i: int, bgr: np.ndarray, lab: np.ndarray, buf: _StreamBuffer, dropped: dict,
+                     skipped: list) -> None:
+    """DAG sample of unit ``start + i``: paste its object into the frame (in place), emit the quadrants around the
+    object's centroid."""
+    st, obj, cimg = p.settings, *p.pastes[i]
+    rng, _ = _dag_draw_object(st.seed, p.task.start + i, p.num_objects)   # the object was drawn by the parent
+    obj_bgr = _decode_or_skip(load_image, cimg, st.skip_bad, skipped)
+    if obj_bgr is None:
+        return
+    ann = next(a for a in cimg.anns if a["id"] == obj.ann_id)
+    obj_bgr, obj_mask = crop_to_mask(obj_bgr, ann_to_mask(cimg, ann))
+    scale = float(rng.uniform(*st.object_scale))
+    H, W = lab.shape
+    r0, r1, c0, c1 = _window(W, H, st.paste_window)
+    cy, cx = int(rng.integers(r0, r1 + 1)), int(rng.integers(c0, c1 + 1))
+    comp, plab, box = paste_object(bgr, lab, obj_bgr, obj_mask, (cx, cy), scale, st.feather, return_box=True,
+                                   inplace=True)
+    split = split_by_centroid(comp, plab, st.crop, within=box)
+    if split.centroid is None:
+        dropped["dag_empty_paste"] += 1
+        return
+    dropped["dag_no_ood"] += split.no_ood
+    dropped["dag_no_id"] += split.no_id
+    for c in split.crops:
+        buf.add(c.image, c.label, SampleMeta(p.frames[i].name, coco_ann=obj.ann_id, centroid=split.centroid,
+                                             crop=c.box, quadrant=c.quadrant))
+
+
+def _coco_task(p: CocoTask, tick: Callable[[int], None]) -> tuple:
+    st = p.settings
+    out = {"coco": _StreamBuffer(p.task.stop - p.task.start, st.crop)}
     dropped = {"coco_no_ood": 0}
     skipped: list = []
-    for v in range(task.start, task.stop):
-        pi = int(p["coco_order"][v % p["n_proxies"]])
-        cimg: CocoImage = p["coco_images"][pi]
-        rng = _rng(seed, STREAM_IDS["coco"], v)
-        try:
-            bgr = _decode_or_skip(decode_image, cimg.path, skip_bad=cfg["skip_bad"], skipped=skipped)
-        except _Skip:
-            tick(1)
-            continue
-        _check_coco_size(cimg, bgr)
-        obj, crowd = image_masks(cimg)
-        lab = np.full(obj.shape, bg, dtype=np.uint8)
-        lab[crowd.astype(bool)] = IGNORE_ID   # crowd regions are neither clean objects nor background
-        lab[obj.astype(bool)] = OOD_ID
-        H, W = lab.shape
-        for _ in range(_COCO_CROP_TRIES):   # a random crop that keeps some object pixels
-            x0, y0 = int(rng.integers(0, W - s + 1)), int(rng.integers(0, H - s + 1))
-            cl = lab[y0:y0 + s, x0:x0 + s]
-            if (cl == OOD_ID).any():
-                out["coco"].add(bgr[y0:y0 + s, x0:x0 + s], cl, SampleMeta(Path(cimg.path).name,
-                                                                          crop=(x0, y0, x0 + s, y0 + s)))
-                break
-        else:
-            dropped["coco_no_ood"] += 1
+    for i, v in enumerate(range(p.task.start, p.task.stop)):
+        cimg = p.images[i]
+        rng = _rng(st.seed, STREAM_CODES["coco"], v)
+        bgr = _decode_or_skip(load_image, cimg, st.skip_bad, skipped)
+        if bgr is not None:
+            crop = crop_proxy(bgr, *image_masks(cimg), st.crop, rng, background=st.coco_background)
+            if crop is None:
+                dropped["coco_no_ood"] += 1
+            else:
+                out["coco"].add(crop[0], crop[1], SampleMeta(Path(cimg.path).name, crop=crop[2]))
         tick(1)
     return out, dropped, skipped
 
 
-def _write_task_shards(p: dict, task: _Task, out: dict[str, _StreamBuffer], dropped: dict,
+def _write_task_shards(p: FrameTask | CocoTask, out: dict[str, _StreamBuffer], dropped: dict,
                        skipped: list) -> dict[str, Any]:
-    out_dir = Path(p["out_dir"])
+    st, task = p.settings, p.task
+    out_dir = Path(st.out_dir)
     entries = []
     for kind, buf in out.items():
         images, labels, metas = buf.arrays()
         if not metas:
             continue   # an empty stream writes no shard (readers never see 0-sample files)
         entries.append(write_shard(out_dir / shard_name(kind, task.group), kind, images, labels, metas,
-                                   compression=p["cfg"]["compression"],
-                                   extra_attrs={"config_hash": p["config_hash"], "task": task.index,
+                                   compression=st.compression,
+                                   extra_attrs={"config_hash": st.config_hash, "task": task.index,
                                                 "units": f"{task.start}:{task.stop}"}))
     delay = float(os.environ.get(_SLOW_ENV, "0") or 0)
     if delay:
         time.sleep(delay)
     record = {"task": task.index, "kind": task.kind, "units": [task.start, task.stop],
-              "config_hash": p["config_hash"], "entries": entries, "dropped": dropped, "skipped": skipped}
-    atomic_write_json(out_dir / PROGRESS_DIR / f"task-{task.index:05d}.json", record)
+              "config_hash": st.config_hash, "entries": entries, "dropped": dropped, "skipped": skipped}
+    atomic_write_json(_record_path(out_dir, task.index), record)
     return record
 
 
-def _run_task(p: dict, task: _Task, tick: Callable[[int], None] | None = None, limit_threads: bool = False):
+def _run_task(p: FrameTask | CocoTask, tick: Callable[[int], None] | None = None, limit_threads: bool = False):
     if limit_threads:
-        import cv2
-
         cv2.setNumThreads(1)   # one process per core already; cv2's own pool would oversubscribe
-    return _write_task_shards(p, task, *_compute_task(p, task, tick))
+    return _write_task_shards(p, *_compute_task(p, tick))
 
 
-def _compute_task(p: dict, task: _Task, tick: Callable[[int], None] | None = None) -> tuple:
+def _compute_task(p: FrameTask | CocoTask, tick: Callable[[int], None] | None = None) -> tuple:
     """Decode + paste + crop one task's units into buffers (no I/O besides reading inputs)."""
     tick = tick or (lambda n: None)
-    return (_frame_task if task.kind == "frames" else _coco_task)(p, task, tick)
+    return _frame_task(p, tick) if isinstance(p, FrameTask) else _coco_task(p, tick)
 
 
-def _run_sequential(plan: _Plan, todo: list[_Task], out_dir: Path, records: dict, tick) -> None:
+def _run_sequential(plan: _Plan, todo: list[_Task], settings: BuildSettings, records: dict, tick) -> None:
     """One process: a writer thread writes + hashes task t's shards while task t+1 decodes (h5py I/O, sha256
     and cv2 decoding release the GIL). At most one task waits for its write, so memory stays at two tasks."""
     from concurrent.futures import ThreadPoolExecutor
@@ -426,39 +475,15 @@ def _run_sequential(plan: _Plan, todo: list[_Task], out_dir: Path, records: dict
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cocodag-writer") as ex:
         pending = None
         for task in todo:
-            p = _payload(plan, task, out_dir)
-            result = _compute_task(p, task, tick)
+            p = _task_payload(plan, task, settings)
+            result = _compute_task(p, tick)
             if pending is not None:
                 rec = pending.result()
                 records[rec["task"]] = rec
-            pending = ex.submit(_write_task_shards, p, task, *result)
+            pending = ex.submit(_write_task_shards, p, *result)
         if pending is not None:
             rec = pending.result()
             records[rec["task"]] = rec
-
-
-def _payload(plan: _Plan, task: _Task, out_dir: Path) -> dict[str, Any]:
-    """Only what one task needs (a full COCO index would be hundreds of MB to pickle per task)."""
-    cfg = plan.resolved
-    p: dict[str, Any] = {"cfg": cfg, "out_dir": str(out_dir), "config_hash": plan.config_hash,
-                         "n_frames": len(plan.frames), "frame_order": plan.frame_order}
-    if task.kind == "frames":
-        p["frames"] = {int(plan.frame_order[u % len(plan.frames)]): plan.frames[int(plan.frame_order[u % len(
-            plan.frames)])] for u in range(task.start, task.stop)}
-        objs, imgs = {}, {}
-        if cfg["dag_samples"]:
-            p["n_objects"] = len(plan.coco.objects)
-            for u in range(task.start, min(task.stop, cfg["dag_samples"])):
-                _, oi = _dag_draw_object(cfg["seed"], u, len(plan.coco.objects))
-                objs[oi] = plan.coco.objects[oi]
-                imgs[objs[oi].image] = plan.coco.images[objs[oi].image]
-        p["objects"], p["coco_images"] = objs, imgs
-    else:
-        p["n_proxies"], p["coco_order"] = len(plan.coco.images), plan.coco_order
-        p["coco_images"] = {int(plan.coco_order[v % len(plan.coco.images)]):
-                            plan.coco.images[int(plan.coco_order[v % len(plan.coco.images)])]
-                            for v in range(task.start, task.stop)}
-    return p
 
 
 # ------------------------------------------------------------------------------------------------------- out dir
@@ -514,15 +539,11 @@ def _our_files(out_dir: Path) -> list[Path]:
 def _prepare_out_dir(out_dir: Path, plan: _Plan, overwrite: bool, task_ids: list[int] | None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     other = _existing_hashes(out_dir) - {plan.config_hash}
-    if other:
-        if not overwrite:
-            raise CocodagError(f"--out {out_dir}: holds a dataset built with another config or inputs "
-                               f"(config hash {sorted(other)[0]} != {plan.config_hash}); use --overwrite to replace "
-                               f"it, or another --out")
-        for p in _our_files(out_dir):
-            p.unlink()
-        shutil.rmtree(out_dir / PROGRESS_DIR, ignore_errors=True)
-    elif overwrite:
+    if other and not overwrite:
+        raise CocodagError(f"--out {out_dir}: holds a dataset built with another config or inputs "
+                           f"(config hash {sorted(other)[0]} != {plan.config_hash}); use --overwrite to replace "
+                           f"it, or another --out")
+    if overwrite:
         for p in _our_files(out_dir):
             p.unlink()
         shutil.rmtree(out_dir / PROGRESS_DIR, ignore_errors=True)
@@ -535,8 +556,9 @@ def _prepare_out_dir(out_dir: Path, plan: _Plan, overwrite: bool, task_ids: list
         for t in task_ids:
             task = plan.tasks[t]
             kinds = ("dag", "cityscapes") if task.kind == "frames" else ("coco",)
-            stale += [out_dir / (shard_name(k, task.group) + ".tmp") for k in kinds]
-            stale.append(out_dir / PROGRESS_DIR / f"task-{t:05d}.json.tmp")
+            # the temp names cocodag.atomic gives this task's shards and record (<shard>.h5.tmp, task-N.json.tmp)
+            stale += [temp_path(out_dir / shard_name(k, task.group)) for k in kinds]
+            stale.append(temp_path(_record_path(out_dir, t)))
     for p in stale:
         if p.is_file():
             p.unlink()
@@ -595,17 +617,18 @@ def build_dataset(cityscapes: Path | str | None, coco: Path | str | None, out_di
         else:
             todo.append(plan.tasks[t])
     kept = len(records)
+    settings = BuildSettings.from_plan(plan, out_dir)
     total_units = sum(t.stop - t.start for t in todo)
     bar = tqdm(total=total_units, unit="sample", desc="cocodag build", disable=not progress, dynamic_ncols=True,
                smoothing=0.1)
     try:
         if workers == 1 or len(todo) <= 1:
-            _run_sequential(plan, todo, out_dir, records, bar.update)
+            _run_sequential(plan, todo, settings, records, bar.update)
         else:
             from joblib import Parallel, delayed
 
             par = Parallel(n_jobs=min(workers, len(todo)), backend="loky", return_as="generator_unordered")
-            gen = par(delayed(_run_task)(_payload(plan, task, out_dir), task, None, True) for task in todo)
+            gen = par(delayed(_run_task)(_task_payload(plan, task, settings), None, True) for task in todo)
             for rec in gen:
                 records[rec["task"]] = rec
                 bar.update(rec["units"][1] - rec["units"][0])

@@ -59,23 +59,16 @@ def build(
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Build the COCO-DAG dataset: pasted crops (dag), Cityscapes crops, COCO proxy crops -> HDF5 shards."""
-    from .build import BuildConfig, build_dataset, parse_range
-    from .errors import CocodagError
+    from .build import BuildConfig, build_dataset, parse_range, parse_window
 
     with user_errors():
-        try:
-            window = tuple(int(float(v)) for v in paste_window.split(":"))
-        except ValueError:
-            window = ()
-        if len(window) != 4:
-            raise CocodagError(f"--paste-window: expected R0:R1:C0:C1 numbers, got {paste_window!r}")
         cfg = BuildConfig(
             split=split, coco_split=coco_split, crop=crop, shard_size=shard_size, seed=seed,
             object_scale=parse_range(object_scale, "--object-scale"), min_object_area=min_object_area,
             min_proxy_size=min_proxy_size, dag_samples=dag_samples,
             cityscapes_crops_per_frame=cityscapes_crops_per_frame, coco_samples=coco_samples,
             streams=tuple(s.strip() for s in streams.split(",") if s.strip()), coco_background=coco_background,
-            compression=compression, skip_bad=skip_bad, feather=feather, paste_window=window,
+            compression=compression, skip_bad=skip_bad, feather=feather, paste_window=parse_window(paste_window),
             label_source=label_source)
         res = build_dataset(cityscapes, coco, out, cfg, workers=workers, shard_range=shard_range,
                             overwrite=overwrite, progress=progress, coco_json=coco_json, coco_images=coco_images)

@@ -7,7 +7,8 @@ reduced to small picklable records so worker processes never receive the whole C
   ``min_size`` in both dimensions, and holds at least one *object*;
 - an *object* is a non-crowd polygon annotation with ``area >= min_object_area``.
 
-Masks come from pycocotools' ``COCO.annToMask`` only (never rasterized by hand).
+Masks come from pycocotools' ``COCO.annToMask`` only (never rasterized by hand). :func:`crop_proxy` turns a decoded
+proxy image and its masks into one sample of the ``coco`` stream (DESIGN §4.1.4).
 
 Variants seen in real data are accepted where that is sensible: a bare JSON *list* of annotations (HF transformers'
 ``coco_annotations.txt``: images are found as ``<image_dir>/<id:012d>.{jpg,png}`` and sized from the file header;
@@ -29,6 +30,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from .errors import CocodagError
+from .imageio import decode_image, image_size
+from .labels import IGNORE_ID, OOD_ID
 
 EXCLUDED_CATEGORIES = ("person", "bicycle", "car", "motorcycle", "bus", "truck", "traffic light", "stop sign")
 # Official COCO category ids of the excluded names: used when a file carries no `categories` (bare list variant).
@@ -36,6 +39,7 @@ _OFFICIAL_IDS = {1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 6: "bus",
                  13: "stop sign"}
 _ANN_KEYS = ("id", "image_id", "category_id", "segmentation")
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+PROXY_CROP_TRIES = 10        # random crops tried before a proxy image counts as "no object in any crop"
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,45 @@ def image_masks(image: CocoImage) -> tuple[np.ndarray, np.ndarray]:
     return obj, crowd
 
 
+def load_image(image: CocoImage) -> np.ndarray:
+    """Decode a proxy image (``(H, W, 3)`` uint8 BGR) and check its size against the JSON's width/height."""
+    bgr = decode_image(image.path, color=True)
+    if bgr.shape[:2] != (image.height, image.width):
+        raise CocodagError(f"{image.path}: image is {bgr.shape[1]}x{bgr.shape[0]} but the COCO JSON says "
+                           f"{image.width}x{image.height}")
+    return bgr
+
+
+def crop_proxy(image: np.ndarray, object_mask: np.ndarray, crowd_mask: np.ndarray, size: int,
+               rng: np.random.Generator, *, background: int = IGNORE_ID, tries: int = PROXY_CROP_TRIES,
+               ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]] | None:
+    """One sample of the COCO stream (meta-ood's OOD proxies, DESIGN §4.1.4): a random ``size``×``size`` crop of a
+    proxy image that keeps some object pixels, labelled ``OOD_ID`` (254) on objects, 255 on crowd regions and
+    ``background`` elsewhere (ours: 255; meta-ood: 0 = road).
+
+    Parameters
+    ----------
+    image : (H, W, C) uint8; object_mask, crowd_mask : (H, W) 0/1 (see :func:`image_masks`).
+    rng : draws ``x0`` then ``y0`` per try, up to ``tries`` times, until the crop holds an object pixel.
+
+    Returns
+    -------
+    (image crop view, label crop, box ``(x0, y0, x1, y1)``), or ``None`` when no try kept an object pixel.
+    """
+    H, W = object_mask.shape
+    if size > W or size > H:
+        raise CocodagError(f"--crop {size} is larger than the proxy image ({W}x{H})")
+    lab = np.full(object_mask.shape, background, dtype=np.uint8)
+    lab[crowd_mask.astype(bool)] = IGNORE_ID   # crowd regions are neither clean objects nor background
+    lab[object_mask.astype(bool)] = OOD_ID
+    for _ in range(tries):
+        x0, y0 = int(rng.integers(0, W - size + 1)), int(rng.integers(0, H - size + 1))
+        cl = lab[y0:y0 + size, x0:x0 + size]
+        if (cl == OOD_ID).any():
+            return image[y0:y0 + size, x0:x0 + size], cl, (x0, y0, x0 + size, y0 + size)
+    return None
+
+
 def _rle_area(ann: dict, h: int, w: int) -> float:
     c = _MaskCoco({ann["image_id"]: {"height": h, "width": w}})
     return float(mask_utils.area(c.annToRLE(ann)))
@@ -137,16 +180,6 @@ def coco_paths(root: Path | str | None, split: str = "train2017", *, json_path: 
     return json_path, image_dir
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError) as e:
-        raise CocodagError(f"{path}: corrupt image file ({e.__class__.__name__})") from None
-
-
 def _find_image_file(image_dir: Path, image_id: int) -> Path | None:
     for stem in (f"{image_id:012d}", str(image_id)):
         for ext in _IMAGE_EXTS:
@@ -180,8 +213,24 @@ def read_coco_json(json_path: Path | str, image_dir: Path | str | None = None) -
                 raise CocodagError(f"{json_path}: missing key {key!r} (not a COCO instances file)")
             if not isinstance(data[key], list):
                 raise CocodagError(f"{json_path}: {key!r} must be a list, got {type(data[key]).__name__}")
+    anns = _read_annotations(json_path, data["annotations"])
+    if bare:
+        images = _bare_list_images(anns, Path(image_dir) if image_dir is not None else json_path.parent)
+        cats = [{"id": k, "name": v} for k, v in _OFFICIAL_IDS.items()]
+    else:
+        images = _read_images(json_path, data["images"], image_dir)
+        cats = []
+        for i, c in enumerate(data["categories"]):
+            for key in ("id", "name"):
+                if not isinstance(c, dict) or key not in c:
+                    raise CocodagError(f"{json_path}: categories[{i}] has no {key!r} key")
+            cats.append({"id": int(c["id"]), "name": str(c["name"])})
+    return {"images": images, "annotations": anns, "categories": cats, "bare_list": bare}, digest
+
+
+def _read_annotations(json_path: Path, raw: list) -> list[dict]:
     anns = []
-    for i, a in enumerate(data["annotations"]):
+    for i, a in enumerate(raw):
         if not isinstance(a, dict):
             raise CocodagError(f"{json_path}: annotations[{i}] is not an object")
         for key in _ANN_KEYS:
@@ -191,36 +240,36 @@ def read_coco_json(json_path: Path | str, image_dir: Path | str | None = None) -
         anns.append({"id": int(a["id"]), "image_id": int(a["image_id"]), "category_id": int(a["category_id"]),
                      "segmentation": a["segmentation"], "iscrowd": int(a.get("iscrowd", 0) or 0),
                      **({"area": float(a["area"])} if "area" in a else {})})
-    if bare:
-        image_dir = Path(image_dir) if image_dir is not None else json_path.parent
-        images = []
-        for iid in sorted({a["image_id"] for a in anns}):
-            p = _find_image_file(image_dir, iid)
-            if p is None:
-                images.append({"id": iid, "file_name": f"{iid:012d}.jpg", "width": -1, "height": -1})
-            else:
-                w, h = _image_size(p)
-                images.append({"id": iid, "file_name": p.name, "width": w, "height": h})
-        cats = [{"id": k, "name": v} for k, v in _OFFICIAL_IDS.items()]
-    else:
-        images = []
-        for i, im in enumerate(data["images"]):
-            for key in ("id", "file_name"):
-                if not isinstance(im, dict) or key not in im:
-                    raise CocodagError(f"{json_path}: images[{i}] has no {key!r} key")
-            w, h = im.get("width"), im.get("height")
-            if (w is None or h is None) and image_dir is not None:
-                p = Path(image_dir) / im["file_name"]
-                w, h = _image_size(p) if p.is_file() else (-1, -1)
-            images.append({"id": int(im["id"]), "file_name": str(im["file_name"]),
-                           "width": int(w if w is not None else -1), "height": int(h if h is not None else -1)})
-        cats = []
-        for i, c in enumerate(data["categories"]):
-            for key in ("id", "name"):
-                if not isinstance(c, dict) or key not in c:
-                    raise CocodagError(f"{json_path}: categories[{i}] has no {key!r} key")
-            cats.append({"id": int(c["id"]), "name": str(c["name"])})
-    return {"images": images, "annotations": anns, "categories": cats, "bare_list": bare}, digest
+    return anns
+
+
+def _bare_list_images(anns: list[dict], image_dir: Path) -> list[dict]:
+    """Image records of a bare annotation list: files found by id, sized from their header (-1 when missing)."""
+    images = []
+    for iid in sorted({a["image_id"] for a in anns}):
+        p = _find_image_file(image_dir, iid)
+        if p is None:
+            images.append({"id": iid, "file_name": f"{iid:012d}.jpg", "width": -1, "height": -1})
+        else:
+            w, h = image_size(p)
+            images.append({"id": iid, "file_name": p.name, "width": w, "height": h})
+    return images
+
+
+def _read_images(json_path: Path, raw: list, image_dir: Path | str | None) -> list[dict]:
+    """Validated image records; a missing width/height is read from the file header when the file is there."""
+    images = []
+    for i, im in enumerate(raw):
+        for key in ("id", "file_name"):
+            if not isinstance(im, dict) or key not in im:
+                raise CocodagError(f"{json_path}: images[{i}] has no {key!r} key")
+        w, h = im.get("width"), im.get("height")
+        if (w is None or h is None) and image_dir is not None:
+            p = Path(image_dir) / im["file_name"]
+            w, h = image_size(p) if p.is_file() else (-1, -1)
+        images.append({"id": int(im["id"]), "file_name": str(im["file_name"]),
+                       "width": int(w if w is not None else -1), "height": int(h if h is not None else -1)})
+    return images
 
 
 def load_coco(json_path: Path | str, image_dir: Path | str, *, min_size: int = 480, min_object_area: float = 0.0,
@@ -238,14 +287,7 @@ def load_coco(json_path: Path | str, image_dir: Path | str, *, min_size: int = 4
     """
     json_path, image_dir = Path(json_path), Path(image_dir)
     data, digest = read_coco_json(json_path, image_dir)
-    # pycocotools' index (via its own createIndex) to group annotations per image and resolve category names.
-    coco = COCO()
-    coco.dataset = {"images": data["images"], "annotations": data["annotations"], "categories": data["categories"]}
-    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
-        try:
-            coco.createIndex()
-        except KeyError as e:
-            raise CocodagError(f"{json_path}: inconsistent file, missing key {e}") from None
+    coco = _index(json_path, data)
     names = {c["id"]: c["name"] for c in data["categories"]}
     excluded_ids = {cid for cid, n in names.items() if n in set(exclude)}
     stats = {"images": len(data["images"]), "annotations": len(data["annotations"]), "excluded_category": 0,
@@ -266,15 +308,7 @@ def load_coco(json_path: Path | str, image_dir: Path | str, *, min_size: int = 4
         if w >= 0 and h >= 0 and (w < min_size or h < min_size):
             stats["too_small"] += 1
             continue
-        objs = []
-        for a in anns:
-            if a["iscrowd"] or not _is_polygon(a["segmentation"]):
-                continue
-            area = a.get("area")
-            if area is None:
-                area = _rle_area(a, h, w) if h > 0 else 0.0
-            if area >= min_object_area:
-                objs.append((a["id"], float(area)))
+        objs = _pasteable(anns, w, h, min_object_area)
         if not objs:
             stats["no_object"] += 1
             continue
@@ -305,3 +339,30 @@ def load_coco(json_path: Path | str, image_dir: Path | str, *, min_size: int = 4
     fingerprint = {"json": str(json_path), "json_sha256": digest, "proxy_images": len(images),
                    "proxy_files_hash": fp.hexdigest()[:16]}
     return CocoSource(str(json_path), str(image_dir), images, objects, stats, fingerprint)
+
+
+def _index(json_path: Path, data: dict) -> COCO:
+    """pycocotools' own index (``createIndex``): annotations grouped per image, category names resolved."""
+    coco = COCO()
+    coco.dataset = {"images": data["images"], "annotations": data["annotations"], "categories": data["categories"]}
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
+        try:
+            coco.createIndex()
+        except KeyError as e:
+            raise CocodagError(f"{json_path}: inconsistent file, missing key {e}") from None
+    return coco
+
+
+def _pasteable(anns: list[dict], w: int, h: int, min_object_area: float) -> list[tuple[int, float]]:
+    """(annotation id, area) of the non-crowd polygons with ``area >= min_object_area`` (area computed by
+    pycocotools when the file lacks it)."""
+    objs = []
+    for a in anns:
+        if a["iscrowd"] or not _is_polygon(a["segmentation"]):
+            continue
+        area = a.get("area")
+        if area is None:
+            area = _rle_area(a, h, w) if h > 0 else 0.0
+        if area >= min_object_area:
+            objs.append((a["id"], float(area)))
+    return objs

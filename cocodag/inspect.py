@@ -7,9 +7,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .atomic import atomic_write_bytes
 from .errors import CocodagError
-from .labels import IGNORE_ID, OOD_ID
 from .formats.shards import KINDS, open_dataset
+from .labels import IGNORE_ID, OOD_ID
 
 _OUTLINE_BGR = (0, 0, 255)   # red in cv2's BGR order
 _THUMB = 160
@@ -82,8 +83,12 @@ def _write_sheet(path: Path, rows: list[tuple[str, list[np.ndarray]]], per_strea
         for c, t in enumerate(thumbs):
             x = label_w + pad + c * (thumb + pad)
             canvas[y:y + thumb, x:x + thumb] = t
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    if not cv2.imwrite(str(tmp), canvas):
-        raise CocodagError(f"--out {path}: cannot write the contact sheet")
-    tmp.replace(path)
+    # Encoded here, not by the file name: the sheet is a PNG whatever --out is called.
+    ok, buf = cv2.imencode(".png", canvas)
+    if not ok:
+        raise CocodagError(f"--out {path}: cannot encode the contact sheet")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buf.tobytes())
+    except OSError as e:
+        raise CocodagError(f"--out {path}: cannot write the contact sheet ({e.strerror or e})") from None

@@ -24,8 +24,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write, atomic_write_bytes, atomic_write_json
 from ..errors import CocodagError
+from ..imageio import decode_image, image_size, read_label
 from ..labels import IGNORE_ID, LABEL_ID_TO_TRAIN_ID
 
 EVALSET_FORMAT = "cocodag-evalset"
@@ -49,34 +50,6 @@ def _listing(paths: Iterable, root: Path | None = None) -> str:
     items = [str(Path(p).relative_to(root)) if root is not None else str(p) for p in paths]
     shown = ", ".join(items[:_MAX_LISTED])
     return shown + (f", ... (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
-
-
-def _read_gray(path: Path) -> np.ndarray:
-    """Read a single-channel label PNG unchanged (palette PNGs give their indices, not colours)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I", "I;16", "1"):
-                raise CocodagError(f"{path}: label image has mode {im.mode}; expected a single-channel (L/P) PNG")
-            arr = np.asarray(im)
-    except (OSError, SyntaxError) as e:
-        raise CocodagError(f"{path}: cannot read label image ({e})") from None
-    if arr.ndim != 2:
-        raise CocodagError(f"{path}: label image has shape {arr.shape}; expected (H, W)")
-    return arr
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image from its header only."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (OSError, SyntaxError) as e:
-        raise CocodagError(f"{path}: cannot read image ({e})") from None
-    return h, w
 
 
 def _images_in(folder: Path, suffix: str = "") -> dict[str, Path]:
@@ -181,7 +154,7 @@ class Preset:
     def load_label(self, path: Path | str) -> np.ndarray:
         """Read one ground-truth file and map it to uint8 (H, W): 0 = ID, 1 = anomaly, 255 = void."""
         path = Path(path)
-        raw = _read_gray(path)
+        raw = read_label(path)
         if self._lut is None:       # the documented layout: values must already be 0/1/255
             bad = np.setdiff1d(np.unique(raw), (0, 1, IGNORE_ID))
             if bad.size:
@@ -197,10 +170,10 @@ class Preset:
     def load_roi(self, item: EvalItem) -> np.ndarray | None:
         """uint8 (H, W) region mask, 1 = evaluated (road); ``None`` for whole-image presets without a roi file."""
         if item.roi_path is not None:
-            roi = _read_gray(Path(item.roi_path))
+            roi = read_label(Path(item.roi_path))
             return (roi != 0).astype(np.uint8)
         if self._roi_from_source is not None and item.label_path is not None:
-            return self._roi_from_source(_read_gray(Path(item.label_path))).astype(np.uint8)
+            return self._roi_from_source(read_label(Path(item.label_path))).astype(np.uint8)
         return None
 
 
@@ -381,18 +354,14 @@ def _copy_image(src: Path, dst_dir: Path, name: str) -> Path:
     if ext in _COPY_EXTS:
         dst = dst_dir / f"{name}{ext}"
         if not dst.exists():
-            tmp = dst.with_name(dst.name + ".tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            with atomic_write(dst) as tmp:
+                shutil.copyfile(src, tmp)
         return dst
-    import cv2
-
     dst = dst_dir / f"{name}.png"
     if not dst.exists():
-        img = cv2.imread(str(src), cv2.IMREAD_COLOR)
-        if img is None:
-            raise CocodagError(f"{src}: cannot decode image (format {ext})")
-        _write_png(dst, img)      # cv2 keeps BGR on both sides: the PNG holds the same RGB pixels
+        # BGR on both sides (cv2 decode and encode): the PNG holds the source's RGB pixels. No EXIF rotation, like
+        # the label masks and the header size checked against them.
+        _write_png(dst, decode_image(src, color=True))
     return dst
 
 
@@ -439,9 +408,9 @@ def convert(preset: Preset | str, src: Path | str, dst: Path | str, *, progress:
     counts = np.zeros(3, dtype=np.int64)        # ID, anomaly, void pixels
     for it in tqdm(items, desc=f"convert {preset.name}", unit="frame", disable=not progress):
         label = preset.load_label(it.label_path)
-        hw = _image_size(it.image_path)
-        if label.shape != hw:
-            mismatched.append(f"{it.name} (image {hw[0]}x{hw[1]}, label {label.shape[0]}x{label.shape[1]})")
+        w, h = image_size(it.image_path)
+        if label.shape != (h, w):
+            mismatched.append(f"{it.name} (image {h}x{w}, label {label.shape[0]}x{label.shape[1]})")
             continue
         _copy_image(it.image_path, dst / "images", it.name)
         _write_png(dst / "labels" / f"{it.name}.png", label)
@@ -451,12 +420,10 @@ def convert(preset: Preset | str, src: Path | str, dst: Path | str, *, progress:
         counts += [(label == 0).sum(), (label == 1).sum(), (label == IGNORE_ID).sum()]
     if mismatched:
         raise CocodagError(f"{preset.name}: {len(mismatched)} frame(s) whose image and label sizes differ: "
-                           f"{_listing(mismatched)}")
+                           f"{_listing(mismatched)} (sizes as height x width)")
     region = preset.region_of(src)
     meta = {"format": EVALSET_FORMAT, "version": EVALSET_VERSION, "preset": preset.name, "region": region,
             "names": [it.name for it in items], "label_convention": "0/1/255",
             "pixels": {"id": int(counts[0]), "anomaly": int(counts[1]), "void": int(counts[2])}}
-    tmp = meta_path.with_name("meta.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, meta_path)
+    atomic_write_json(meta_path, meta, sort_keys=False)
     return meta

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -29,10 +28,10 @@ from typing import Any, Iterable, Iterator
 import h5py
 import numpy as np
 
-from ..atomic import atomic_write_json  # noqa: F401 - part of this module's API
+from ..atomic import atomic_write, atomic_write_json
 from ..errors import CocodagError
-from ..versions import library_versions
 from ..labels import IGNORE_ID, NUM_CLASSES, OOD_ID, TRAIN_CLASS_NAMES
+from ..versions import library_versions
 
 SHARD_FORMAT = "cocodag-shard"
 SHARD_VERSION = 1
@@ -40,6 +39,9 @@ MANIFEST_FORMAT = "cocodag-dataset"
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 KINDS = ("dag", "cityscapes", "coco")
+# Stream code of each kind, in KINDS order. The builder seeds every unit's generator with it
+# (SeedSequence([seed, code, unit])): changing a value changes the bytes of every build.
+STREAM_CODES = {kind: code for code, kind in enumerate(KINDS)}
 COMPRESSIONS = ("none", "lzf", "gzip")
 NO_QUADRANT = 255
 
@@ -112,10 +114,19 @@ def write_shard(
         raise CocodagError(f"{path.name}: label must be (N, S, S) uint8 matching images, got {labels.shape} {labels.dtype}")
     if images.shape[0] != n:
         raise CocodagError(f"{path.name}: {images.shape[0]} images but {n} meta records")
-    size = images.shape[1]
-    tmp = path.with_name(path.name + ".tmp")
     ck = _compression_kwargs(compression)
-    with h5py.File(tmp, "w", libver="latest") as f:
+    # <shard>.h5.tmp (the name the builder's stale-file cleanup looks for); hashed once closed, then renamed.
+    with atomic_write(path) as tmp:
+        _write_h5(tmp, kind, images, labels, meta, ck, extra_attrs)
+        digest = sha256_file(tmp)
+        nbytes = tmp.stat().st_size
+    return {"file": path.name, "kind": kind, "num_samples": int(n), "sha256": digest, "bytes": int(nbytes)}
+
+
+def _write_h5(path: Path, kind: str, images: np.ndarray, labels: np.ndarray, meta: list[SampleMeta],
+              ck: dict[str, Any], extra_attrs: dict[str, Any] | None) -> None:
+    n, size = len(meta), images.shape[1]
+    with h5py.File(path, "w", libver="latest") as f:
         f.attrs.update(
             format=SHARD_FORMAT, version=SHARD_VERSION, kind=kind, crop_size=size, num_classes=NUM_CLASSES,
             ood_id=OOD_ID, ignore_id=IGNORE_ID, num_samples=n,
@@ -131,12 +142,6 @@ def write_shard(
         g.create_dataset("centroid", data=np.array([m.centroid for m in meta], dtype=np.int32).reshape(n, 2))
         g.create_dataset("crop", data=np.array([m.crop for m in meta], dtype=np.int32).reshape(n, 4))
         g.create_dataset("quadrant", data=np.array([m.quadrant for m in meta], dtype=np.uint8).reshape(n))
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    digest = sha256_file(tmp)
-    nbytes = tmp.stat().st_size
-    os.replace(tmp, path)
-    return {"file": path.name, "kind": kind, "num_samples": int(n), "sha256": digest, "bytes": int(nbytes)}
 
 
 class ShardWriter:
@@ -163,7 +168,7 @@ class ShardWriter:
         self._buf: dict[str, tuple[list, list, list]] = {}
         self._next_index: dict[str, int] = {}
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -257,7 +262,7 @@ class Dataset:
     def num_samples(self, kind: str | None = None) -> int:
         return sum(s.num_samples for s in self.shards if kind is None or s.kind == kind)
 
-    def open_shard(self, info: ShardInfo) -> "ShardFile":
+    def open_shard(self, info: ShardInfo) -> ShardFile:
         return ShardFile(info.path, expected_size=self.crop_size)
 
     def verify_checksums(self, kinds: Iterable[str] | None = None) -> None:
@@ -327,7 +332,7 @@ class ShardFile:
     def close(self) -> None:
         self.h5.close()
 
-    def __enter__(self) -> "ShardFile":
+    def __enter__(self) -> ShardFile:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -306,3 +306,17 @@ def test_cli_refuses_other_config(inputs, tmp_path):
     assert code == 1 and out.startswith("error:") and "--overwrite" in out and len(out.splitlines()) == 1
     code, out = _cli([*base, "--seed", "3", "--overwrite"])
     assert code == 0 and "complete" in out
+
+
+def test_shard_range_removes_its_own_stale_temp_files(inputs, tmp_path):
+    """A killed writer leaves cocodag.atomic's temp names (<shard>.h5.tmp, task-N.json.tmp): a rerun of that range
+    removes them, and leaves another range's temp files alone (another array job may be writing them)."""
+    out = tmp_path / "st"
+    build_dataset(*inputs, out, BuildConfig(**CFG), shard_range="0:1", progress=False)
+    mine = [out / "dag-00000.h5.tmp", out / "cityscapes-00000.h5.tmp", out / "progress" / "task-00000.json.tmp"]
+    other = out / "dag-00001.h5.tmp"
+    for p in [*mine, other]:
+        p.write_bytes(b"partial")
+    r = build_dataset(*inputs, out, BuildConfig(**CFG), shard_range="0:1", progress=False)
+    assert r.kept_tasks == 1 and r.built_tasks == 0          # nothing rewritten: only the cleanup removes them
+    assert not any(p.exists() for p in mine) and other.exists()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from cocodag.coco import ann_to_mask, image_masks, load_coco, read_coco_json
+from cocodag.coco import CocoImage, ann_to_mask, crop_proxy, image_masks, load_coco, load_image, read_coco_json
 from cocodag.errors import CocodagError
 
 from _fixtures import make_coco
@@ -101,3 +101,52 @@ def test_real_mmdet_without_images(real_data):
         load_coco(jp, real_data / "coco/val2017", min_size=64, exclude=())
     with pytest.raises(CocodagError, match="2 image files missing"):
         load_coco(jp, real_data / "coco/val2017", min_size=64, exclude=(), skip_bad=True)
+
+
+# ------------------------------------------------------------------------------------------------ proxy crops
+def _proxy_arrays(h=60, w=80):
+    img = np.arange(h * w * 3, dtype=np.uint32).reshape(h, w, 3).astype(np.uint8)
+    obj, crowd = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
+    obj[20:40, 30:60] = 1
+    crowd[0:10, 0:10] = 1
+    return img, obj, crowd
+
+
+def test_crop_proxy_labels_box_and_rng():
+    img, obj, crowd = _proxy_arrays()
+    got = crop_proxy(img, obj, crowd, 32, np.random.default_rng(5))
+    assert got is not None
+    im, lab, (x0, y0, x1, y1) = got
+    assert (x1 - x0, y1 - y0) == (32, 32) and np.array_equal(im, img[y0:y1, x0:x1])
+    expected = np.where(obj == 1, 254, 255).astype(np.uint8)[y0:y1, x0:x1]   # ours: background and crowd -> 255
+    assert np.array_equal(lab, expected) and (lab == 254).any()
+    # the draws are the builder's (they fix the shard bytes): x0 then y0 per try, first crop with an object pixel
+    rng = np.random.default_rng(5)
+    while True:
+        x, y = int(rng.integers(0, 80 - 32 + 1)), int(rng.integers(0, 60 - 32 + 1))
+        if obj[y:y + 32, x:x + 32].any():
+            break
+    assert (x0, y0) == (x, y)
+
+
+def test_crop_proxy_road_background_crowd_void_and_misses():
+    img, obj, crowd = _proxy_arrays()
+    _, lab, box = crop_proxy(img, obj, crowd, 60, np.random.default_rng(0), background=0)
+    full = np.zeros((60, 80), np.uint8)          # meta-ood: background = road (0); crowd stays void; objects 254
+    full[crowd == 1] = 255
+    full[obj == 1] = 254
+    assert np.array_equal(lab, full[box[1]:box[3], box[0]:box[2]])
+    tiny = np.zeros_like(obj)
+    tiny[0, 79] = 1                              # one object pixel in a corner: 10 random tries all miss it
+    assert crop_proxy(img, tiny, crowd, 16, np.random.default_rng(1), tries=3) is None
+    with pytest.raises(CocodagError, match="larger than the proxy image"):
+        crop_proxy(img, obj, crowd, 64, np.random.default_rng(0))
+
+
+def test_load_image_checks_json_size(tmp_path):
+    jp, src = _src(tmp_path, min_size=64, min_object_area=200)
+    bgr = load_image(src.images[0])
+    assert bgr.shape == (src.images[0].height, src.images[0].width, 3)
+    wrong = CocoImage(src.images[0].id, src.images[0].path, src.images[0].width + 1, src.images[0].height)
+    with pytest.raises(CocodagError, match="but the COCO JSON says"):
+        load_image(wrong)

@@ -252,3 +252,26 @@ def test_registry_and_spec(tmp_path):
     p, root = parse_dataset_spec(str(tmp_path))
     assert p.name == "standard"
     assert EvalItem("a", tmp_path, None).roi_path is None
+
+
+def test_reencoded_images_keep_pixels_and_ignore_exif_rotation(tmp_path):
+    """Non-copied formats (.webp, .jpeg) are re-encoded as PNG with the decoded pixels unchanged; an EXIF orientation
+    tag is not applied, so the image stays aligned with its (unrotated) label, as PIL-based upstream loaders see it."""
+    rng = np.random.default_rng(8)
+    fr = tmp_path / "src" / "frames"
+    fr.mkdir(parents=True)
+    h, w = 12, 20
+    rgb = _rgb(rng, h, w)
+    Image.fromarray(rgb).save(fr / "a.webp", lossless=True)
+    im = Image.fromarray(_rgb(rng, h, w))
+    exif = im.getexif()
+    exif[0x0112] = 6                                         # "rotate 90 CW to display"
+    im.save(fr / "b.jpeg", exif=exif, quality=95)
+    for n in ("a", "b"):
+        _png(fr / f"{n}.labels" / "labels_semantic.png", np.zeros((h, w), np.uint8))
+    convert("road-anomaly", tmp_path / "src", tmp_path / "out", progress=False)
+    np.testing.assert_array_equal(_read(tmp_path / "out" / "images" / "a.png"), rgb)
+    b = _read(tmp_path / "out" / "images" / "b.png")
+    assert b.shape == (h, w, 3)                              # not rotated to 20x12
+    ref = np.asarray(Image.open(fr / "b.jpeg").convert("RGB")).astype(int)
+    assert np.abs(b.astype(int) - ref).max() <= 3           # JPEG decoders (cv2 vs PIL) may differ slightly

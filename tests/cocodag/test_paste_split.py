@@ -3,7 +3,7 @@ import pytest
 
 from cocodag.errors import CocodagError
 from cocodag.paste import paste_object
-from cocodag.split import quadrant_boxes
+from cocodag.split import quadrant_boxes, split_by_centroid
 
 
 def _literal_paste(frame, label, obj, mask, centroid):
@@ -98,3 +98,51 @@ def test_quadrants_shifted_at_borders(cx, cy):
 def test_quadrants_crop_larger_than_frame():
     with pytest.raises(CocodagError, match="larger than the frame"):
         quadrant_boxes(10, 10, 200, 256, 128)
+
+
+# ------------------------------------------------------------------------------------------- split_by_centroid
+def _pasted(h=128, w=256, box=(100, 40, 140, 70), base=7):
+    """A frame whose label holds one OOD rectangle ``box`` = (x0, y0, x1, y1) on trainId ``base``."""
+    img = np.arange(h * w * 3, dtype=np.uint32).reshape(h, w, 3).astype(np.uint8)
+    lab = np.full((h, w), base, np.uint8)
+    x0, y0, x1, y1 = box
+    lab[y0:y1, x0:x1] = 254
+    return img, lab
+
+
+def test_split_by_centroid_quadrants_and_views():
+    img, lab = _pasted()
+    sp = split_by_centroid(img, lab, 64)
+    ys, xs = np.nonzero(lab == 254)
+    assert sp.centroid == (int(round(xs.mean())), int(round(ys.mean())))
+    assert [c.quadrant for c in sp.crops] == [0, 1, 2, 3] and (sp.no_ood, sp.no_id) == (0, 0)
+    assert [c.box for c in sp.crops] == quadrant_boxes(*sp.centroid, 64, 256, 128)
+    for c in sp.crops:
+        x0, y0, x1, y1 = c.box
+        assert np.shares_memory(c.image, img) and np.array_equal(c.image, img[y0:y1, x0:x1])
+        assert np.array_equal(c.label, lab[y0:y1, x0:x1])
+    # a search box around the object gives the same split as the whole frame
+    inside = split_by_centroid(img, lab, 64, within=(100, 40, 140, 70))
+    assert inside.centroid == sp.centroid and [c.box for c in inside.crops] == [c.box for c in sp.crops]
+
+
+def test_split_by_centroid_drops_and_counts():
+    img, lab = _pasted(box=(10, 10, 30, 30), base=255)       # void frame, object near the top-left corner
+    lab[:, :5] = 3                                           # ID pixels only in the 5 leftmost columns
+    sp = split_by_centroid(img, lab, 64)                     # centroid (20, 20): boxes shifted inside the frame
+    assert [c.box for c in sp.crops] == [(0, 0, 64, 64), (0, 20, 64, 84)]     # the left quadrants keep ID pixels
+    assert [c.quadrant for c in sp.crops] == [0, 2] and (sp.no_ood, sp.no_id) == (0, 2)
+    img2, lab2 = _pasted(box=(0, 0, 256, 128))               # all OOD: no quadrant has an ID pixel
+    sp2 = split_by_centroid(img2, lab2, 64)
+    assert sp2.crops == () and sp2.no_id == 4
+    img3, lab3 = _pasted(box=(0, 0, 0, 0))                   # nothing pasted
+    assert split_by_centroid(img3, lab3, 64).centroid is None
+
+
+def test_split_by_centroid_two_blobs_loses_ood_in_off_diagonal_quadrants():
+    img, lab = _pasted(box=(0, 0, 0, 0))
+    lab[20:40, 150:170] = 254                                # top-right blob
+    lab[90:110, 80:100] = 254                                # bottom-left blob
+    sp = split_by_centroid(img, lab, 32)
+    assert sp.no_ood == 2 and [c.quadrant for c in sp.crops] == [1, 2]
+    assert all((c.label == 254).any() and (c.label < 19).any() for c in sp.crops)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cocodag.errors import CocodagError
-from cocodag.formats.shards import SampleMeta, ShardWriter, open_dataset
+from cocodag.formats.shards import KINDS, STREAM_CODES, SampleMeta, ShardWriter, open_dataset, sha256_file, write_shard
 
 
 def _samples(rng, n, s):
@@ -54,3 +54,23 @@ def test_manifest_not_written_on_error(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(CocodagError, match="format"):
         open_dataset(tmp_path)
+
+
+def test_stream_codes_are_pinned():
+    # They seed every build unit's generator: a changed value would change the bytes of every dataset.
+    assert STREAM_CODES == {"dag": 0, "cityscapes": 1, "coco": 2}
+    assert tuple(STREAM_CODES) == KINDS
+
+
+def test_write_shard_entry_hash_and_failed_write_leaves_nothing(tmp_path):
+    rng = np.random.default_rng(2)
+    imgs, labs = _samples(rng, 3, 8)
+    p = tmp_path / "coco-00000.h5"
+    e = write_shard(p, "coco", imgs, labs, [SampleMeta(f"f{i}") for i in range(3)])
+    assert e == {"file": p.name, "kind": "coco", "num_samples": 3, "sha256": sha256_file(p),
+                 "bytes": p.stat().st_size}
+    assert not list(tmp_path.glob("*.tmp"))
+    q = tmp_path / "coco-00001.h5"
+    with pytest.raises(TypeError):      # an attribute h5py cannot store: fails half-way through the write
+        write_shard(q, "coco", imgs, labs, [SampleMeta("a")] * 3, extra_attrs={"bad": object()})
+    assert not q.exists() and not list(tmp_path.glob("*.tmp"))
