@@ -35,11 +35,16 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from cocodag.formats.shards import STREAM_CODES
+
 from . import MaxentError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-KIND_CODES = {"cityscapes": 0, "coco": 1, "dag": 2}
+#: Kind code in column 0 of the ``(n, 2)`` sample refs: cocodag's one table, ``cocodag.formats.shards.STREAM_CODES``.
+#: Here a code is only a label (compared for equality, mapped back to the kind; never sorted or fed to an RNG), so
+#: the plan and the batches do not depend on its values (tests/maxent_train/test_data.py checks it).
+KIND_CODES = STREAM_CODES
 
 
 def derive_seed(*parts: int | str) -> int:

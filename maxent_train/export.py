@@ -1,38 +1,33 @@
 """Logit / MC-dropout export to ``logits.h5`` (DESIGN §4.3, docs/formats.md §3).
 
 Inputs: a cocodag dataset (``data``, shard kinds ``kinds``; labels trainId -> 0, 254 -> 1, 255 -> 255) or an
-evaluation set (``images`` + ``preset`` via :mod:`cocodag.formats.evalsets`, full-resolution inference, optionally in sliding
-windows). Every dataset is chunked one frame per chunk and filled frame by frame, so the file may exceed RAM; it is
-written to ``<out>.tmp`` and renamed when complete.
+evaluation set (``images`` + ``preset`` via :mod:`cocodag.formats.evalsets`, full-resolution inference, optionally in
+sliding windows). The file is written frame by frame through the one writer,
+:class:`cocodag.formats.logits.LogitsWriter` (one frame per chunk, atomic: it appears only when complete), so it may
+exceed RAM.
 
 The optional MC block calls :func:`maxent_train.mc.mc_moments` once per frame with ``seed = seed + frame index``
 (independent of batching), head-only when the model has ``forward_features``/``forward_head``.
-``sml_stats`` accumulates, per predicted class, count / mean / M2 of the max logit of the *stored* (float16) logits,
-so the JSON equals what ``oodscore fit-sml`` computes from the written file; it uses the same JSON layout as
-``oodscore``'s ``SMLStats.save`` (without importing oodscore).
+``sml_stats`` feeds the *stored* (float16) logits of each frame to :class:`cocodag.formats.sml_stats.SMLStats`, so the
+JSON equals what ``oodscore fit-sml`` computes from the written file.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from cocodag.device import resolve_device
+from cocodag.formats.logits import MC_KEYS, LogitsWriter, upsample
+from cocodag.formats.sml_stats import SMLStats
+from cocodag.labels import IGNORE_ID, NUM_CLASSES, OOD_ID
 
 from . import MaxentError, __version__
 from .data import normalize
-from .train import resolve_device
-
-LOGITS_FORMAT = "cocodag-logits"
-LOGITS_VERSION = 1
-SML_STATS_FORMAT = "oodscore-sml-stats"   # the JSON oodscore's SMLStats.load reads (docs: oodscore/scores/sml.py)
-SML_STATS_VERSION = 1
 
 
 @dataclass
@@ -64,6 +59,34 @@ class ExportOptions:
     seed: int = 0
     progress: bool = True
 
+    def validate(self) -> None:
+        """Check the options against each other (inputs are checked when opened).
+
+        Raises
+        ------
+        MaxentError
+            Naming the option, what it expects and what it got.
+        """
+        if (self.data is None) == (self.images is None):
+            raise MaxentError("give exactly one input: --data DIR (cocodag dataset) or --images DIR --preset P")
+        if self.mc_samples < 0:
+            raise MaxentError(f"--mc-samples must be >= 0, got {self.mc_samples}")
+        if self.mc_samples and self.moment_order < 2:
+            raise MaxentError(f"--moment-order must be >= 2, got {self.moment_order}")
+        if self.mc_samples and self.sliding_window:
+            raise MaxentError("--mc-samples with --sliding-window is not supported (moments of averaged tiles are "
+                              "not the moments of the frame); run MC export at full resolution")
+        if self.moments_of not in ("logits", "probs"):
+            raise MaxentError(f"--moments-of: expected logits or probs, got {self.moments_of!r}")
+        if self.mc_dtype not in ("float32", "float16"):
+            raise MaxentError(f"--mc-dtype: expected float32 or float16, got {self.mc_dtype!r}")
+        if self.compression not in ("none", "lzf", "gzip"):
+            raise MaxentError(f"--compression: expected none, lzf or gzip, got {self.compression!r}")
+        if self.limit is not None and self.limit <= 0:
+            raise MaxentError(f"--limit must be > 0, got {self.limit}")
+        if self.batch_size <= 0:
+            raise MaxentError(f"--batch-size must be > 0, got {self.batch_size}")
+
 
 @dataclass
 class _Frame:
@@ -71,6 +94,13 @@ class _Frame:
     image: np.ndarray            # (H, W, 3) uint8 RGB
     label: np.ndarray            # (H, W) uint8 0/1/255
     roi: np.ndarray | None = None
+
+
+@dataclass
+class _Source:
+    total: int                   # frames available (before --limit)
+    frames: Iterator[_Frame]
+    dataset: str                 # the file's ``dataset`` attribute
 
 
 # --------------------------------------------------------------------------------------------------------- model
@@ -93,7 +123,7 @@ def load_model_for_export(checkpoint: str | Path, model: str | None = None, num_
         raise MaxentError(f"--checkpoint {path}: has no metadata naming the model; pass --model NAME")
     if num_classes is not None and meta.get("num_classes") not in (None, num_classes):
         raise MaxentError(f"--num-classes {num_classes} differs from the checkpoint's {meta['num_classes']}")
-    nc = int(num_classes or meta.get("num_classes") or 19)
+    nc = int(num_classes or meta.get("num_classes") or NUM_CLASSES)
     kwargs = dict(meta.get("model_kwargs") or {}) if name == meta.get("model") else {}
     net = create_model(name, num_classes=nc, **kwargs)     # e.g. a dropout rate: not part of the state_dict
     load_checkpoint(net, path, strict=True)
@@ -102,7 +132,14 @@ def load_model_for_export(checkpoint: str | Path, model: str | None = None, num_
 
 
 # --------------------------------------------------------------------------------------------------------- sources
-def _shard_frames(data: str, kinds: tuple[str, ...], chunk: int) -> tuple[int, tuple[int, int], Iterator[_Frame]]:
+def _open_source(opts: ExportOptions) -> _Source:
+    if opts.data is not None:
+        return _shard_frames(opts.data, opts.kinds, opts.batch_size)
+    return _evalset_frames(opts.images, opts.preset)
+
+
+def _shard_frames(data: str, kinds: tuple[str, ...], chunk: int) -> _Source:
+    """Frames of the shards of ``kinds`` (in that order), read ``chunk`` samples per shard access."""
     from cocodag.formats.shards import KINDS, open_dataset
 
     bad = [k for k in kinds if k not in KINDS]
@@ -110,11 +147,9 @@ def _shard_frames(data: str, kinds: tuple[str, ...], chunk: int) -> tuple[int, t
         raise MaxentError(f"--kinds: expected a comma-separated subset of {', '.join(KINDS)}, got {','.join(kinds)!r}")
     ds = open_dataset(data, verify_checksums=True, kinds=kinds)
     shards = [s for k in kinds for s in ds.shards_of(k)]
-    total = sum(s.num_samples for s in shards)
-    size = ds.crop_size
-    lut = np.full(256, 255, np.uint8)
-    lut[: int(ds.manifest.get("num_classes", 19))] = 0
-    lut[int(ds.manifest.get("ood_id", 254))] = 1
+    lut = np.full(256, IGNORE_ID, np.uint8)          # shard trainIds -> logits.h5's 0 (ID) / 1 (OOD) / 255 (void)
+    lut[: int(ds.manifest.get("num_classes", NUM_CLASSES))] = 0
+    lut[int(ds.manifest.get("ood_id", OOD_ID))] = 1
 
     def gen() -> Iterator[_Frame]:
         for info in shards:
@@ -126,13 +161,13 @@ def _shard_frames(data: str, kinds: tuple[str, ...], chunk: int) -> tuple[int, t
                         i = a + j
                         yield _Frame(f"{info.path.stem}/{i:05d}/{frames[i]}", images[j], lut[labels[j]])
 
-    return total, (size, size), gen()
+    return _Source(sum(s.num_samples for s in shards), gen(), "cocodag")
 
 
-def _evalset_frames(root: str, preset_name: str) -> tuple[int, tuple[int, int] | None, Iterator[_Frame], Any]:
-    import cv2
-
+def _evalset_frames(root: str, preset_name: str) -> _Source:
+    """Frames of an evaluation set at full resolution (labels already 0/1/255 via the preset)."""
     from cocodag.formats.evalsets import get_preset
+    from cocodag.imageio import read_rgb
 
     preset = get_preset(preset_name)
     items = preset.find(root)
@@ -141,52 +176,49 @@ def _evalset_frames(root: str, preset_name: str) -> tuple[int, tuple[int, int] |
 
     def gen() -> Iterator[_Frame]:
         for it in items:
-            bgr = cv2.imread(str(it.image_path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise MaxentError(f"{it.image_path}: cannot decode image")
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            rgb = read_rgb(it.image_path)
             h, w = rgb.shape[:2]
             label = (preset.load_label(it.label_path) if it.label_path is not None
-                     else np.full((h, w), 255, np.uint8))
+                     else np.full((h, w), IGNORE_ID, np.uint8))   # unlabelled: all void
             if label.shape != (h, w):
                 raise MaxentError(f"{it.label_path}: label is {label.shape[1]}x{label.shape[0]}, image "
                                   f"{it.image_path.name} is {w}x{h}")
-            roi = preset.load_roi(it)
-            yield _Frame(it.name, rgb, label, roi)
+            yield _Frame(it.name, rgb, label, preset.load_roi(it))
 
-    return len(items), None, gen(), preset
+    return _Source(len(items), gen(), preset_name)
 
 
 # --------------------------------------------------------------------------------------------------------- inference
+def _tile_starts(n: int, window: int, stride: int) -> list[int]:
+    """Tile origins along one axis: every ``stride``, the last tile aligned to the border."""
+    if n <= window:
+        return [0]
+    s = list(range(0, n - window + 1, stride))
+    if s[-1] != n - window:
+        s.append(n - window)
+    return s
+
+
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, x: torch.Tensor, window: int | None = None,
                    stride: int | None = None) -> torch.Tensor:
-    """Logits (N, C, H, W) float32 at input size; with ``window`` the image is covered by overlapping
-    ``window``×``window`` tiles (last tile aligned to the border) whose logits are averaged where they overlap."""
+    """Logits (N, C, H, W) float32 at input size.
+
+    With ``window`` the image is covered by overlapping ``window``×``window`` tiles (last tile aligned to the border)
+    whose logits are averaged where they overlap. A model output smaller than its input is brought to size with
+    :func:`cocodag.formats.logits.upsample`.
+    """
     h, w = x.shape[-2:]
     if window is None or (h <= window and w <= window):
-        out = model(x).float()
-        return out if out.shape[-2:] == (h, w) else F.interpolate(out, size=(h, w), mode="bilinear",
-                                                                   align_corners=False)
+        return upsample(model(x).float(), (h, w))
     if stride is None or stride <= 0 or stride > window:
         raise MaxentError(f"--stride must be in 1..--window ({window}), got {stride}")
-
-    def starts(n: int) -> list[int]:
-        if n <= window:
-            return [0]
-        s = list(range(0, n - window + 1, stride))
-        if s[-1] != n - window:
-            s.append(n - window)
-        return s
-
     acc = None
     count = torch.zeros((1, 1, h, w), device=x.device)
-    for y0 in starts(h):
-        for x0 in starts(w):
+    for y0 in _tile_starts(h, window, stride):
+        for x0 in _tile_starts(w, window, stride):
             tile = x[..., y0:y0 + window, x0:x0 + window]
-            out = model(tile).float()
-            if out.shape[-2:] != tile.shape[-2:]:
-                out = F.interpolate(out, size=tile.shape[-2:], mode="bilinear", align_corners=False)
+            out = upsample(model(tile).float(), tile.shape[-2:])
             if acc is None:
                 acc = torch.zeros((x.shape[0], out.shape[1], h, w), device=x.device)
             acc[..., y0:y0 + tile.shape[-2], x0:x0 + tile.shape[-1]] += out
@@ -194,42 +226,26 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, window: int | None =
     return acc / count
 
 
-class _SMLAccumulator:
-    """Per predicted class count / mean / M2 of the max logit (Chan et al. merge, float64)."""
+def _at_size(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bring an MC tensor (..., h, w) to ``size`` with the one upsampling rule (leading axes become channels)."""
+    if tuple(t.shape[-2:]) == size:
+        return t
+    lead = t.shape[:-2]
+    return upsample(t.reshape(1, -1, *t.shape[-2:]).float(), size).reshape(*lead, *size)
 
-    def __init__(self, num_classes: int) -> None:
-        self.count = np.zeros(num_classes, np.int64)
-        self.mean = np.zeros(num_classes)
-        self.m2 = np.zeros(num_classes)
-        self.n_images = 0
 
-    def update(self, logits: np.ndarray) -> None:
-        """logits (C, H, W) (the stored float16 values)."""
-        c = logits.shape[0]
-        flat = logits.reshape(c, -1)
-        pred = flat.argmax(0)
-        lmax = flat.max(0).astype(np.float64)
-        cnt = np.bincount(pred, minlength=c)
-        mean_b = np.bincount(pred, weights=lmax, minlength=c) / np.maximum(cnt, 1)
-        m2_b = np.bincount(pred, weights=(lmax - mean_b[pred]) ** 2, minlength=c)
-        n_a, n_b = self.count.astype(np.float64), cnt.astype(np.float64)
-        n = np.maximum(n_a + n_b, 1.0)
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * n_b / n
-        self.m2 = self.m2 + m2_b + delta * delta * n_a * n_b / n
-        self.count += cnt
-        self.n_images += 1
+def _mc_block(model: torch.nn.Module, x: torch.Tensor, opts: ExportOptions, index: int, head_only: bool,
+              size: tuple[int, int]) -> tuple[dict[str, np.ndarray], bool]:
+    """MC-dropout moments of one frame: ``({mean, central, entropy} float32 at ``size``, head_only that ran)``.
 
-    def to_dict(self, source: str) -> dict[str, Any]:
-        classes = {}
-        for c in range(len(self.count)):
-            n = int(self.count[c])
-            var = self.m2[c] / (n - 1) if n > 1 else None
-            classes[str(c)] = {"mean": float(self.mean[c]) if n > 0 else None,
-                               "std": math.sqrt(var) if var is not None else None, "var": var, "count": n}
-        return {"format": SML_STATS_FORMAT, "version": SML_STATS_VERSION, "num_classes": len(self.count),
-                "n_images": self.n_images, "n_pixels": int(self.count.sum()), "source": source,
-                "counts_known": True, "classes": classes}
+    Seeded with ``opts.seed + index`` so a frame's masks do not depend on batching or on the other frames.
+    """
+    from .mc import mc_moments
+
+    mom = mc_moments(model, x, samples=opts.mc_samples, order=opts.moment_order, moments_of=opts.moments_of,
+                     head_only=head_only, seed=opts.seed + index)
+    arrays = {k: _at_size(mom[k], size)[0].cpu().numpy() for k in MC_KEYS}
+    return arrays, bool(mom.get("head_only", head_only))
 
 
 def _downsize(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -249,124 +265,76 @@ def export_logits(opts: ExportOptions) -> dict[str, Any]:
     Raises
     ------
     MaxentError / CocodagError
-        Bad options, unreadable checkpoint or inputs, frames of different sizes.
+        Bad options, unreadable checkpoint or inputs, frames of different sizes, a float16 MC block that overflows.
     """
-    if (opts.data is None) == (opts.images is None):
-        raise MaxentError("give exactly one input: --data DIR (cocodag dataset) or --images DIR --preset P")
-    if opts.mc_samples < 0:
-        raise MaxentError(f"--mc-samples must be >= 0, got {opts.mc_samples}")
-    if opts.mc_samples and opts.moment_order < 2:
-        raise MaxentError(f"--moment-order must be >= 2, got {opts.moment_order}")
-    if opts.mc_samples and opts.sliding_window:
-        raise MaxentError("--mc-samples with --sliding-window is not supported (moments of averaged tiles are not "
-                          "the moments of the frame); run MC export at full resolution")
-    if opts.moments_of not in ("logits", "probs"):
-        raise MaxentError(f"--moments-of: expected logits or probs, got {opts.moments_of!r}")
-    if opts.mc_dtype not in ("float32", "float16"):
-        raise MaxentError(f"--mc-dtype: expected float32 or float16, got {opts.mc_dtype!r}")
-    if opts.compression not in ("none", "lzf", "gzip"):
-        raise MaxentError(f"--compression: expected none, lzf or gzip, got {opts.compression!r}")
-    if opts.limit is not None and opts.limit <= 0:
-        raise MaxentError(f"--limit must be > 0, got {opts.limit}")
-    if opts.batch_size <= 0:
-        raise MaxentError(f"--batch-size must be > 0, got {opts.batch_size}")
+    opts.validate()
     device = resolve_device(opts.device)
     model, meta = load_model_for_export(opts.checkpoint, opts.model, opts.num_classes, device)
     num_classes = int(meta["num_classes"])
-
-    if opts.data is not None:
-        total, size, frames = _shard_frames(opts.data, opts.kinds, opts.batch_size)
-        dataset_name, preset = "cocodag", None
-    else:
-        total, size, frames, preset = _evalset_frames(opts.images, opts.preset)
-        dataset_name = opts.preset
-    n = min(total, opts.limit) if opts.limit is not None else total
+    source = _open_source(opts)
+    n = min(source.total, opts.limit) if opts.limit is not None else source.total
     if n == 0:
         raise MaxentError("no frames to export (empty input or --kinds without samples)")
 
     out = Path(opts.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    ck: dict[str, Any] = {}
-    if opts.compression == "lzf":
-        ck = {"compression": "lzf"}
-    elif opts.compression == "gzip":
-        ck = {"compression": "gzip", "compression_opts": 1}
-    mc_np_dtype = np.float16 if opts.mc_dtype == "float16" else np.float32
-    sml = _SMLAccumulator(num_classes) if opts.sml_stats else None
     head_only = hasattr(model, "forward_features") and hasattr(model, "forward_head")
-    window = opts.window if opts.sliding_window else None
-
-    pbar = None
-    if opts.progress:
-        from tqdm import tqdm
-
-        pbar = tqdm(total=n, desc="export", unit="img", dynamic_ncols=True)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update(format=LOGITS_FORMAT, version=LOGITS_VERSION, num_classes=num_classes,
-                           dataset=dataset_name, model=str(meta["model"]), checkpoint=str(opts.checkpoint),
-                           maxent_train=__version__)
-            dsets: dict[str, h5py.Dataset] = {}
-            hw: tuple[int, int] | None = None
-            has_roi: bool | None = None
-            for i, fr in enumerate(_take(frames, n)):
-                h, w = fr.label.shape
-                if hw is None:
-                    hw = (h, w)
-                    has_roi = fr.roi is not None
-                    dsets = _create_datasets(f, n, num_classes, hw, fr, opts, ck, mc_np_dtype, head_only)
-                elif (h, w) != hw:
-                    raise MaxentError(f"frame {fr.name} is {w}x{h} but earlier frames are {hw[1]}x{hw[0]}; "
-                                      f"logits.h5 holds frames of one size (export each size separately)")
-                if (fr.roi is not None) != has_roi:
-                    raise MaxentError(f"frame {fr.name}: roi present for some frames only")
-                x = normalize(torch.from_numpy(np.ascontiguousarray(fr.image))[None].to(device))
-                model.eval()      # mc_moments switches dropout on; plain logits are deterministic
-                logits = predict_logits(model, x, window, opts.stride)[0]
-                if logits.shape[-2:] != (h, w):
-                    logits = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-                l16 = logits.cpu().numpy().astype(np.float16)
-                dsets["logits"][i] = l16
-                dsets["label"][i] = fr.label
-                dsets["image_id"][i] = fr.name
-                if fr.roi is not None:
-                    dsets["roi"][i] = fr.roi
-                if opts.store_images:
-                    dsets["image"][i] = _downsize(fr.image, opts.image_max_side)
-                if sml is not None:
-                    sml.update(l16)
-                if opts.mc_samples:
-                    from .mc import mc_moments
-
-                    mom = mc_moments(model, x, samples=opts.mc_samples, order=opts.moment_order,
-                                     moments_of=opts.moments_of, head_only=head_only, seed=opts.seed + i)
-                    f["mc"].attrs["head_only"] = bool(mom.get("head_only", head_only))   # what actually ran
-                    mean, central, ent = (_at_size(mom["mean"], (h, w)), _at_size(mom["central"], (h, w)),
-                                          _at_size(mom["entropy"], (h, w)))
-                    for key, t in (("mc/mean", mean), ("mc/central", central), ("mc/entropy", ent)):
-                        a = t[0].cpu().numpy().astype(mc_np_dtype)
-                        if mc_np_dtype == np.float16 and not np.isfinite(a).all():
-                            # high-order moments of logits easily pass float16's 65504 (a deviation of 16 -> 16^4)
-                            raise MaxentError(f"{fr.name}: {key} overflows float16 "
-                                              f"({int((~np.isfinite(a)).sum())} values); use --mc-dtype float32 "
-                                              f"or --moments-of probs")
-                        dsets[key][i] = a
-                if pbar is not None:
-                    pbar.update(1)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        if pbar is not None:
-            pbar.close()
+    mc_attrs = dict(moments_of=opts.moments_of, mc_samples=opts.mc_samples, moment_order=opts.moment_order,
+                    head_only=bool(head_only), seed=opts.seed)
+    sml = SMLStats(num_classes, source=f"maxent-train export {out.name}") if opts.sml_stats else None
+    with _progress(opts.progress, n) as pbar, LogitsWriter(
+            out, num_classes, dataset=source.dataset, model=str(meta["model"]), checkpoint=str(opts.checkpoint),
+            attrs={"maxent_train": __version__}, compression=opts.compression, mc_attrs=mc_attrs,
+            mc_dtype=opts.mc_dtype) as writer:
+        hw = _write_frames(writer, _take(source.frames, n), model, device, opts, head_only, sml, pbar)
     if sml is not None:
-        spath = Path(opts.sml_stats)
-        stmp = spath.with_name(spath.name + ".tmp")
-        stmp.write_text(json.dumps(sml.to_dict(source=f"maxent-train export {out.name}"), indent=2))
-        os.replace(stmp, spath)
+        sml.save(opts.sml_stats)
     return {"out": str(out), "num_images": n, "shape": (n, num_classes, *hw)}
+
+
+def _write_frames(writer: LogitsWriter, frames: Iterator[_Frame], model: torch.nn.Module, device: torch.device,
+                  opts: ExportOptions, head_only: bool, sml: SMLStats | None, pbar) -> tuple[int, int]:
+    """Forward every frame and append it (logits, label, roi, image, MC block) to ``writer``; returns (H, W)."""
+    window = opts.window if opts.sliding_window else None
+    hw: tuple[int, int] | None = None
+    has_roi: bool | None = None
+    for i, fr in enumerate(frames):
+        h, w = fr.label.shape
+        if hw is None:
+            hw, has_roi = (h, w), fr.roi is not None
+        elif (h, w) != hw:
+            raise MaxentError(f"frame {fr.name} is {w}x{h} but earlier frames are {hw[1]}x{hw[0]}; "
+                              f"logits.h5 holds frames of one size (export each size separately)")
+        if (fr.roi is not None) != has_roi:
+            raise MaxentError(f"frame {fr.name}: roi present for some frames only")
+        x = normalize(torch.from_numpy(np.ascontiguousarray(fr.image))[None].to(device))
+        model.eval()      # mc_moments switches dropout on; plain logits are deterministic
+        l16 = upsample(predict_logits(model, x, window, opts.stride), (h, w))[0].cpu().numpy().astype(np.float16)
+        mc = None
+        if opts.mc_samples:
+            mc, ran_head_only = _mc_block(model, x, opts, i, head_only, (h, w))
+            writer.set_mc_attrs(head_only=ran_head_only)      # what actually ran
+        writer.write(l16, fr.label, fr.name, roi=fr.roi, mc=mc,
+                     image=_downsize(fr.image, opts.image_max_side) if opts.store_images else None)
+        if sml is not None:
+            sml.partial_fit(l16)      # the stored float16 values, as `oodscore fit-sml` reads them
+        if pbar is not None:
+            pbar.update(1)
+    return hw
+
+
+@contextmanager
+def _progress(enabled: bool, total: int):
+    """A tqdm bar over ``total`` frames (None when disabled), closed on exit."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="export", unit="img", dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def _take(it: Iterator[_Frame], n: int) -> Iterator[_Frame]:
@@ -374,37 +342,3 @@ def _take(it: Iterator[_Frame], n: int) -> Iterator[_Frame]:
         if i >= n:
             return
         yield fr
-
-
-def _at_size(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bring an MC tensor (..., h, w) to ``size`` (bilinear) if the model returned another size."""
-    if tuple(t.shape[-2:]) == size:
-        return t
-    lead = t.shape[:-2]
-    flat = t.reshape(1, -1, *t.shape[-2:]).float()
-    return F.interpolate(flat, size=size, mode="bilinear", align_corners=False).reshape(*lead, *size)
-
-
-def _create_datasets(f: h5py.File, n: int, num_classes: int, hw: tuple[int, int], first: _Frame,
-                     opts: ExportOptions, ck: dict, mc_dtype, head_only: bool) -> dict[str, h5py.Dataset]:
-    h, w = hw
-    d: dict[str, h5py.Dataset] = {
-        "logits": f.create_dataset("logits", (n, num_classes, h, w), np.float16, chunks=(1, num_classes, h, w), **ck),
-        "label": f.create_dataset("label", (n, h, w), np.uint8, chunks=(1, h, w), **ck),
-        "image_id": f.create_dataset("image_id", (n,), h5py.string_dtype()),
-    }
-    if first.roi is not None:
-        d["roi"] = f.create_dataset("roi", (n, h, w), np.uint8, chunks=(1, h, w), **ck)
-    if opts.store_images:
-        sh, sw = _downsize(first.image, opts.image_max_side).shape[:2]
-        d["image"] = f.create_dataset("image", (n, sh, sw, 3), np.uint8, chunks=(1, sh, sw, 3), **ck)
-    if opts.mc_samples:
-        g = f.create_group("mc")
-        k = opts.moment_order
-        g.attrs.update(moments_of=opts.moments_of, mc_samples=opts.mc_samples, moment_order=k,
-                       head_only=bool(head_only), seed=opts.seed)
-        d["mc/mean"] = g.create_dataset("mean", (n, num_classes, h, w), mc_dtype, chunks=(1, num_classes, h, w), **ck)
-        d["mc/central"] = g.create_dataset("central", (n, k - 1, num_classes, h, w), mc_dtype,
-                                           chunks=(1, k - 1, num_classes, h, w), **ck)
-        d["mc/entropy"] = g.create_dataset("entropy", (n, h, w), mc_dtype, chunks=(1, h, w), **ck)
-    return d

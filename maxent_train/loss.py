@@ -22,10 +22,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cocodag.labels import OOD_ID
+
 from . import MaxentError
 
-OOD_ID = 254
-IGNORE_ID = 255
 OPTIM_TARGETS = ("entropy", "logit")
 REDUCTIONS = ("mean", "sum", "none")
 

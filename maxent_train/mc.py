@@ -193,39 +193,14 @@ def mc_moments(model: nn.Module, x: torch.Tensor, samples: int = 128, order: int
     if x.ndim != 4:
         raise MaxentError(f"images must be (N, 3, H, W), got shape {tuple(x.shape)}")
     samples, order, sample_batch = int(samples), int(order), int(sample_batch)
-    size = tuple(x.shape[-2:])
-    n = x.shape[0]
     devices = [x.device] if x.device.type == "cuda" else []
 
     with mc_dropout_mode(model) as n_dropout, torch.random.fork_rng(devices=devices):
         if n_dropout == 0:
             raise MaxentError(f"model {type(model).__name__} has no dropout layer: MC dropout would repeat one pass")
-        feats = None
-        use_head = head_only and hasattr(model, "forward_features") and hasattr(model, "forward_head")
-        if use_head:
-            feats, use_head = _features_are_deterministic(model, x)
-            if not use_head:
-                warnings.warn(f"{type(model).__name__}.forward_features contains dropout: running {samples} full "
-                              f"forward passes instead of head-only sampling", stacklevel=2)
-                feats = None
+        feats = _head_features(model, x, samples) if head_only else None
         torch.manual_seed(seed)  # seeded after the features so head-only and full passes draw the same masks
-
-        ps = PowerSums(order, dtype=dtype)
-        prob_sum = None
-        for start in range(0, samples, sample_batch):
-            b = min(sample_batch, samples - start)
-            if use_head:
-                out = model.forward_head(_repeat(feats, b), size)
-            else:
-                out = model(_repeat(x, b))
-            out = out.float().reshape(b, n, *out.shape[1:])  # (b, N, C, H, W): pass-major, as _repeat stacked them
-            probs = F.softmax(out, dim=2)
-            ps.update_batch(out if moments_of == "logits" else probs)
-            if moments_of == "logits":  # the entropy needs the mean softmax too
-                if prob_sum is None:
-                    prob_sum = torch.zeros(probs.shape[1:], dtype=dtype, device=probs.device)
-                for pb in probs:
-                    prob_sum.add_(pb)
+        ps, prob_sum = _sample_passes(model, x, feats, samples, order, moments_of, sample_batch, dtype)
 
     mean = ps.mean()
     p_mean = mean if moments_of == "probs" else prob_sum / samples
@@ -234,9 +209,46 @@ def mc_moments(model: nn.Module, x: torch.Tensor, samples: int = 128, order: int
         "mean": mean.float(),
         "central": ps.central().float().transpose(0, 1).contiguous(),  # (K-1, N, ...) -> (N, K-1, ...)
         "entropy": entropy.float(),
-        "head_only": bool(use_head),
+        "head_only": feats is not None,
         "samples": samples,
         "order": order,
         "moments_of": moments_of,
         "seed": seed,
     }
+
+
+def _head_features(model: nn.Module, x: torch.Tensor, samples: int) -> Any:
+    """``forward_features(x)`` for head-only sampling, or None when the model cannot be sampled head-only."""
+    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+        return None
+    feats, deterministic = _features_are_deterministic(model, x)
+    if not deterministic:
+        warnings.warn(f"{type(model).__name__}.forward_features contains dropout: running {samples} full "
+                      f"forward passes instead of head-only sampling", stacklevel=3)
+        return None
+    return feats
+
+
+def _sample_passes(model: nn.Module, x: torch.Tensor, feats: Any, samples: int, order: int, moments_of: str,
+                   sample_batch: int, dtype: torch.dtype) -> tuple[PowerSums, torch.Tensor | None]:
+    """Run the T stochastic passes (head-only when ``feats`` is given), ``sample_batch`` at a time.
+
+    Returns the power sums of the logits or probs, and the sum of the softmax over passes (moments of logits only:
+    the entropy needs the mean softmax too).
+    """
+    size = tuple(x.shape[-2:])
+    n = x.shape[0]
+    ps = PowerSums(order, dtype=dtype)
+    prob_sum = None
+    for start in range(0, samples, sample_batch):
+        b = min(sample_batch, samples - start)
+        out = model.forward_head(_repeat(feats, b), size) if feats is not None else model(_repeat(x, b))
+        out = out.float().reshape(b, n, *out.shape[1:])  # (b, N, C, H, W): pass-major, as _repeat stacked them
+        probs = F.softmax(out, dim=2)
+        ps.update_batch(out if moments_of == "logits" else probs)
+        if moments_of == "logits":
+            if prob_sum is None:
+                prob_sum = torch.zeros(probs.shape[1:], dtype=dtype, device=probs.device)
+            for pb in probs:
+                prob_sum.add_(pb)
+    return ps, prob_sum

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cocodag.device import resolve_device
 from cocodag.labels import IGNORE_ID, TRAIN_CLASS_NAMES
 
 from .data import normalize
@@ -44,8 +45,6 @@ def evaluate_segmentation(checkpoint: str | Path, cityscapes: str | Path, *, spl
                           stride: int | None = None, progress: bool = True) -> dict[str, Any]:
     """mIoU / pixel accuracy of ``checkpoint`` on ``cityscapes/leftImg8bit/<split>`` at full resolution."""
     from cocodag.cityscapes import find_frames, load_frame_rgb
-
-    from .train import resolve_device
 
     dev = resolve_device(device)
     model, meta = load_model_for_export(checkpoint, device=dev)

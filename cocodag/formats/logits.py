@@ -385,7 +385,8 @@ class LogitsWriter:
         mc_arrays = {}
         if mc is not None:      # convert (and check) before anything of this frame is written
             for k in MC_KEYS:
-                a = np.asarray(mc[k]).astype(self._mc_dtype, copy=False)
+                with np.errstate(over="ignore"):        # an overflow is reported below, as one clear line
+                    a = np.asarray(mc[k]).astype(self._mc_dtype, copy=False)
                 if self._mc_dtype == np.float16 and not np.isfinite(a).all():
                     # high-order moments of logits easily pass float16's 65504 (a deviation of 16 -> 16^4)
                     raise CocodagError(f"{image_id}: mc/{k} overflows float16 ({int((~np.isfinite(a)).sum())} "

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cocodag.formats.shards import SampleMeta, ShardWriter
+from cocodag.formats.shards import ShardWriter
 
 # One colour per class so that a tiny network can learn the labels (the loss must be able to drop).
 _PALETTE = np.random.default_rng(123).integers(0, 256, size=(256, 3)).astype(np.uint8)

@@ -188,3 +188,36 @@ def test_device_augment_matches_numpy_reference():
     many = torch.cat([aug.flips(100, 0, b) for b in range(20)]).float().mean().item()
     assert 0.45 < many < 0.55
     assert Counter(DeviceAugment(seed=0, flip_p=0.0).flips(50, 0, 0).tolist()) == Counter({False: 50})
+
+
+def test_kind_codes_are_labels_only(data_dir, monkeypatch):
+    # the codes follow cocodag's kind order; any other numbering must give the same samples in the same order
+    from cocodag.formats.shards import KINDS, STREAM_CODES
+    from maxent_train import data
+
+    assert KIND_CODES == STREAM_CODES and list(KIND_CODES) == list(KINDS)
+    ds = open_dataset(data_dir)
+    counts = {k: ds.num_samples(k) for k in KINDS}
+
+    def plan_and_batches(codes):
+        monkeypatch.setattr(data, "KIND_CODES", codes)
+        reader = ShardReader(ds)
+        sizes = {k: [s.num_samples for s in idx.shards] for k, idx in reader.index.items()}
+        names = {v: k for k, v in codes.items()}
+        out = []
+        for block_size, k in ((1, 2), (3, 3), (2, 1)):
+            plan = MixPlan(counts, batch_size=4, seed=1, embedding_img_interval=k, block_size=block_size)
+            for epoch in range(2):
+                for b in range(plan.batches_per_epoch):
+                    refs = plan.batch_refs(epoch, b, sizes)
+                    images, labels = reader.read(refs)
+                    out.append(([(names[int(c)], int(i)) for c, i in refs], images, labels))
+        reader.close()
+        return out
+
+    ref = plan_and_batches(dict(KIND_CODES))
+    for codes in ({"cityscapes": 0, "coco": 1, "dag": 2}, {"coco": 7, "dag": 3, "cityscapes": 5}):
+        other = plan_and_batches(codes)
+        assert len(other) == len(ref)
+        for (r1, i1, l1), (r2, i2, l2) in zip(ref, other):
+            assert r1 == r2 and np.array_equal(i1, i2) and np.array_equal(l1, l2)

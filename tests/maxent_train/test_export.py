@@ -13,6 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cocodag.errors import CocodagError
+from cocodag.formats.logits import LogitsFile
+from cocodag.formats.sml_stats import SMLStats
 from maxent_train import MaxentError
 from maxent_train.data import normalize
 from maxent_train.export import ExportOptions, export_logits, predict_logits
@@ -80,10 +83,6 @@ def test_export_shards_logits_labels_and_sml(setup):
         assert e["count"] == len(v)
         if len(v) > 1:
             assert e["mean"] == pytest.approx(v.mean(), abs=1e-9) and e["std"] == pytest.approx(v.std(ddof=1), abs=1e-9)
-    try:
-        from oodscore.scores.sml import SMLStats
-    except ImportError:
-        return
     st = SMLStats.load(sml_path)                       # the same JSON oodscore reads
     assert int(st.count_.sum()) == lg.shape[1]
 
@@ -125,6 +124,45 @@ def test_mc_block_equals_explicit_passes(setup, moments_of):
             np.testing.assert_allclose(central[i, k - 2], ((vals - mu) ** k).mean(0).numpy(), atol=1e-4)
         pm = probs.mean(0)
         np.testing.assert_allclose(entropy[i], -(pm * pm.log()).sum(0).numpy(), atol=1e-4)
+
+
+def test_export_writes_the_logits_contract_and_sml_stats_of_the_stored_logits(setup):
+    # what export writes is read by the one reader, and its SML JSON is what fitting the file itself gives
+    d, data, ckpt, _ = setup
+    out, sml_path = d / "contract.h5", d / "contract-sml.json"
+    res = export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), kinds=("cityscapes", "dag"),
+                                      limit=4, mc_samples=3, moment_order=3, seed=2, sml_stats=str(sml_path),
+                                      compression="lzf", progress=False))
+    assert res == {"out": str(out), "num_images": 4, "shape": (4, 19, 24, 24)}
+    with LogitsFile(out) as lf:
+        assert len(lf) == 4 and lf.num_classes == 19 and lf.shape == (24, 24) and lf.has_mc and not lf.has_roi
+        assert lf.image_ids[0].startswith("cityscapes-00000/00000/")
+        assert {"dataset": "cocodag", "model": "tiny_segnet", "checkpoint": str(ckpt)}.items() <= lf.attrs.items()
+        assert "maxent_train" in lf.attrs
+        assert lf.mc_attrs == {"moments_of": "logits", "mc_samples": 3, "moment_order": 3, "head_only": True,
+                               "seed": 2}
+        mc = lf.mc(3)
+        assert mc["central"].shape == (2, 19, 24, 24) and mc["entropy"].shape == (24, 24)
+        expect = SMLStats().fit(fr.logits for fr in lf.iter_frames(image=False))
+    st = SMLStats.load(sml_path)
+    assert st.source == f"maxent-train export {out.name}"
+    assert (st.n_images_, st.n_pixels_) == (expect.n_images_, expect.n_pixels_) == (4, 4 * 24 * 24)
+    np.testing.assert_array_equal(st.count_, expect.count_)
+    np.testing.assert_array_equal(st.mean_, expect.mean_)
+    np.testing.assert_array_equal(st.var_, expect.var_)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_export_float16_mc_overflow_is_refused(setup, tmp_path):
+    d, data, ckpt, _ = setup
+    big = d / "big.pt"      # a scaled classifier: logits stay finite, their 4th central moments pass 65504
+    sd = torch.load(ckpt, weights_only=True)
+    sd["state_dict"] = {k: v * 3000 if k.startswith("classifier") else v for k, v in sd["state_dict"].items()}
+    torch.save(sd, big)
+    with pytest.raises(CocodagError, match="overflows float16"):
+        export_logits(ExportOptions(checkpoint=str(big), out=str(tmp_path / "o.h5"), data=str(data), limit=1,
+                                    mc_samples=3, mc_dtype="float16", progress=False))
+    assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o.h5.tmp").exists()
 
 
 def _write_evalset(root, n=2, h=40, w=56):

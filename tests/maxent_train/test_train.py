@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from cocodag.errors import CocodagError
 from maxent_train import MaxentError
 from maxent_train.data import DeviceAugment, MixPlan, ShardReader
 from maxent_train.loss import maxent_loss
 from maxent_train.models import create_model
-from maxent_train.train import CHECKPOINT_LAST, MODEL_FINAL, FitConfig, fit, read_log
+from maxent_train.train import (CHECKPOINT_LAST, MODEL_FINAL, FitConfig, RunDir, fit, read_log,
+                                setup_distributed)
 
 from _maxent_shards import make_shards
 
@@ -92,7 +94,7 @@ def test_fit_lowers_loss_on_a_fixed_batch(data_dir, tmp_path):
 
 def test_kill9_then_resume_matches_uninterrupted(data_dir, tmp_path):
     steps = 80
-    ref = fit(_cfg(data_dir, tmp_path / "ref", max_steps=steps))
+    fit(_cfg(data_dir, tmp_path / "ref", max_steps=steps))
     ref_log = read_log(tmp_path / "ref" / "log.jsonl")
 
     run = tmp_path / "killed"
@@ -148,3 +150,29 @@ def test_recreate_optimizer_changes_training(data_dir, tmp_path):
     lb = [r["loss"] for r in read_log(tmp_path / "b" / "log.jsonl")]
     assert la[:7] == lb[:7] and la[7:] != lb[7:]      # identical first epoch (6 steps + 1 after reset differs)
     assert a["steps"] == b["steps"] == 12
+
+
+def test_single_process_context_and_run_dir(tmp_path, monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    ctx = setup_distributed("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.distributed) == (0, 1, True, False)
+    net = torch.nn.Linear(2, 2)
+    assert ctx.wrap(net) is net
+    if not torch.cuda.is_available():
+        with pytest.raises(CocodagError, match="CUDA is not available"):
+            setup_distributed("cuda")
+    run = RunDir(tmp_path / "run")
+    run.check_fresh()
+    with pytest.raises(MaxentError, match="nothing to resume"):
+        run.check_resume({}, "hash", "data")
+    run.start({"options": {"lr": 1.0}, "data_manifest_hash": "h"}, 0, resume=False)
+    run.save({"model": {}, "optimizer": {}, "rng": {}, "data": {}, "step": 0}, run.checkpoint)
+    assert not run.checkpoint.with_name(run.checkpoint.name + ".tmp").exists()
+    with pytest.raises(MaxentError, match="already holds a run"):
+        run.check_fresh()
+    with pytest.raises(MaxentError, match=r"options \['lr'\] differ"):
+        run.check_resume({"lr": 2.0}, "h", "data")
+    with pytest.raises(MaxentError, match="data manifest"):
+        run.check_resume({"lr": 1.0}, "other", "data")
+    assert run.check_resume({"lr": 1.0}, "h", "data")["step"] == 0
