@@ -152,7 +152,6 @@ def test_export_writes_the_logits_contract_and_sml_stats_of_the_stored_logits(se
     np.testing.assert_array_equal(st.var_, expect.var_)
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_export_float16_mc_overflow_is_refused(setup, tmp_path):
     d, data, ckpt, _ = setup
     big = d / "big.pt"      # a scaled classifier: logits stay finite, their 4th central moments pass 65504
