@@ -1,35 +1,43 @@
-"""`cocodag` command line: thin typer shells over library functions."""
+"""`cocodag` command line of the dataset builder: thin typer shells over library functions.
+
+The installed ``cocodag`` console script is :func:`cocodag_apps.cli.cocodag_main`: these commands plus the
+whole-pipeline ``demo``, which lives in the top layer because it drives all three packages. This module never
+imports that layer; ``python -m cocodag.cli`` runs the builder's commands alone.
+"""
 from __future__ import annotations
 
-import importlib
+from typing import Callable, Mapping
 
 import typer
 
-app = typer.Typer(help="COCO-DAG dataset builder: demo-data, build, verify, inspect.", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False, add_completion=False)
+from .cli_build import build, inspect_cmd, verify
+from .cli_demo import demo_data
 
+HELP = "COCO-DAG dataset builder: demo-data, build, verify, inspect."
 
-@app.callback()
-def _root() -> None:
-    """COCO-DAG dataset builder: demo-data, build, verify, inspect."""
-
-
-# Command modules: each defines plain typer command functions; they are registered here under their CLI names.
-_COMMANDS = {
-    "cocodag.cli_demo": {"demo-data": "demo_data"},
-    "cocodag.demo": {"demo": "demo_cmd"},
-    "cocodag.cli_build": {"build": "build", "verify": "verify", "inspect": "inspect_cmd"},
+# CLI name -> command function, in the order `--help` lists them.
+COMMANDS: dict[str, Callable[..., None]] = {
+    "demo-data": demo_data,
+    "build": build,
+    "verify": verify,
+    "inspect": inspect_cmd,
 }
-for _mod, _cmds in _COMMANDS.items():
-    try:
-        _m = importlib.import_module(_mod)
-    except ModuleNotFoundError as _e:  # during parallel development a command module may not exist yet
-        if _e.name != _mod:
-            raise
-        continue
-    for _name, _fn in _cmds.items():
-        if hasattr(_m, _fn):
-            app.command(_name)(getattr(_m, _fn))
+
+
+def create_app(commands: Mapping[str, Callable[..., None]] = COMMANDS) -> typer.Typer:
+    """A fresh typer app with ``commands`` (CLI name -> function) registered under their names."""
+    app = typer.Typer(help=HELP, no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
+
+    @app.callback()
+    def _root() -> None:
+        """COCO-DAG dataset builder: demo-data, build, verify, inspect."""
+
+    for name, fn in commands.items():
+        app.command(name)(fn)
+    return app
+
+
+app = create_app()
 
 
 def main() -> None:

@@ -3,12 +3,15 @@
 demo-data -> build -> baseline segmentation model -> MaxEnt fine-tunes {entropy, logit} x {no DAG, DAG} x seeds
 -> export (logits, MC-dropout moments) -> SML stats / OODMC fit -> evaluate every score -> ``REPORT/results.md``.
 
-Each stage runs the public command lines (``cocodag``, ``maxent-train``, ``oodscore``) in subprocesses, exactly as a
-user would type them (they are printed), so this module imports neither ``maxent_train`` nor ``oodscore`` and the
-data flow stays one way. Every stage skips itself when its output exists, so an interrupted demo resumes.
+A top-layer app (:mod:`cocodag_apps`; the ``demo`` command is registered by :mod:`cocodag_apps.cli`). Each stage
+runs the packages' command lines in subprocesses (``python -m cocodag.cli``, ``python -m maxent_train``,
+``python -m oodscore.cli``), exactly as a user would type them (they are printed), so a stage's failure, memory and
+threads stay in its own process. Every stage skips itself when its output exists, so an interrupted demo resumes.
 """
 from __future__ import annotations
 
+import codecs
+import functools
 import json
 import os
 import shlex
@@ -18,13 +21,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any, Callable
 
 import numpy as np
 
-from .errors import CocodagError
+from cocodag.atomic import atomic_write, atomic_write_text
+from cocodag.errors import CocodagError
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 SHIPPED_BASELINE = REPO_DATA / "demo_baseline.pt"
@@ -87,28 +89,91 @@ def _cmd(module: str, *args: Any) -> list[str]:
     return [sys.executable, "-m", module, *[str(a) for a in args]]
 
 
+def _tee_stderr(cmd: list[str], fh, env: dict[str, str]) -> int:
+    """Run ``cmd`` with stdout to ``fh`` and stderr both to ours (progress bars) and to ``fh`` (the log)."""
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+    with subprocess.Popen(cmd, stdout=fh, stderr=subprocess.PIPE, env=env) as p:
+        for chunk in iter(lambda: p.stderr.read1(1 << 16), b""):
+            sys.stderr.write(decode(chunk))
+            sys.stderr.flush()
+            fh.write(chunk)
+            fh.flush()
+    return p.returncode
+
+
+def _what_failed(text: str) -> str:
+    """The one line of a failed stage's output that says what went wrong.
+
+    Our CLIs print one ``error: ...`` line; a bug ends with the traceback's ``ExcType: message`` line. So: the last
+    ``error:`` line, else the last non-empty line.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error:"):
+            return line[len("error:"):].strip()
+    return lines[-1] if lines else "no output"
+
+
 def _run(cmd: list[str], log: Path, quiet: bool = True) -> None:
-    """Run one stage command; its output goes to ``log``; a failure raises with the log's last lines."""
+    """Run one stage command, its output appended to ``log`` (``quiet=False``: stderr shown too).
+
+    Raises
+    ------
+    CocodagError
+        One line: the stage, the line of its output that says what failed, and the path of the full log.
+    """
     shown = " ".join(shlex.quote(c) for c in [Path(cmd[0]).name, *cmd[1:]])
     print(f"  $ {shown}", file=sys.stderr, flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "a") as fh:
-        fh.write(f"\n$ {shown}\n")
+    # plain Python tracebacks in the logs: rich's boxed ones wrap the exception line at 80 columns
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TYPER_STANDARD_TRACEBACK="1")
+    with open(log, "ab") as fh:
+        fh.write(f"\n$ {shown}\n".encode())
         fh.flush()
-        p = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT if quiet else None, env=env)
-    if p.returncode != 0:
-        tail = log.read_text().strip().splitlines()[-5:]
-        raise CocodagError(f"demo stage failed (exit {p.returncode}): {shown}\n" + "\n".join(tail) +
-                           f"\n(full log: {log})")
+        start = fh.tell()
+        if quiet:
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+        else:
+            rc = _tee_stderr(cmd, fh, env)
+    if rc != 0:
+        with open(log, "rb") as fh:
+            fh.seek(start)
+            what = _what_failed(fh.read().decode(errors="replace"))
+        stage = " ".join(cmd[2:4])          # e.g. "maxent_train fit"; the whole command is printed above
+        raise CocodagError(f"demo stage `{stage}` failed (exit {rc}): {what} (full log: {log})")
 
 
-class _Stages:
+def _copy_atomic(src: Path | str, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` so that ``dst`` (a stage's done-marker) exists only once complete."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def _baseline_matches(cfg: DemoConfig) -> bool:
+    if not (SHIPPED_BASELINE.is_file() and SHIPPED_BASELINE_INFO.is_file()):
+        return False
+    info = json.loads(SHIPPED_BASELINE_INFO.read_text())
+    return info.get("world") == cfg.world_key()
+
+
+class _Demo:
+    """The demo's stages on one output folder; each stage skips itself when its output (done-marker) exists."""
+
+    OODMC_MODEL = "entropy_DAG"      # the fine-tune that also gets MC-dropout moments and an OODMC classifier
+
     def __init__(self, cfg: DemoConfig):
         self.cfg = cfg
+        out = Path(cfg.out)
+        self.logs, self.world, self.shards = out / "logs", out / "world", out / "shards"
+        self.runs, self.report = out / "runs", out / "report"
+        self.base_dir = self.runs / "baseline"
+        self.base_ckpt = self.base_dir / "model-final.pt"
+        self.dev = ["--device", cfg.device]
+        self.prog = [] if cfg.progress else ["--no-progress"]
         self.t0 = time.perf_counter()
 
-    def stage(self, name: str, done: Path, fn) -> None:
+    def stage(self, name: str, done: Path, fn: Callable[[], None]) -> None:
         if done.exists():
             print(f"[{name}] already done ({done}), skipped", file=sys.stderr)
             return
@@ -119,12 +184,97 @@ class _Stages:
         self.cfg.timings[name] = self.cfg.timings.get(name, 0.0) + dt
         print(f"[{name}] {dt:.1f} s (total {time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
 
+    def make_data(self) -> None:
+        """demo-data (the synthetic world) and build (its shards)."""
+        cfg, world, shards = self.cfg, self.world, self.shards
+        self.stage("demo-data", world / "anomaly" / "meta.json", lambda: _run(_cmd(
+            "cocodag.cli", "demo-data", world, "--frames", cfg.frames, "--val-frames", cfg.val_frames,
+            "--anomaly-frames", cfg.anomaly_frames, "--coco-images", cfg.coco_images, "--frame-size", cfg.frame_size,
+            "--coco-image-size", cfg.coco_image_size, "--seed", cfg.seed, "--workers", cfg.workers),
+            self.logs / "world.log"))
+        self.stage("build", shards / "manifest.json", lambda: _run(_cmd(
+            "cocodag.cli", "build", "--cityscapes", world / "cityscapes", "--coco", world / "coco", "--out", shards,
+            "--crop", cfg.crop, "--object-scale", cfg.object_scale, "--min-object-area", 200,
+            "--cityscapes-crops-per-frame", cfg.crops_per_frame, "--dag-samples", cfg.dag_samples,
+            "--workers", cfg.workers, "--seed", cfg.seed, "--no-progress"), self.logs / "build.log"))
 
-def _baseline_matches(cfg: DemoConfig) -> bool:
-    if not (SHIPPED_BASELINE.is_file() and SHIPPED_BASELINE_INFO.is_file()):
-        return False
-    info = json.loads(SHIPPED_BASELINE_INFO.read_text())
-    return info.get("world") == cfg.world_key()
+    def baseline(self) -> dict[str, Any]:
+        """A segmentation model of the world's in-distribution classes (no OOD training) and its val mIoU."""
+        cfg, base_dir, base_ckpt = self.cfg, self.base_dir, self.base_ckpt
+        if cfg.baseline == "auto" and _baseline_matches(cfg) and not base_ckpt.exists():
+            _copy_atomic(SHIPPED_BASELINE, base_ckpt)
+            print(f"[baseline] using the shipped checkpoint {SHIPPED_BASELINE} (trained by data/make_baseline.py)",
+                  file=sys.stderr)
+        elif cfg.baseline not in ("auto", "train") and not base_ckpt.exists():
+            _copy_atomic(cfg.baseline, base_ckpt)
+        self.stage("baseline", base_ckpt, lambda: _run(_cmd(
+            "maxent_train", "fit", "--data", self.shards, "--model", cfg.model, "--out", base_dir,
+            "--lambda", 0.0, "--coco-fraction", 0.0, "--embedding-img-interval", 0, "--lr", cfg.baseline_lr,
+            "--max-steps", cfg.baseline_steps, "--epochs", 10000, "--batch-size", cfg.batch_size, "--seed", cfg.seed,
+            "--keep-optimizer", *self.dev, *self.prog), self.logs / "baseline.log", quiet=False))
+        self.stage("baseline-miou", base_dir / "miou.json", lambda: _run(_cmd(
+            "maxent_train", "miou", "--checkpoint", base_ckpt, "--cityscapes", self.world / "cityscapes",
+            "--split", "val", "--out", base_dir / "miou.json", *self.dev), self.logs / "miou.log"))
+        return json.loads((base_dir / "miou.json").read_text())
+
+    def finetune(self) -> dict[str, list[Path]]:
+        """MaxEnt fine-tunes of the baseline: every (optim target, DAG or not) of :data:`RUNS` x seeds."""
+        models: dict[str, list[Path]] = {}
+        for name, target, dag in RUNS:
+            models[name] = []
+            for s in range(self.cfg.seeds):
+                rdir = self.runs / f"{name}-s{s}"
+                self.stage(f"fit {name} seed {s}", rdir / "model-final.pt",
+                           functools.partial(self._fit, name, rdir, target, dag, s))
+                models[name].append(rdir / "model-final.pt")
+        return models
+
+    def _fit(self, name: str, rdir: Path, target: str, dag: bool, s: int) -> None:
+        cfg = self.cfg
+        _run(_cmd("maxent_train", "fit", "--data", self.shards, "--init", self.base_ckpt, "--model", cfg.model,
+                  "--out", rdir, "--optim-target", target, "--lambda", cfg.lam, "--lr", cfg.lr,
+                  "--embedding-img-interval", cfg.embedding_img_interval if dag else 0,
+                  "--max-steps", cfg.steps, "--epochs", 10000, "--batch-size", cfg.batch_size,
+                  "--seed", 1000 + s, *self.dev, *self.prog), self.logs / f"fit-{name}-s{s}.log", quiet=False)
+
+    def score(self, name: str, ckpt: Path) -> dict[str, Any]:
+        """Export the anomaly set's logits, fit SML (and OODMC), evaluate every score; return metrics.json."""
+        cfg, rdir, log = self.cfg, ckpt.parent, self.logs / f"export-{ckpt.parent.name}.log"
+        mc = name in ("baseline", self.OODMC_MODEL)
+        mc_args = ["--mc-samples", cfg.mc_samples, "--moment-order", cfg.moment_order, "--mc-dtype", "float32"]
+        self.stage(f"export {rdir.name}", rdir / "test.h5", lambda: _run(_cmd(
+            "maxent_train", "export", "--checkpoint", ckpt, "--images", self.world / "anomaly", "--preset", "standard",
+            "--out", rdir / "test.h5", "--store-images", *(mc_args if mc else []), "--seed", cfg.seed, *self.dev,
+            "--no-progress"), log))
+        self.stage(f"sml-stats {rdir.name}", rdir / "sml.json", lambda: _run(_cmd(
+            "maxent_train", "export", "--checkpoint", ckpt, "--data", self.shards, "--kinds", "cityscapes",
+            "--limit", cfg.sml_train_crops, "--out", rdir / "train-id.h5", "--sml-stats", rdir / "sml.json",
+            *self.dev, "--no-progress"), self.logs / f"sml-{rdir.name}.log"))
+        methods = ["msp", "maxlogit", "entropy", "sml", "vde"]
+        extra: list[Any] = ["--sml-stats", rdir / "sml.json"]
+        if cfg.vde_threshold is not None:
+            extra += ["--vde-threshold", cfg.vde_threshold]
+        if mc:
+            self.stage(f"oodmc-fit {rdir.name}", rdir / "oodmc.joblib", lambda: self._fit_oodmc(ckpt, mc_args))
+            methods.append("oodmc")
+            extra += ["--oodmc-model", rdir / "oodmc.joblib"]
+        meth = [a for m in methods for a in ("--method", m)]
+        self.stage(f"evaluate {rdir.name}", rdir / "report" / "metrics.json", lambda: _run(_cmd(
+            "oodscore.cli", "evaluate", "--logits", rdir / "test.h5", *meth, *extra, "--components", "anomaly",
+            "--max-overlays", cfg.overlays, "--out", rdir / "report", "--no-progress"),
+            self.logs / f"evaluate-{rdir.name}.log"))
+        for big in ("train-id.h5", "train-dag-mc.h5"):   # large intermediates: only their products are kept
+            (rdir / big).unlink(missing_ok=True)
+        return json.loads((rdir / "report" / "metrics.json").read_text())
+
+    def _fit_oodmc(self, ckpt: Path, mc_args: list[Any]) -> None:
+        cfg, rdir = self.cfg, ckpt.parent
+        log = self.logs / f"oodmc-{rdir.name}.log"
+        _run(_cmd("maxent_train", "export", "--checkpoint", ckpt, "--data", self.shards, "--kinds", "dag",
+                  "--limit", cfg.oodmc_train_crops, "--out", rdir / "train-dag-mc.h5", *mc_args,
+                  "--seed", cfg.seed, *self.dev, "--no-progress"), log)
+        _run(_cmd("oodscore.cli", "fit-oodmc", "--logits", rdir / "train-dag-mc.h5",
+                  "--out", rdir / "oodmc.joblib", "--seed", cfg.seed), log)
 
 
 def run_demo(cfg: DemoConfig, until: str | None = None) -> dict[str, Any]:
@@ -134,104 +284,15 @@ def run_demo(cfg: DemoConfig, until: str | None = None) -> dict[str, Any]:
     """
     if cfg.baseline not in ("auto", "train") and not Path(cfg.baseline).is_file():
         raise CocodagError(f"--baseline {cfg.baseline}: not 'auto', 'train' or an existing checkpoint file")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    logs = out / "logs"
-    world, shards, runs, report = out / "world", out / "shards", out / "runs", out / "report"
-    st = _Stages(cfg)
-    dev = ["--device", cfg.device]
-    prog = [] if cfg.progress else ["--no-progress"]
-
-    st.stage("demo-data", world / "anomaly" / "meta.json", lambda: _run(_cmd(
-        "cocodag.cli", "demo-data", world, "--frames", cfg.frames, "--val-frames", cfg.val_frames,
-        "--anomaly-frames", cfg.anomaly_frames, "--coco-images", cfg.coco_images, "--frame-size", cfg.frame_size,
-        "--coco-image-size", cfg.coco_image_size, "--seed", cfg.seed, "--workers", cfg.workers), logs / "world.log"))
-
-    st.stage("build", shards / "manifest.json", lambda: _run(_cmd(
-        "cocodag.cli", "build", "--cityscapes", world / "cityscapes", "--coco", world / "coco", "--out", shards,
-        "--crop", cfg.crop, "--object-scale", cfg.object_scale, "--min-object-area", 200,
-        "--cityscapes-crops-per-frame", cfg.crops_per_frame, "--dag-samples", cfg.dag_samples,
-        "--workers", cfg.workers, "--seed", cfg.seed, "--no-progress"), logs / "build.log"))
-
-    # ---- baseline: a segmentation model of the demo world's in-distribution classes (no OOD training)
-    base_dir = runs / "baseline"
-    base_ckpt = base_dir / "model-final.pt"
-    if cfg.baseline == "auto" and _baseline_matches(cfg) and not base_ckpt.exists():
-        base_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(SHIPPED_BASELINE, base_ckpt)
-        print(f"[baseline] using the shipped checkpoint {SHIPPED_BASELINE} (trained by data/make_baseline.sh)",
-              file=sys.stderr)
-    elif cfg.baseline not in ("auto", "train") and not base_ckpt.exists():
-        base_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cfg.baseline, base_ckpt)
-    st.stage("baseline", base_ckpt, lambda: _run(_cmd(
-        "maxent_train", "fit", "--data", shards, "--model", cfg.model, "--out", base_dir,
-        "--lambda", 0.0, "--coco-fraction", 0.0, "--embedding-img-interval", 0, "--lr", cfg.baseline_lr,
-        "--max-steps", cfg.baseline_steps, "--epochs", 10000, "--batch-size", cfg.batch_size, "--seed", cfg.seed,
-        "--keep-optimizer",
-        *dev, *prog), logs / "baseline.log", quiet=False))
-    st.stage("baseline-miou", base_dir / "miou.json", lambda: _run(_cmd(
-        "maxent_train", "miou", "--checkpoint", base_ckpt, "--cityscapes", world / "cityscapes", "--split", "val",
-        "--out", base_dir / "miou.json", *dev), logs / "miou.log"))
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    demo = _Demo(cfg)
+    demo.make_data()
+    miou = demo.baseline()
     if until == "baseline":
-        return {"baseline": str(base_ckpt), "miou": json.loads((base_dir / "miou.json").read_text())}
-
-    # ---- MaxEnt fine-tunes
-    models = {"baseline": [base_ckpt]}
-    for name, target, dag in RUNS:
-        models[name] = []
-        for s in range(cfg.seeds):
-            rdir = runs / f"{name}-s{s}"
-            st.stage(f"fit {name} seed {s}", rdir / "model-final.pt", lambda rdir=rdir, target=target, dag=dag, s=s:
-                     _run(_cmd("maxent_train", "fit", "--data", shards, "--init", base_ckpt, "--model", cfg.model,
-                               "--out", rdir, "--optim-target", target, "--lambda", cfg.lam, "--lr", cfg.lr,
-                               "--embedding-img-interval", cfg.embedding_img_interval if dag else 0,
-                               "--max-steps", cfg.steps, "--epochs", 10000, "--batch-size", cfg.batch_size,
-                               "--seed", 1000 + s, *dev, *prog), logs / f"fit-{name}-s{s}.log", quiet=False))
-            models[name].append(rdir / "model-final.pt")
-
-    # ---- export + scoring per model
-    oodmc_model = "entropy_DAG"
-    results: dict[str, list[dict]] = {}
-    for name, ckpts in models.items():
-        results[name] = []
-        for ckpt in ckpts:
-            rdir = ckpt.parent
-            mc = name in ("baseline", oodmc_model)
-            mc_args = ["--mc-samples", cfg.mc_samples, "--moment-order", cfg.moment_order, "--mc-dtype", "float32"]
-            st.stage(f"export {rdir.name}", rdir / "test.h5", lambda ckpt=ckpt, rdir=rdir, mc=mc: _run(_cmd(
-                "maxent_train", "export", "--checkpoint", ckpt, "--images", world / "anomaly", "--preset", "standard",
-                "--out", rdir / "test.h5", "--store-images", *(mc_args if mc else []), "--seed", cfg.seed, *dev,
-                "--no-progress"), logs / f"export-{rdir.name}.log"))
-            st.stage(f"sml-stats {rdir.name}", rdir / "sml.json", lambda ckpt=ckpt, rdir=rdir: _run(_cmd(
-                "maxent_train", "export", "--checkpoint", ckpt, "--data", shards, "--kinds", "cityscapes",
-                "--limit", cfg.sml_train_crops, "--out", rdir / "train-id.h5", "--sml-stats", rdir / "sml.json",
-                *dev, "--no-progress"), logs / f"sml-{rdir.name}.log"))
-            methods = ["msp", "maxlogit", "entropy", "sml", "vde"]
-            extra = ["--sml-stats", rdir / "sml.json"]
-            if cfg.vde_threshold is not None:
-                extra += ["--vde-threshold", cfg.vde_threshold]
-            if mc:
-                st.stage(f"oodmc-fit {rdir.name}", rdir / "oodmc.joblib", lambda ckpt=ckpt, rdir=rdir: (
-                    _run(_cmd("maxent_train", "export", "--checkpoint", ckpt, "--data", shards, "--kinds", "dag",
-                              "--limit", cfg.oodmc_train_crops, "--out", rdir / "train-dag-mc.h5", *mc_args,
-                              "--seed", cfg.seed, *dev, "--no-progress"), logs / f"oodmc-{rdir.name}.log"),
-                    _run(_cmd("oodscore.cli", "fit-oodmc", "--logits", rdir / "train-dag-mc.h5",
-                              "--out", rdir / "oodmc.joblib", "--seed", cfg.seed), logs / f"oodmc-{rdir.name}.log")))
-                methods.append("oodmc")
-                extra += ["--oodmc-model", rdir / "oodmc.joblib"]
-            meth = [a for m in methods for a in ("--method", m)]
-            st.stage(f"evaluate {rdir.name}", rdir / "report" / "metrics.json", lambda rdir=rdir, meth=meth, extra=extra:
-                     _run(_cmd("oodscore.cli", "evaluate", "--logits", rdir / "test.h5", *meth, *extra,
-                               "--components", "anomaly", "--max-overlays", cfg.overlays, "--out", rdir / "report",
-                               "--no-progress"), logs / f"evaluate-{rdir.name}.log"))
-            for big in ("train-id.h5", "train-dag-mc.h5"):   # large intermediates: only their products are kept
-                (rdir / big).unlink(missing_ok=True)
-            results[name].append(json.loads((rdir / "report" / "metrics.json").read_text()))
-
-    miou = json.loads((base_dir / "miou.json").read_text())
-    summary = write_results(report, cfg, results, miou, runs)
-    return summary
+        return {"baseline": str(demo.base_ckpt), "miou": miou}
+    models = {"baseline": [demo.base_ckpt], **demo.finetune()}
+    results = {name: [demo.score(name, ckpt) for ckpt in ckpts] for name, ckpts in models.items()}
+    return write_results(demo.report, cfg, results, miou, demo.runs)
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -260,12 +321,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def write_results(report: Path, cfg: DemoConfig, results: dict[str, list[dict]], miou: dict,
-                  runs: Path) -> dict[str, Any]:
-    """Write results.md (tables in the shape of the seed's Tables 1-3), results.json and a heat-map sheet."""
-    report.mkdir(parents=True, exist_ok=True)
-    n = cfg.seeds
-    note = f"(mean ± std over {n} seeds)" if n > 1 else "(one seed; `--seeds 3` gives mean ± std)"
+def _tables(results: dict[str, list[dict]]) -> tuple[str, str, str, str]:
+    """The four markdown tables of results.md (seed's Tables 1-3 shapes, then every model and score)."""
     t1 = _table(["model (entropy score)", "F1", "precision", "FP rate"],
                 [[label, _fmt(_col(results, run, "entropy", "f1")), _fmt(_col(results, run, "entropy", "precision")),
                   _fmt(_col(results, run, "entropy", "fpr"))]
@@ -299,6 +356,16 @@ def write_results(report: Path, cfg: DemoConfig, results: dict[str, list[dict]],
                           _fmt(_col(results, run, method, "component_ppv")),
                           _fmt(_col(results, run, method, "component_mean_f1"))])
     t4 = _table(["model", "score", "AUROC", "AP", "FPR95", "sIoU", "PPV", "mean F1"], rows4)
+    return t1, t2, t3, t4
+
+
+def write_results(report: Path, cfg: DemoConfig, results: dict[str, list[dict]], miou: dict,
+                  runs: Path) -> dict[str, Any]:
+    """Write results.md (tables in the shape of the seed's Tables 1-3), results.json and a heat-map sheet."""
+    report.mkdir(parents=True, exist_ok=True)
+    n = cfg.seeds
+    note = f"(mean ± std over {n} seeds)" if n > 1 else "(one seed; `--seeds 3` gives mean ± std)"
+    t1, t2, t3, t4 = _tables(results)
     timings = "\n".join(f"| {k} | {v:.1f} |" for k, v in cfg.timings.items())
     sheet = _heatmap_sheet(report / "heatmaps.png", runs, cfg)
     miou_line = (f"Baseline segmentation on the demo val split ({miou.get('n_frames')} frames): "
@@ -333,10 +400,10 @@ ROC / PR curves per model: `runs/<model>/report/roc.png`, `pr.png`; score heat m
 {timings}
 | **total** | **{sum(cfg.timings.values()):.1f}** |
 """
-    (report / "results.md").write_text(md)
+    atomic_write_text(report / "results.md", md)
     summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
                "miou": miou, "results": results}
-    (report / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(report / "results.json", json.dumps(summary, indent=2, default=str))
     print(md)
     return summary
 
@@ -365,36 +432,7 @@ def _heatmap_sheet(path: Path, runs: Path, cfg: DemoConfig) -> Path | None:
         return None
     w = max(r.shape[1] for r in rows)
     rows = [cv2.copyMakeBorder(r, 0, 0, 0, w - r.shape[1], cv2.BORDER_CONSTANT, value=(255, 255, 255)) for r in rows]
-    cv2.imwrite(str(path), np.concatenate(rows, 0))
+    with atomic_write(path, keep_suffix=True) as tmp:
+        if not cv2.imwrite(str(tmp), np.concatenate(rows, 0)):
+            raise CocodagError(f"{path}: cannot write the heat-map sheet")
     return path
-
-
-# ------------------------------------------------------------------------------------------------------ CLI
-def demo_cmd(
-    out: Annotated[Path, typer.Argument(help="Output folder (world, shards, runs, report).")] = Path("demo-out"),
-    frames: Annotated[int, typer.Option(help="Train frames of the demo world.")] = DemoConfig.frames,
-    anomaly_frames: Annotated[int, typer.Option(help="Frames in the anomaly test set.")] = DemoConfig.anomaly_frames,
-    frame_size: Annotated[str, typer.Option(help="Demo world frame size WxH.")] = DemoConfig.frame_size,
-    steps: Annotated[int, typer.Option(help="MaxEnt fine-tuning steps per run.")] = DemoConfig.steps,
-    seeds: Annotated[int, typer.Option(help="Fine-tuning seeds per configuration (3: mean ± std).")] = 1,
-    baseline: Annotated[str, typer.Option(help="auto (shipped checkpoint when it matches the world, else train), "
-                                               "train, or a checkpoint path.")] = "auto",
-    baseline_steps: Annotated[int, typer.Option(help="Steps when the baseline is trained here.")] = DemoConfig.baseline_steps,
-    mc_samples: Annotated[int, typer.Option(help="MC-dropout passes T for OODMC.")] = DemoConfig.mc_samples,
-    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (Adam).")] = DemoConfig.lr,
-    embedding_img_interval: Annotated[int, typer.Option(help="DAG runs: every k-th batch is a DAG batch.")] = DemoConfig.embedding_img_interval,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    workers: Annotated[int, typer.Option(help="Worker processes for data generation and build.")] = 2,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of training.")] = True,
-) -> None:
-    """Run the whole method on the embedded demo world and print the seed's tables (resumes if interrupted)."""
-    from .cli_utils import user_errors
-
-    cfg = DemoConfig(out=out, frames=frames, anomaly_frames=anomaly_frames, frame_size=frame_size, steps=steps,
-                     seeds=seeds, baseline=baseline, baseline_steps=baseline_steps, mc_samples=mc_samples, lr=lr,
-                     embedding_img_interval=embedding_img_interval, device=device, workers=workers, progress=progress)
-    with user_errors():
-        t = time.perf_counter()
-        run_demo(cfg)
-        print(f"demo finished in {time.perf_counter() - t:.0f} s; report: {Path(out) / 'report' / 'results.md'}",
-              file=sys.stderr)

@@ -1,10 +1,10 @@
 """`maxent-train predict`: anomaly heat map, binary mask and overlay for one image or a folder.
 
-This is the one place where maxent_train uses oodscore (imported lazily, only here): prediction = our model's
-inference + oodscore's scorers and figures, so the two definitions cannot drift apart. oodscore itself never
-imports maxent_train, and training/export do not depend on oodscore.
+A top-layer app (:mod:`cocodag_apps`): prediction = maxent_train's model inference + oodscore's scorers and
+figures, so the two definitions cannot drift apart. It lives here because it needs both packages: maxent_train
+(training, export) never imports oodscore, and oodscore never imports maxent_train.
 
-Per image ``<name>`` it writes to ``OUT``:
+Per image ``<name>`` it writes to ``OUT`` (each file atomically):
   ``<name>_heat.png``     score normalized to [0, 1] (1st..99th percentile of the frame), colour map + colour bar
   ``<name>_mask.png``     binary anomaly mask (255 = anomaly) at the recommended threshold, when one is known
   ``<name>_overlay.png``  image | heat map over the image | mask over the image (one figure)
@@ -12,7 +12,6 @@ Per image ``<name>`` it writes to ``OUT``:
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import MaxentError
-from .data import normalize
-from .export import load_model_for_export, predict_logits
+from cocodag.atomic import atomic_write
+from cocodag.device import resolve_device
+from cocodag.imageio import read_rgb
+from maxent_train import MaxentError
+from maxent_train.data import normalize
+from maxent_train.export import load_model_for_export, predict_logits
+from oodscore.report import load_thresholds, normalize_scores, save_overlay
+from oodscore.scores import get_scorer
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 METHODS = ("entropy", "msp", "maxlogit", "sml", "vde")
@@ -40,13 +44,6 @@ def _list_images(path: Path) -> list[Path]:
     raise MaxentError(f"{path}: no such image or folder")
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise MaxentError(f"{path}: cannot decode image (corrupt or unsupported format)")
-    return np.ascontiguousarray(img[..., ::-1])
-
-
 def _heat_png(path: Path, norm: np.ndarray, lo: float, hi: float, method: str) -> None:
     """Colour-mapped normalized score with a colour bar (matplotlib, Agg)."""
     import matplotlib
@@ -61,10 +58,48 @@ def _heat_png(path: Path, norm: np.ndarray, lo: float, hi: float, method: str) -
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     cb.set_label(f"{method} score, normalized ({lo:.3g} -> 0, {hi:.3g} -> 1)", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_write(path, keep_suffix=True) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
+
+
+def _scorer_and_threshold(method: str, sml_stats: str | Path | None, threshold: float | None,
+                          threshold_from: str | Path | None, threshold_kind: str):
+    """oodscore's scorer for ``method`` and the mask threshold (given, or read from ``thresholds.json``, or None)."""
+    if method in ("sml", "vde"):
+        if sml_stats is None:
+            raise MaxentError(f"--method {method} needs --sml-stats FILE (from `maxent-train export "
+                              f"--sml-stats` or `oodscore fit-sml`)")
+        scorer = get_scorer(method, stats=str(sml_stats))
+    else:
+        scorer = get_scorer(method)
+    if threshold is None and threshold_from is not None:
+        table = load_thresholds(threshold_from, threshold_kind)
+        if method not in table:
+            raise MaxentError(f"--threshold-from {threshold_from}: no {threshold_kind} threshold for {method!r} "
+                              f"(it has {', '.join(sorted(table)) or 'none'})")
+        threshold = table[method]
+    return scorer, threshold
+
+
+def _write_outputs(out: Path, name: str, rgb: np.ndarray, score: np.ndarray, *, method: str,
+                   threshold: float | None, threshold_name: str, save_scores: bool) -> None:
+    """Heat map, mask (when a threshold is known), overlay and optionally the raw scores of one image."""
+    norm, lo, hi = normalize_scores(score)
+    _heat_png(out / f"{name}_heat.png", norm, lo, hi, method)
+    if threshold is not None:
+        mask = ((score >= threshold) * 255).astype(np.uint8)   # oodscore's convention: score >= t is anomalous
+        with atomic_write(out / f"{name}_mask.png", keep_suffix=True) as tmp:
+            if not cv2.imwrite(str(tmp), mask):
+                raise MaxentError(f"{out / f'{name}_mask.png'}: cannot write the mask PNG")
+    save_overlay(out / f"{name}_overlay.png", rgb, score, threshold=threshold, threshold_name=threshold_name,
+                 title=f"{name} — {method}")
+    if save_scores:
+        (out / "scores").mkdir(exist_ok=True)
+        with atomic_write(out / "scores" / f"{name}.npy", keep_suffix=True) as tmp:
+            np.save(tmp, score.astype(np.float32))
 
 
 @torch.no_grad()
@@ -77,54 +112,29 @@ def predict_images(checkpoint: str | Path, inputs: str | Path, out: str | Path, 
 
     The mask threshold is ``threshold`` if given, else ``threshold_from``'s (a ``thresholds.json`` written by
     ``oodscore evaluate`` on a validation set) for this method and ``threshold_kind`` (``f1`` or ``tpr95``).
+
+    Raises
+    ------
+    CocodagError
+        (``MaxentError``, ``OodscoreError`` or the foundation's own) a missing/undecodable image, a bad option, an
+        unreadable checkpoint, statistics or thresholds file.
     """
-    from oodscore import OodscoreError
-    from oodscore.report import load_thresholds, normalize_scores, save_overlay
-    from oodscore.scores import get_scorer
-
-    from .train import resolve_device
-
     if method not in METHODS:
         raise MaxentError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     files = _list_images(Path(inputs))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        if method in ("sml", "vde"):
-            if sml_stats is None:
-                raise MaxentError(f"--method {method} needs --sml-stats FILE (from `maxent-train export "
-                                  f"--sml-stats` or `oodscore fit-sml`)")
-            scorer = get_scorer(method, stats=str(sml_stats))
-        else:
-            scorer = get_scorer(method)
-        if threshold is None and threshold_from is not None:
-            table = load_thresholds(threshold_from, threshold_kind)
-            if method not in table:
-                raise MaxentError(f"--threshold-from {threshold_from}: no {threshold_kind} threshold for {method!r} "
-                                  f"(it has {', '.join(sorted(table)) or 'none'})")
-            threshold = table[method]
-    except OodscoreError as e:
-        raise MaxentError(str(e)) from None
+    scorer, threshold = _scorer_and_threshold(method, sml_stats, threshold, threshold_from, threshold_kind)
     dev = resolve_device(device)
     model, _ = load_model_for_export(checkpoint, device=dev)
+    threshold_name = f"{threshold_kind}" if threshold_from else "given"
     written = []
     for f in tqdm(files, desc="predict", unit="img", disable=not progress):
-        rgb = _read_rgb(f)
+        rgb = read_rgb(f)
         x = normalize(torch.from_numpy(rgb)[None].to(dev))
         logits = predict_logits(model, x, window, stride)
         score = scorer.score(logits[0].cpu().numpy())
-        name = f.stem
-        norm, lo, hi = normalize_scores(score)
-        _heat_png(out / f"{name}_heat.png", norm, lo, hi, method)
-        if threshold is not None:
-            mask = ((score >= threshold) * 255).astype(np.uint8)   # oodscore's convention: score >= t is anomalous
-            tmp = out / f"{name}_mask.tmp.png"
-            cv2.imwrite(str(tmp), mask)
-            os.replace(tmp, out / f"{name}_mask.png")
-        save_overlay(out / f"{name}_overlay.png", rgb, score, threshold=threshold,
-                     threshold_name=f"{threshold_kind}" if threshold_from else "given", title=f"{name} — {method}")
-        if save_scores:
-            (out / "scores").mkdir(exist_ok=True)
-            np.save(out / "scores" / f"{name}.npy", score.astype(np.float32))
-        written.append(name)
+        _write_outputs(out, f.stem, rgb, score, method=method, threshold=threshold, threshold_name=threshold_name,
+                       save_scores=save_scores)
+        written.append(f.stem)
     return {"images": written, "out": str(out), "method": method, "threshold": threshold}

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cocodag.demo import SHIPPED_BASELINE, SHIPPED_BASELINE_INFO, DemoConfig, run_demo
+from cocodag_apps.demo import SHIPPED_BASELINE, SHIPPED_BASELINE_INFO, DemoConfig, run_demo
 
 
 def main() -> None:

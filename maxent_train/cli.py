@@ -1,16 +1,20 @@
-"""`maxent-train` command line: thin typer shells over library functions (fit, export, models)."""
+"""`maxent-train` command line: thin typer shells over library functions (fit, export, models, miou).
+
+The installed ``maxent-train`` console script is :func:`cocodag_apps.cli.maxent_main`: these commands plus
+``predict``, which lives in the top layer because it uses oodscore's scores. This module never imports that layer;
+``python -m maxent_train`` (what ``torchrun -m maxent_train fit ...`` runs) gives these commands alone.
+"""
 from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Mapping, Optional
 
 import typer
 
 from cocodag.cli_utils import user_errors
 
-app = typer.Typer(help="MaxEnt fine-tuning on cocodag shards; logit and MC-dropout export.", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False, add_completion=False)
+HELP = "MaxEnt fine-tuning on cocodag shards; logit and MC-dropout export."
 
 
 class OptimTarget(str, enum.Enum):
@@ -44,7 +48,6 @@ class Compression(str, enum.Enum):
 _FIT_RENAMES = {"lambda_": "lam"}
 
 
-@app.command()
 def fit(
     ctx: typer.Context,
     data: Annotated[Optional[Path], typer.Option(help="cocodag dataset directory (with manifest.json).")] = None,
@@ -109,7 +112,6 @@ def fit(
                        err=True)
 
 
-@app.command()
 def export(
     checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (model-final.pt, checkpoint-last.pt, or a "
                                                   "state_dict with --model).")],
@@ -156,7 +158,6 @@ def export(
         typer.echo(f"{summary['num_images']} images -> {summary['out']}", err=True)
 
 
-@app.command()
 def models() -> None:
     """List registered model names."""
     from .models import list_models
@@ -165,7 +166,6 @@ def models() -> None:
         typer.echo(name)
 
 
-@app.command()
 def miou(
     checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (model-final.pt or a state_dict with --model).")],
     cityscapes: Annotated[Path, typer.Option(help="Cityscapes-layout root (leftImg8bit/, gtFine/).")],
@@ -191,33 +191,19 @@ def miou(
         typer.echo(json.dumps({k: round(v, 4) for k, v in res["iou"].items() if v is not None}))
 
 
-@app.command()
-def predict(
-    inputs: Annotated[Path, typer.Argument(help="An image file or a folder of images.")],
-    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (model-final.pt).")],
-    out: Annotated[Path, typer.Option(help="Output folder for heat maps, masks and overlays.")],
-    method: Annotated[str, typer.Option(help="Score: entropy, msp, maxlogit, sml or vde.")] = "entropy",
-    sml_stats: Annotated[Optional[Path], typer.Option(help="SML statistics JSON (needed by sml and vde).")] = None,
-    threshold: Annotated[Optional[float], typer.Option(help="Mask threshold (score >= t is anomalous).")] = None,
-    threshold_from: Annotated[Optional[Path], typer.Option(
-        help="thresholds.json written by `oodscore evaluate` on a validation set (recommended threshold).")] = None,
-    threshold_kind: Annotated[str, typer.Option(help="Which saved threshold: f1 (F1-optimal) or tpr95.")] = "f1",
-    window: Annotated[Optional[int], typer.Option(help="Sliding-window size for large images (default: whole image).")] = None,
-    stride: Annotated[Optional[int], typer.Option(help="Sliding-window stride.")] = None,
-    save_scores: Annotated[bool, typer.Option("--save-scores", help="Also save raw score maps as scores/<name>.npy.")] = False,
-    device: Annotated[DeviceName, typer.Option(help="auto picks cuda when available.")] = DeviceName.auto,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
-) -> None:
-    """Anomaly heat map (with colour bar), binary mask at the recommended threshold, and overlay per image."""
-    from .predict import predict_images
+# CLI name -> command function, in the order `--help` lists them.
+COMMANDS: dict[str, Callable[..., None]] = {"fit": fit, "export": export, "models": models, "miou": miou}
 
-    with user_errors():
-        res = predict_images(checkpoint, inputs, out, method=method, sml_stats=sml_stats, threshold=threshold,
-                             threshold_from=threshold_from, threshold_kind=threshold_kind, device=device.value,
-                             window=window, stride=stride, save_scores=save_scores, progress=progress)
-        if res["threshold"] is None:
-            typer.echo("note: no threshold given (--threshold or --threshold-from): masks were not written", err=True)
-        typer.echo(f"{len(res['images'])} images -> {res['out']}", err=True)
+
+def create_app(commands: Mapping[str, Callable[..., None]] = COMMANDS) -> typer.Typer:
+    """A fresh typer app with ``commands`` (CLI name -> function) registered under their names."""
+    app = typer.Typer(help=HELP, no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
+    for name, fn in commands.items():
+        app.command(name)(fn)
+    return app
+
+
+app = create_app()
 
 
 def main() -> None:

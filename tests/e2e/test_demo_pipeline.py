@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from cocodag.demo import RUNS, DemoConfig, run_demo
+from cocodag_apps.demo import RUNS, DemoConfig, run_demo
 
 
 @pytest.mark.slow

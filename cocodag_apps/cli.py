@@ -1,0 +1,114 @@
+"""The installed console scripts ``cocodag`` and ``maxent-train``: each lower package's commands plus its top-layer app.
+
+* ``cocodag``      = :data:`cocodag.cli.COMMANDS` (demo-data, build, verify, inspect) + ``demo``
+* ``maxent-train`` = :data:`maxent_train.cli.COMMANDS` (fit, export, models, miou) + ``predict``
+
+Both commands here are thin typer shells over :func:`cocodag_apps.demo.run_demo` and
+:func:`cocodag_apps.predict.predict_images`, imported when the command runs (``maxent-train fit`` loads neither).
+``python -m cocodag_apps cocodag|maxent-train ...`` runs the same apps without the console scripts.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cocodag import cli as cocodag_cli
+from cocodag.cli_utils import user_errors
+from maxent_train import cli as maxent_cli
+from maxent_train.cli import DeviceName
+
+from .demo import DemoConfig
+
+
+def demo_cmd(
+    out: Annotated[Path, typer.Argument(help="Output folder (world, shards, runs, report).")] = Path("demo-out"),
+    frames: Annotated[int, typer.Option(help="Train frames of the demo world.")] = DemoConfig.frames,
+    anomaly_frames: Annotated[int, typer.Option(help="Frames in the anomaly test set.")] = DemoConfig.anomaly_frames,
+    frame_size: Annotated[str, typer.Option(help="Demo world frame size WxH.")] = DemoConfig.frame_size,
+    steps: Annotated[int, typer.Option(help="MaxEnt fine-tuning steps per run.")] = DemoConfig.steps,
+    seeds: Annotated[int, typer.Option(help="Fine-tuning seeds per configuration (3: mean ± std).")] = 1,
+    baseline: Annotated[str, typer.Option(help="auto (shipped checkpoint when it matches the world, else train), "
+                                               "train, or a checkpoint path.")] = "auto",
+    baseline_steps: Annotated[int, typer.Option(help="Steps when the baseline is trained here.")
+                              ] = DemoConfig.baseline_steps,
+    mc_samples: Annotated[int, typer.Option(help="MC-dropout passes T for OODMC.")] = DemoConfig.mc_samples,
+    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (Adam).")] = DemoConfig.lr,
+    embedding_img_interval: Annotated[int, typer.Option(help="DAG runs: every k-th batch is a DAG batch.")
+                                      ] = DemoConfig.embedding_img_interval,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Worker processes for data generation and build.")] = 2,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of training.")] = True,
+) -> None:
+    """Run the whole method on the embedded demo world and print the seed's tables (resumes if interrupted)."""
+    from .demo import run_demo
+
+    cfg = DemoConfig(out=out, frames=frames, anomaly_frames=anomaly_frames, frame_size=frame_size, steps=steps,
+                     seeds=seeds, baseline=baseline, baseline_steps=baseline_steps, mc_samples=mc_samples, lr=lr,
+                     embedding_img_interval=embedding_img_interval, device=device, workers=workers, progress=progress)
+    with user_errors():
+        t = time.perf_counter()
+        run_demo(cfg)
+        print(f"demo finished in {time.perf_counter() - t:.0f} s; report: {Path(out) / 'report' / 'results.md'}",
+              file=sys.stderr)
+
+
+def predict(
+    inputs: Annotated[Path, typer.Argument(help="An image file or a folder of images.")],
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (model-final.pt).")],
+    out: Annotated[Path, typer.Option(help="Output folder for heat maps, masks and overlays.")],
+    method: Annotated[str, typer.Option(help="Score: entropy, msp, maxlogit, sml or vde.")] = "entropy",
+    sml_stats: Annotated[Optional[Path], typer.Option(help="SML statistics JSON (needed by sml and vde).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Mask threshold (score >= t is anomalous).")] = None,
+    threshold_from: Annotated[Optional[Path], typer.Option(
+        help="thresholds.json written by `oodscore evaluate` on a validation set (recommended threshold).")] = None,
+    threshold_kind: Annotated[str, typer.Option(help="Which saved threshold: f1 (F1-optimal) or tpr95.")] = "f1",
+    window: Annotated[Optional[int], typer.Option(
+        help="Sliding-window size for large images (default: whole image).")] = None,
+    stride: Annotated[Optional[int], typer.Option(help="Sliding-window stride.")] = None,
+    save_scores: Annotated[bool, typer.Option(
+        "--save-scores", help="Also save raw score maps as scores/<name>.npy.")] = False,
+    device: Annotated[DeviceName, typer.Option(help="auto picks cuda when available.")] = DeviceName.auto,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Anomaly heat map (with colour bar), binary mask at the recommended threshold, and overlay per image."""
+    from .predict import predict_images
+
+    with user_errors():
+        res = predict_images(checkpoint, inputs, out, method=method, sml_stats=sml_stats, threshold=threshold,
+                             threshold_from=threshold_from, threshold_kind=threshold_kind, device=device.value,
+                             window=window, stride=stride, save_scores=save_scores, progress=progress)
+        if res["threshold"] is None:
+            typer.echo("note: no threshold given (--threshold or --threshold-from): masks were not written", err=True)
+        typer.echo(f"{len(res['images'])} images -> {res['out']}", err=True)
+
+
+def _insert_after(commands: dict, after: str, name: str, fn) -> dict:
+    """``commands`` with ``name: fn`` placed right after ``after`` (at the end when ``after`` is absent)."""
+    out = {}
+    for key, value in commands.items():
+        out[key] = value
+        if key == after:
+            out[name] = fn
+    out.setdefault(name, fn)
+    return out
+
+
+# `cocodag --help` lists demo right after demo-data, as it always has.
+cocodag_app = cocodag_cli.create_app(_insert_after(cocodag_cli.COMMANDS, "demo-data", "demo", demo_cmd))
+maxent_app = maxent_cli.create_app({**maxent_cli.COMMANDS, "predict": predict})
+
+APPS = {"cocodag": cocodag_app, "maxent-train": maxent_app}
+
+
+def cocodag_main() -> None:
+    """Entry point of the ``cocodag`` console script."""
+    cocodag_app(prog_name="cocodag")
+
+
+def maxent_main() -> None:
+    """Entry point of the ``maxent-train`` console script."""
+    maxent_app(prog_name="maxent-train")

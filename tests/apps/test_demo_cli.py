@@ -1,0 +1,76 @@
+"""`cocodag demo` (a top-layer app): a failed stage is one whole error line naming what failed and the full log.
+
+The whole pipeline itself runs in tests/e2e/test_demo_pipeline.py (slow).
+"""
+from __future__ import annotations
+
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from cocodag.errors import CocodagError
+from cocodag_apps import demo
+from cocodag_apps.cli import cocodag_app
+
+
+def test_failed_stage_is_one_line_with_the_error_and_the_log(tmp_path):
+    log = tmp_path / "logs" / "verify.log"
+    missing = tmp_path / "no-such-dataset"
+    with pytest.raises(CocodagError) as e:
+        demo._run(demo._cmd("cocodag.cli", "verify", missing), log)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg == f"demo stage `cocodag.cli verify` failed (exit 1): {missing}: dataset directory does not exist " \
+                  f"(full log: {log})"
+    assert f"error: {missing}" in log.read_text()
+
+
+def test_failed_stage_with_a_traceback_names_the_exception(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("error: an older run's error, not this one\n")
+    code = "import sys; print('working', flush=True); print('progress 50%', file=sys.stderr); raise KeyError('k')"
+    for quiet in (True, False):     # quiet=False: stderr is shown and also kept in the log
+        with pytest.raises(CocodagError) as e:
+            demo._run([sys.executable, "-c", code], log, quiet=quiet)
+        msg = str(e.value)
+        assert "\n" not in msg and msg.endswith(f"KeyError: 'k' (full log: {log})"), msg
+    assert log.read_text().splitlines().count("progress 50%") == 2
+
+
+def test_cli_prints_a_stage_failure_whole(tmp_path, monkeypatch):
+    long_dir = tmp_path.joinpath(*[f"a-rather-long-folder-name-{i}" for i in range(6)])
+
+    def fake_run_demo(cfg):
+        demo._run(demo._cmd("cocodag.cli", "verify", long_dir / "shards"), long_dir / "logs" / "verify.log")
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    r = CliRunner().invoke(cocodag_app, ["demo", str(long_dir), "--no-progress"], terminal_width=60)
+    assert r.exit_code == 1
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].endswith(f"(full log: {long_dir / 'logs' / 'verify.log'})"), r.output
+    assert f"{long_dir / 'shards'}: dataset directory does not exist" in errors[0]
+
+
+def test_cli_rejects_a_missing_baseline_file(tmp_path):
+    r = CliRunner().invoke(cocodag_app, ["demo", str(tmp_path / "out"), "--baseline", str(tmp_path / "nope.pt")])
+    assert r.exit_code == 1 and "--baseline" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_stage_names_a_long_exception_line_whole(tmp_path, monkeypatch):
+    """A bug in a stage's CLI ends its log with the exception line; it is quoted whole, not cut at 80 columns."""
+    long_dir = tmp_path.joinpath(*[f"a-rather-long-folder-name-{i}" for i in range(4)])
+    long_dir.mkdir(parents=True)
+    code = ("import cocodag.verify, runpy, sys\n"
+            "def boom(*a, **k):\n"
+            f"    raise ImportError('cannot import name X from oodscore.io ({long_dir}/io.py)')\n"
+            "cocodag.verify.verify_dataset = boom\n"
+            f"sys.argv = ['cocodag', 'verify', {str(long_dir)!r}]\n"
+            "runpy.run_module('cocodag.cli', run_name='__main__')\n")
+    monkeypatch.setenv("COLUMNS", "60")
+    log = tmp_path / "v.log"
+    with pytest.raises(CocodagError) as e:
+        demo._run([sys.executable, "-c", code], log)
+    assert str(e.value).endswith(f"ImportError: cannot import name X from oodscore.io ({long_dir}/io.py) "
+                                 f"(full log: {log})"), str(e.value)
