@@ -24,6 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from cocodag.device import resolve_device
 from oodscore.scores import SML, VDE, SMLStats
 from oodscore.scores.vde import restrict_score
 
@@ -56,13 +57,13 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=19, help="number of classes C")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds over all stages (best per stage reported)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--device", default="cpu", help="auto, cpu or cuda[:i]")
     ap.add_argument("--seed", type=int, default=0, help="random seed of the synthetic logits")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
     coarse = torch.randn(1, args.classes, args.height // 8, args.width // 8, generator=gen) * 3.0
     coarse[:, 0, coarse.shape[2] // 2:] += 4.0  # road in the lower half, so VDE has a region to find

@@ -1,5 +1,9 @@
-"""`oodscore` command line: thin typer shells over library functions (oodscore.report, oodscore.scores,
-cocodag.formats.evalsets). Every error of ours becomes one red ``error:`` line and exit code 1."""
+"""`oodscore` command line: thin typer shells over library functions (oodscore.report, oodscore.fit, oodscore.io,
+cocodag.formats.evalsets). Every error of ours becomes one red ``error:`` line and exit code 1.
+
+The ``--method`` choices come from the score registry (``oodscore.scores.METHODS``); an unknown name is reported by
+the library as one ``error:`` line with close matches.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,14 +14,13 @@ import typer
 from cocodag.cli_utils import user_errors
 
 from . import OodscoreError
+from .scores import METHODS  # the registry's names only: no scorer (nor torch) is imported here
 
 app = typer.Typer(help="Anomaly scores and exact metrics from saved logits or score maps.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False, add_completion=False)
 datasets_app = typer.Typer(help="Evaluation-set presets: list them, convert a set to the documented 0/1/255 layout.",
                            no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
 app.add_typer(datasets_app, name="datasets")
-
-_METHODS_HELP = "msp | maxlogit | entropy | sml | vde | oodmc"
 
 
 def _echo(msg: str) -> None:
@@ -37,13 +40,11 @@ def fit_sml(
     export_official: Annotated[Optional[Path], typer.Option(
         "--export-official", help="Also write DIR/cityscapes_mean.npy and cityscapes_var.npy (official format).")
     ] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda[:i] (default: cpu).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda[:i] (default: cpu).")] = None,
 ) -> None:
     """Fit (or import) SML statistics: per predicted class, mean and variance of the max logit."""
     with user_errors():
-        from tqdm import tqdm
-
-        from cocodag.formats.logits import LogitsFile
+        from .fit import fit_sml as run_fit_sml
         from .scores import SMLStats
 
         sources = [s for s in (logits, import_official, stats) if s is not None]
@@ -52,15 +53,7 @@ def fit_sml(
         if out is None and export_official is None:
             raise OodscoreError("nothing to write: give --out FILE and/or --export-official DIR")
         if logits is not None:
-            with LogitsFile(logits) as lf:
-                st = SMLStats(num_classes=lf.num_classes, source=str(logits))
-                for i in tqdm(range(len(lf)), desc="fit-sml", unit="frame"):
-                    x = lf.frame(i, image=False).logits[None]
-                    if device:
-                        import torch
-
-                        x = torch.from_numpy(x).to(device)
-                    st.partial_fit(x)
+            st = run_fit_sml(logits, device=device)
         elif import_official is not None:
             st = SMLStats.import_official(*import_official)
         else:
@@ -78,7 +71,7 @@ def fit_oodmc(
     logits: Annotated[Path, typer.Option("--logits", help="Training logits.h5 with the mc/* block and OOD labels.")],
     out: Annotated[Path, typer.Option("--out", help="Write the fitted classifier here (joblib).")],
     classifier: Annotated[str, typer.Option(
-        "--classifier", help="linear-svc (default) or another sklearn classifier name known to oodscore.scores.")
+        "--classifier", help="linear-svc (default), logistic, rbf-svc, sgd or an import path pkg.mod:Class.")
     ] = "linear-svc",
     svm_points_num: Annotated[int, typer.Option("--svm-points-num", help="Training pixels, balanced ID/OOD.")
                               ] = 500_000,
@@ -87,20 +80,13 @@ def fit_oodmc(
 ) -> None:
     """Fit the OODMC classifier on MC-dropout moments (features from the file's mc/* datasets)."""
     with user_errors():
-        from tqdm import tqdm
+        from .fit import fit_oodmc as run_fit_oodmc
+        from .io import save_oodmc
 
-        from cocodag.formats.logits import LogitsFile
-        from .scores import OODMC
-
-        with LogitsFile(logits) as lf:
-            if not lf.has_mc:
-                raise OodscoreError(f"{logits}: no mc/* datasets; export with --mc-samples T --moment-order K")
-            model = OODMC(classifier=classifier, svm_points_num=svm_points_num, moment_weight=moment_weight,
-                          moments_of=lf.mc_attrs.get("moments_of", "logits"), random_state=seed)
-            frames = ((lf.mc(i), lf.label(i)) for i in tqdm(range(len(lf)), desc="fit-oodmc", unit="frame"))
-            model.fit(frames)
-        model.save(out)
-        _echo(f"wrote {out}")
+        model = run_fit_oodmc(logits, classifier=classifier, svm_points_num=svm_points_num,
+                              moment_weight=moment_weight, random_state=seed)
+        save_oodmc(model, out)
+        _echo(f"wrote {out}: {model.n_samples_['id']} ID + {model.n_samples_['ood']} OOD training pixels")
 
 
 def _print_summary(res) -> None:
@@ -116,7 +102,7 @@ def evaluate(
     out: Annotated[Path, typer.Option("--out", help="Report folder (metrics.json/csv, roc.png, pr.png, overlays/).")],
     logits: Annotated[Optional[Path], typer.Option("--logits", help="Test logits.h5 to score.")] = None,
     method: Annotated[Optional[list[str]], typer.Option(
-        "--method", help=f"Score method, repeatable: {_METHODS_HELP}.")] = None,
+        "--method", metavar="METHOD", help=f"Score method, repeatable: {' | '.join(METHODS)}.")] = None,
     scores: Annotated[Optional[Path], typer.Option(
         "--scores", help="Score maps of any method: folder of <name>.npy|.npz|.hdf5 or one scores.h5 "
         "(instead of --logits; needs --dataset).")] = None,
@@ -131,7 +117,8 @@ def evaluate(
     smoothing: Annotated[bool, typer.Option("--smoothing/--no-smoothing", help="SML dilated smoothing.")] = True,
     vde_threshold: Annotated[Optional[float], typer.Option(
         "--vde-threshold", help="VDE: confident road where the standardized max logit >= this.")] = None,
-    oodmc_model: Annotated[Optional[Path], typer.Option("--oodmc-model", help="Fitted OODMC joblib file.")] = None,
+    oodmc_model: Annotated[Optional[Path], typer.Option(
+        "--oodmc-model", help="Fitted OODMC joblib file (a pickle: only use files you trust).")] = None,
     components: Annotated[str, typer.Option(
         "--components", help="SegmentMeIfYouCan component metrics: anomaly | obstacle | none.")] = "none",
     region: Annotated[Optional[str], typer.Option(
@@ -145,7 +132,8 @@ def evaluate(
         "F1/precision/recall/FPR at a fixed threshold.")] = None,
     threshold_kind: Annotated[str, typer.Option("--threshold-kind", help="f1 | tpr95 (with --threshold-from).")
                               ] = "f1",
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda[:i] for the scores.")] = None,
+    device: Annotated[Optional[str], typer.Option(
+        "--device", help="auto, cpu or cuda[:i] for the scores (default: cpu).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Score frames and write metrics (exact by default), ROC/PR plots and heat-map overlays."""

@@ -1,20 +1,30 @@
-"""Score-map readers: the per-frame maps of any method that ``oodscore`` evaluates.
+"""oodscore's own file formats: score-map readers and the OODMC model file.
 
-(``logits.h5`` is a contract between two packages and has its own module, :mod:`cocodag.formats.logits`.)
+(``logits.h5`` is a contract between two packages and has its own module, :mod:`cocodag.formats.logits`; so do
+the SML statistics, :mod:`cocodag.formats.sml_stats`.)
 
 Score maps of any method (``oodscore evaluate --scores PATH --dataset PRESET:ROOT``, docs/formats.md §4) are read by
 :func:`open_score_maps`: a directory of ``<name>.npy`` / ``<name>.npz`` / ``<name>.hdf5`` (the SegmentMeIfYouCan
 tooling's ``value`` dataset, float16) or a single ``scores.h5`` with ``score`` (N,H,W) and ``image_id`` (N,).
+
+A fitted :class:`~oodscore.scores.oodmc.OODMC` is written by :func:`save_oodmc` and read by :func:`load_oodmc`:
+a joblib file (a pickle, so only load files you trust) holding a dict ``{"format": "oodscore-oodmc", "version": 1,
+"params", "moments_of", "moment_order", "num_classes", "n_samples", "n_available", "scaler", "clf"}``.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import h5py
 import numpy as np
 
+from cocodag.atomic import atomic_write
+
 from . import OodscoreError
+
+if TYPE_CHECKING:
+    from .scores.oodmc import OODMC
 
 _MAX_LISTED = 5
 
@@ -146,3 +156,63 @@ def open_score_maps(path: Path | str) -> ScoreMaps:
             raise
         return ScoreMaps(path, names, h5=f)
     raise OodscoreError(f"{path}: score path not found (expected a directory of score maps or a scores.h5 file)")
+
+
+# ---------------------------------------------------------------------------------------------- OODMC model
+OODMC_FORMAT = "oodscore-oodmc"
+OODMC_VERSION = 1
+
+
+def save_oodmc(model: "OODMC", path: Path | str) -> Path:
+    """Write a fitted OODMC (its params plus the fitted ``_`` attributes) to ``path`` with joblib, atomically.
+
+    Raises
+    ------
+    OodscoreError
+        The model is not fitted.
+    """
+    import joblib
+
+    model._check_fitted()
+    path = Path(path)
+    obj = {"format": OODMC_FORMAT, "version": OODMC_VERSION, "params": model.get_params(),
+           "moments_of": model.moments_of, "moment_order": model.moment_order_, "num_classes": model.num_classes_,
+           "n_samples": model.n_samples_, "n_available": model.n_available_,
+           "scaler": model.scaler_, "clf": model.clf_}
+    with atomic_write(path) as tmp:
+        joblib.dump(obj, tmp)
+    return path
+
+
+def load_oodmc(path: Path | str) -> "OODMC":
+    """Read an OODMC model written by :func:`save_oodmc`.
+
+    .. warning:: joblib files are pickles; loading one can execute arbitrary code. Only load files you trust
+       (the CLI only loads the path the user names).
+
+    Raises
+    ------
+    OodscoreError
+        File missing, not a joblib file, not an OODMC model, or an unsupported version.
+    """
+    import joblib
+
+    from .scores.oodmc import OODMC
+
+    path = Path(path)
+    if not path.is_file():
+        raise OodscoreError(f"{path}: OODMC model file not found")
+    try:
+        obj = joblib.load(path)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise OodscoreError(f"{path}: not a readable joblib file ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict) or obj.get("format") != OODMC_FORMAT:
+        raise OodscoreError(f"{path}: not an OODMC model (expected format {OODMC_FORMAT!r})")
+    if obj.get("version") != OODMC_VERSION:
+        raise OodscoreError(f"{path}: OODMC model version {obj.get('version')!r} is not supported "
+                            f"(expected {OODMC_VERSION})")
+    model = OODMC(**dict(obj["params"]))
+    model.scaler_, model.clf_ = obj["scaler"], obj["clf"]
+    model.moment_order_, model.num_classes_ = int(obj["moment_order"]), int(obj["num_classes"])
+    model.n_samples_, model.n_available_ = obj.get("n_samples"), obj.get("n_available")
+    return model

@@ -462,51 +462,47 @@ def _check_threshold(threshold):
     return t
 
 
-# ----------------------------------------------------------------------------- streaming accumulator
-class PixelMetrics:
-    """Streaming pixel metrics: ``update(scores, labels)`` per batch, ``compute()`` at the end; state merges by addition.
+# ----------------------------------------------------------------------------- streaming states
+class _State:
+    """What a :class:`PixelMetrics` accumulates: exact (:class:`_ExactState`) or binned (:class:`_BinnedState`).
 
-    Parameters
-    ----------
-    bins : int or None
-        None (default): exact (histogram over distinct score values; see the module docstring for the memory bound).
-        int: quantile-binned with at most ``bins`` bins (constant memory; AP error ~1e-4 at 768 bins).
-    edge_samples : int
-        Binned mode only: number of valid scores buffered from the first update(s) to place the quantile edges.
-    seed : int
-        Binned mode only: seed of the subsample used for the edges when more than ``edge_samples`` are buffered.
-
-    Examples
-    --------
-    >>> m = PixelMetrics()
-    >>> for s, y in batches:           # y in {0, 1, 255}; 255 ignored
-    ...     m.update(s, y)
-    >>> m.compute()["auroc"]
+    Both share one interface: ``update(scores, labels)`` folds a batch in, ``merge(other)`` adds another state of
+    the same kind, ``counts()`` returns the per-class histogram (a :class:`_Hist`) that every metric is computed
+    from, ``reset()`` forgets everything, ``n_distinct`` counts the stored entries. ``approximate`` says whether
+    counts at an arbitrary threshold are approximated (a threshold inside a bin).
     """
 
-    def __init__(self, bins: int | None = None, edge_samples: int = 1_000_000, seed: int = 0):
-        if bins is not None and (isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2):
-            raise OodscoreError(f"bins: expected None (exact) or an integer >= 2, got {bins!r}")
-        if int(edge_samples) < 2:
-            raise OodscoreError(f"edge_samples: expected an integer >= 2, got {edge_samples!r}")
-        self.bins = None if bins is None else int(bins)
-        self.edge_samples = int(edge_samples)
-        self.seed = int(seed)
+    approximate = False
+
+    def update(self, scores, labels) -> None:
+        """Add a batch (shapes already checked): numpy arrays, or torch tensors on any device."""
+        if _is_torch(scores) or _is_torch(labels):
+            import torch
+
+            self._update_torch(torch.as_tensor(scores), torch.as_tensor(labels))
+        else:
+            self._update_numpy(*_split_numpy(scores, labels))
+
+    def _update_numpy(self, neg: np.ndarray, pos: np.ndarray) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _update_torch(self, scores, labels) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _ExactState(_State):
+    """Exact histogram over distinct score values (see the module docstring for the layout and memory bound)."""
+
+    def __init__(self):
         self.reset()
 
-    # -- state
     def reset(self) -> None:
-        """Forget every update."""
-        self._wide = False            # exact mode: False -> uint32 keys (float32 scores), True -> uint64 (float64)
-        self._big = [None, None]      # exact mode: per class, the main run (sorted unique keys, counts)
-        self._buf = ([], [])          # exact mode: per class, small runs of keys the main run lacked when added
-        self._total = [0, 0]          # exact mode: pixels per class (counts are uint32 while this fits in uint32)
-        self.edges = None             # binned mode: lower edges (float64, ascending) once fixed
-        self._bin_counts = None       # binned mode: (neg counts, pos counts)
-        self._buffer = ([], [])       # binned mode: valid scores buffered until the edges are fixed
-        self._buffered = 0
+        self._wide = False            # False -> uint32 keys (float32 scores), True -> uint64 (float64)
+        self._big = [None, None]      # per class, the main run (sorted unique keys, counts)
+        self._buf = ([], [])          # per class, small runs of keys the main run lacked when added
+        self._total = [0, 0]          # pixels per class (counts are uint32 while this fits in uint32)
 
-    # -- exact mode helpers
+    # -- runs
     def _runs(self, cls: int) -> list:
         big = self._big[cls]
         return ([] if big is None else [big]) + list(self._buf[cls])
@@ -571,6 +567,7 @@ class PixelMetrics:
         self._big[cls] = None  # drop our reference while the arrays are grown in place
         self._big[cls] = _insert_disjoint(big[0], big[1], k, c)
 
+    # -- update
     def _add_values(self, cls: int, v: np.ndarray) -> None:
         v = _as_f32_if_exact(v)
         if v.dtype == np.float64:
@@ -599,7 +596,29 @@ class PixelMetrics:
         # torch.unique merges -0.0/0.0 already; keys are monotone in the values, so still sorted
         self._add_run(cls, *_unique_counts_sorted(keys, counts))
 
-    def _exact_hist(self) -> _Hist:
+    def _update_numpy(self, neg: np.ndarray, pos: np.ndarray) -> None:
+        self._add_values(0, neg)
+        self._add_values(1, pos)
+
+    def _update_torch(self, scores, labels) -> None:
+        for cls, (kind, payload) in enumerate(_runs_from_torch(scores, labels)):
+            if kind == "raw":
+                self._add_values(cls, payload)
+            else:
+                self._add_unique(cls, *payload)
+
+    # -- merge / result
+    def merge(self, other: "_ExactState") -> None:
+        if other._wide:
+            self._widen()
+        for cls in (0, 1):
+            runs = [(k.copy(), c.copy()) for k, c in other._runs(cls)]  # snapshot: other may be self
+            for k, c in runs:
+                if self._wide and k.dtype == np.uint32:
+                    k = _f64_to_key(_key_to_f32(k).astype(np.float64))
+                self._add_run(cls, k, c)
+
+    def counts(self) -> _Hist:
         merged = []
         dtype = np.uint64 if self._wide else np.uint32
         for cls in (0, 1):
@@ -609,7 +628,26 @@ class PixelMetrics:
         (kn, cn), (kp, cp) = merged
         return _Hist(kn.astype(dtype, copy=False), cn, kp.astype(dtype, copy=False), cp, self._wide)
 
-    # -- binned mode helpers
+    @property
+    def n_distinct(self) -> int:
+        return int(sum(k.size for cls in (0, 1) for k, _ in self._runs(cls)))
+
+
+class _BinnedState(_State):
+    """One count per quantile bin and class; the edges are fixed from the first ``edge_samples`` valid scores."""
+
+    approximate = True
+
+    def __init__(self, bins: int, edge_samples: int, seed: int):
+        self.bins, self.edge_samples, self.seed = bins, edge_samples, seed
+        self.reset()
+
+    def reset(self) -> None:
+        self.edges = None             # lower edges (float64, ascending) once fixed
+        self._bin_counts = None       # (neg counts, pos counts)
+        self._buffer = ([], [])       # valid scores buffered until the edges are fixed
+        self._buffered = 0
+
     def _fix_edges(self) -> None:
         neg = np.concatenate(self._buffer[0]) if self._buffer[0] else np.zeros(0)
         pos = np.concatenate(self._buffer[1]) if self._buffer[1] else np.zeros(0)
@@ -626,20 +664,22 @@ class PixelMetrics:
                 v = v[rng.integers(0, v.size, self.edge_samples)]
             # 'inverted_cdf' returns data values, so a heavily tied value gets an edge equal to itself
             qs.append(np.quantile(v.astype(np.float64), np.linspace(0.0, 1.0, k), method="inverted_cdf"))
-        self.edges = np.unique(np.concatenate(qs))
-        self._bin_counts = [np.zeros(self.edges.size, np.int64), np.zeros(self.edges.size, np.int64)]
-        self._buffer = ([], [])
-        self._buffered = 0
-        self._bin_add(0, neg)
-        self._bin_add(1, pos)
+        self._set_edges(np.unique(np.concatenate(qs)))
 
-    def _bin_index(self, v: np.ndarray) -> np.ndarray:
-        return np.clip(np.searchsorted(self.edges, v, side="right") - 1, 0, None)
+    def _set_edges(self, edges: np.ndarray) -> None:
+        """Fix the edges and bin the buffered scores."""
+        buf = self._buffer
+        self.edges = edges
+        self._bin_counts = [np.zeros(edges.size, np.int64), np.zeros(edges.size, np.int64)]
+        self._buffer, self._buffered = ([], []), 0
+        for cls in (0, 1):
+            for v in buf[cls]:
+                self._bin_add(cls, v)
 
     def _bin_add(self, cls: int, v: np.ndarray) -> None:
         if v.size:
-            self._bin_counts[cls] += np.bincount(self._bin_index(v.astype(np.float64)),
-                                                 minlength=self.edges.size)
+            idx = np.clip(np.searchsorted(self.edges, v.astype(np.float64), side="right") - 1, 0, None)
+            self._bin_counts[cls] += np.bincount(idx, minlength=self.edges.size)
 
     def _bin_add_torch(self, cls: int, v) -> None:
         import torch
@@ -648,32 +688,7 @@ class PixelMetrics:
         idx = (torch.searchsorted(e, v.double(), right=True) - 1).clamp_(min=0)
         self._bin_counts[cls] += torch.bincount(idx, minlength=self.edges.size).cpu().numpy()
 
-    # -- public API
-    def update(self, scores, labels) -> None:
-        """Add a batch: ``scores`` and ``labels`` of the same shape (numpy arrays or torch tensors, CPU or CUDA)."""
-        _check_shapes(scores, labels)
-        if _is_torch(scores) or _is_torch(labels):
-            import torch
-
-            scores = torch.as_tensor(scores)
-            labels = torch.as_tensor(labels)
-            if self.bins is not None:
-                self._update_binned_torch(scores, labels)
-                return
-            for cls, (kind, payload) in enumerate(_runs_from_torch(scores, labels)):
-                if kind == "raw":
-                    self._add_values(cls, payload)
-                else:
-                    self._add_unique(cls, *payload)
-            return
-        neg, pos = _split_numpy(scores, labels)
-        if self.bins is not None:
-            self._update_binned(neg, pos)
-            return
-        self._add_values(0, neg)
-        self._add_values(1, pos)
-
-    def _update_binned(self, neg: np.ndarray, pos: np.ndarray) -> None:
+    def _update_numpy(self, neg: np.ndarray, pos: np.ndarray) -> None:
         if self.edges is not None:
             self._bin_add(0, neg)
             self._bin_add(1, pos)
@@ -684,19 +699,17 @@ class PixelMetrics:
         if self._buffered >= self.edge_samples:
             self._fix_edges()
 
-    def _update_binned_torch(self, scores, labels) -> None:
+    def _update_torch(self, scores, labels) -> None:
         import torch
 
+        s = scores.detach().reshape(-1)
+        y = labels.detach().reshape(-1).to(s.device)
         if self.edges is None:
-            s = scores.detach().reshape(-1)
-            y = labels.detach().reshape(-1).to(s.device)
             valid = (y == 0) | (y == 1)
             if bool(valid.any()) and not bool(torch.isfinite(s[valid]).all()):
                 raise OodscoreError("scores: non-finite (NaN/inf) values on non-void pixels")
-            self._update_binned(s[y == 0].double().cpu().numpy(), s[y == 1].double().cpu().numpy())
+            self._update_numpy(s[y == 0].double().cpu().numpy(), s[y == 1].double().cpu().numpy())
             return
-        s = scores.detach().reshape(-1)
-        y = labels.detach().reshape(-1).to(s.device)
         for cls in (0, 1):
             v = s[y == cls]
             if v.numel() and not bool(torch.isfinite(v).all()):
@@ -704,45 +717,21 @@ class PixelMetrics:
             if v.numel():
                 self._bin_add_torch(cls, v)
 
-    def merge(self, other: "PixelMetrics") -> "PixelMetrics":
-        """Fold another accumulator's state into this one (e.g. from another worker / rank); returns self."""
-        if not isinstance(other, PixelMetrics):
-            raise OodscoreError(f"merge: expected a PixelMetrics, got {type(other).__name__}")
-        if other.bins != self.bins:
-            raise OodscoreError(f"merge: bins differ ({self.bins} vs {other.bins})")
-        if self.bins is None:
-            if other._wide:
-                self._widen()
-            for cls in (0, 1):
-                runs = [(k.copy(), c.copy()) for k, c in other._runs(cls)]  # snapshot: other may be self
-                for k, c in runs:
-                    if self._wide and k.dtype == np.uint32:
-                        k = _f64_to_key(_key_to_f32(k).astype(np.float64))
-                    self._add_run(cls, k, c)
-            return self
+    def merge(self, other: "_BinnedState") -> None:
         if other.edges is None:
             for cls in (0, 1):
-                for v in other._buffer[cls]:
-                    self._update_binned(*((v, np.zeros(0)) if cls == 0 else (np.zeros(0), v)))
-            return self
+                for v in list(other._buffer[cls]):  # snapshot: other may be self
+                    self._update_numpy(*((v, np.zeros(0)) if cls == 0 else (np.zeros(0), v)))
+            return
         if self.edges is None:
-            buf = self._buffer
-            self.edges = other.edges.copy()
-            self._bin_counts = [np.zeros(self.edges.size, np.int64), np.zeros(self.edges.size, np.int64)]
-            self._buffer, self._buffered = ([], []), 0
-            for cls in (0, 1):
-                for v in buf[cls]:
-                    self._bin_add(cls, v)
+            self._set_edges(other.edges.copy())  # adopt the other's edges, bin what we buffered
         elif not np.array_equal(self.edges, other.edges):
             raise OodscoreError("merge: binned accumulators have different quantile edges; "
                                 "fix the edges on one and pass them to the others (or use exact mode)")
         for cls in (0, 1):
             self._bin_counts[cls] += other._bin_counts[cls]
-        return self
 
-    def _hist(self) -> _Hist:
-        if self.bins is None:
-            return self._exact_hist()
+    def counts(self) -> _Hist:
         if self.edges is None:
             self._fix_edges()
         if self.edges is None:
@@ -752,13 +741,77 @@ class PixelMetrics:
         keep_n, keep_p = neg > 0, pos > 0
         return _Hist(keys[keep_n], neg[keep_n], keys[keep_p], pos[keep_p], wide=True)
 
+    @property
+    def n_distinct(self) -> int:
+        return 0 if self.edges is None else int(self.edges.size)
+
+
+# ----------------------------------------------------------------------------- streaming accumulator
+class PixelMetrics:
+    """Streaming pixel metrics: ``update(scores, labels)`` per batch, ``compute()`` at the end; state merges by addition.
+
+    The mode is fixed at construction: an exact or a binned state object holds the counts, and ``update``,
+    ``merge``, ``compute``, ``curves`` and ``reset`` delegate to it (torchmetrics' ``thresholds=None`` vs binned).
+
+    Parameters
+    ----------
+    bins : int or None
+        None (default): exact (histogram over distinct score values; see the module docstring for the memory bound).
+        int: quantile-binned with at most ``bins`` bins (constant memory; AP error ~1e-4 at 768 bins).
+    edge_samples : int
+        Binned mode only: number of valid scores buffered from the first update(s) to place the quantile edges.
+    seed : int
+        Binned mode only: seed of the subsample used for the edges when more than ``edge_samples`` are buffered.
+
+    Raises
+    ------
+    OodscoreError
+        A bad ``bins`` or ``edge_samples``.
+
+    Examples
+    --------
+    >>> m = PixelMetrics()
+    >>> for s, y in batches:           # y in {0, 1, 255}; 255 ignored
+    ...     m.update(s, y)
+    >>> m.compute()["auroc"]
+    """
+
+    def __init__(self, bins: int | None = None, edge_samples: int = 1_000_000, seed: int = 0):
+        if bins is not None and (isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2):
+            raise OodscoreError(f"bins: expected None (exact) or an integer >= 2, got {bins!r}")
+        if int(edge_samples) < 2:
+            raise OodscoreError(f"edge_samples: expected an integer >= 2, got {edge_samples!r}")
+        self.bins = None if bins is None else int(bins)
+        self.edge_samples = int(edge_samples)
+        self.seed = int(seed)
+        self._state: _State = (_ExactState() if self.bins is None
+                               else _BinnedState(self.bins, self.edge_samples, self.seed))
+
+    def reset(self) -> None:
+        """Forget every update."""
+        self._state.reset()
+
+    def update(self, scores, labels) -> None:
+        """Add a batch: ``scores`` and ``labels`` of the same shape (numpy arrays or torch tensors, CPU or CUDA)."""
+        _check_shapes(scores, labels)
+        self._state.update(scores, labels)
+
+    def merge(self, other: "PixelMetrics") -> "PixelMetrics":
+        """Fold another accumulator's state into this one (e.g. from another worker / rank); returns self."""
+        if not isinstance(other, PixelMetrics):
+            raise OodscoreError(f"merge: expected a PixelMetrics, got {type(other).__name__}")
+        if other.bins != self.bins:
+            raise OodscoreError(f"merge: bins differ ({self.bins} vs {other.bins})")
+        self._state.merge(other._state)
+        return self
+
     def compute(self, threshold: float | None = None) -> dict:
         """Metrics dict (keys ``METRIC_KEYS``); ``threshold=None`` -> the F1-optimal threshold."""
         t = _check_threshold(threshold)
-        hist = self._hist()
-        if self.bins is not None and t is not None:
-            warnings.warn("binned PixelMetrics: counts at a given threshold are approximated by the bin containing it",
-                          stacklevel=2)
+        hist = self._state.counts()
+        if self._state.approximate and t is not None:
+            warnings.warn("binned PixelMetrics: counts at a given threshold are approximated by the bin "
+                          "containing it", stacklevel=2)
         return hist.metrics(t)
 
     def curves(self, max_points: int = 2000) -> dict:
@@ -769,21 +822,24 @@ class PixelMetrics:
         """
         if int(max_points) < 2:
             raise OodscoreError(f"max_points: expected an integer >= 2, got {max_points!r}")
-        return self._hist().curves(int(max_points))
+        return self._state.counts().curves(int(max_points))
+
+    @property
+    def edges(self) -> np.ndarray | None:
+        """Binned mode: the quantile lower edges (float64, ascending) once fixed; None before that and in exact mode."""
+        return getattr(self._state, "edges", None)
 
     @property
     def n_distinct(self) -> int:
         """Number of stored histogram entries (both classes): the exact mode's memory is ~8-16 bytes each."""
-        if self.bins is not None:
-            return 0 if self.edges is None else int(self.edges.size)
-        return int(sum(k.size for cls in (0, 1) for k, _ in self._runs(cls)))
+        return self._state.n_distinct
 
 
 # ----------------------------------------------------------------------------- one-shot functions
 def _hist_of(scores, labels) -> _Hist:
     m = PixelMetrics()
     m.update(scores, labels)
-    return m._hist()
+    return m._state.counts()
 
 
 def pixel_metrics(scores, labels, threshold: float | None = None) -> dict:

@@ -3,8 +3,12 @@
 Two entry points, both streaming one frame at a time (pass 1: pixel metrics; pass 2, only for component metrics:
 recompute the scores and threshold them at the F1-optimal pixel threshold of pass 1):
 
-- :func:`evaluate_logits` — scores computed from a ``logits.h5`` file by the named methods;
+- :func:`evaluate_logits` — scores computed from a ``logits.h5`` file by the named methods (each scorer is fed the
+  input it declares, ``Scorer.requires``: the logits or the file's MC-dropout block);
 - :func:`evaluate_score_maps` — any method's saved score maps, matched by frame name to an evaluation set preset.
+
+Both are two steps: :func:`evaluate_frames` computes everything (an :class:`Evaluation`, no files), then
+:func:`write_report` writes the folder. Every file is written atomically (:mod:`cocodag.atomic`).
 
 Report folder::
 
@@ -19,20 +23,21 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from cocodag.atomic import atomic_write_text
+from cocodag.atomic import atomic_write, atomic_write_text
+from cocodag.errors import CocodagError
+from cocodag.labels import IGNORE_ID
 
 from . import OodscoreError
+from .scores import METHODS  # the registry's names (cheap: no scorer is imported)
 
 THRESHOLDS_FORMAT = "oodscore-thresholds"
 THRESHOLD_KINDS = ("f1", "tpr95")
-METHODS = ("msp", "maxlogit", "entropy", "sml", "vde", "oodmc")
 _TPR95_POINTS = 100_000      # curve points used to find the TPR-95 threshold (exact below this many distinct scores)
 _OVERLAY_WIDTH = 1024          # overlays are drawn at most this wide (image + heat map + mask side by side)
 
@@ -60,14 +65,12 @@ def write_metrics(out_dir: Path | str, results: dict[str, dict]) -> None:
     keys: list[str] = []
     for r in scalars.values():
         keys += [k for k in r if k not in keys]
-    tmp = out_dir / "metrics.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(out_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", *keys])
         for m, r in scalars.items():
             w.writerow([m, *("" if r.get(k) is None else repr(r[k]) if isinstance(r[k], float) else r[k]
                              for k in keys)])
-    os.replace(tmp, out_dir / "metrics.csv")
 
 
 def save_thresholds(path: Path | str, thresholds: dict[str, dict[str, float]], *, source: str = "") -> None:
@@ -134,10 +137,9 @@ def plot_curves(out_dir: Path | str, curves: dict[str, dict], results: dict[str,
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right" if kind == "roc" else "upper right", fontsize=8)
         fig.tight_layout()
-        tmp = out_dir / f"{kind}.tmp.png"
-        fig.savefig(tmp)
+        with atomic_write(out_dir / f"{kind}.png", keep_suffix=True) as tmp:
+            fig.savefig(tmp)
         plt.close(fig)
-        os.replace(tmp, out_dir / f"{kind}.png")
 
 
 def normalize_scores(score: np.ndarray, valid: np.ndarray | None = None, lo_pct: float = 1.0,
@@ -188,7 +190,7 @@ def save_overlay(path: Path | str, image: np.ndarray, score: np.ndarray, label: 
     hw = image.shape[:2]
     score_r = _resize(np.asarray(score, dtype=np.float32), hw)
     label_r = _resize(label, hw, nearest=True) if label is not None else None
-    valid = label_r != 255 if label_r is not None else None
+    valid = label_r != IGNORE_ID if label_r is not None else None
     norm, lo, hi = normalize_scores(score_r, valid)
     panels = 2 if threshold is None else 3
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels * hw[1] / max(hw[0], 1) * 0.55 + 1, 3.4), dpi=110,
@@ -217,10 +219,9 @@ def save_overlay(path: Path | str, image: np.ndarray, score: np.ndarray, label: 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_write(path, keep_suffix=True) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -253,7 +254,7 @@ def _apply_region(label: np.ndarray, roi: np.ndarray | None, region: str, name: 
         return label
     if roi is None:
         raise OodscoreError(f"frame {name!r}: --region road needs a roi mask, but none is available")
-    return np.where(roi != 0, label, np.uint8(255)).astype(np.uint8)
+    return np.where(roi != 0, label, np.uint8(IGNORE_ID)).astype(np.uint8)
 
 
 @dataclass
@@ -267,18 +268,34 @@ class EvalOutput:
     extra_names: list[str] = field(default_factory=list)
 
 
-def _run(out_dir: Path, methods: Sequence[str], frames: Callable[[], Iterable[tuple]], num_frames: int, *,
-         bins: int | None, components: str, threshold_from: dict[str, float] | None, threshold_kind: str,
-         overlay_at: set[int], progress: bool, source: str) -> EvalOutput:
-    """Shared two-pass loop. ``frames()`` yields ``(name, label, {method: score}, image | None)`` per frame."""
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_frames` computed, before anything is written.
+
+    Attributes
+    ----------
+    results : ``{method: {metric: value}}`` (``METRIC_KEYS``, plus ``<metric>@<kind>_given`` and ``component_*``)
+    thresholds : ``{method: {"f1": t, "tpr95": t, "tpr95_exact": bool}}`` of this run
+    curves : ``{method: curves}`` as ``PixelMetrics.curves`` returns them (for the ROC / PR plots)
+    overlays : ``[(frame name, label, {method: float16 score}, RGB image)]`` for the heat-map overlays
+    """
+
+    results: dict[str, dict]
+    thresholds: dict[str, dict]
+    curves: dict[str, dict]
+    overlays: list[tuple[str, np.ndarray, dict, np.ndarray]] = field(default_factory=list)
+
+
+def _pixel_pass(methods: Sequence[str], frames: Iterable[tuple], num_frames: int, *, bins: int | None,
+                overlay_at: set[int], progress: bool) -> tuple[dict, list]:
+    """Pass 1: stream every frame's scores into one ``PixelMetrics`` per method; keep the overlay frames."""
     from tqdm import tqdm
 
     from .metrics import PixelMetrics
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     pm = {m: PixelMetrics(bins=bins) for m in methods}
     kept: list[tuple[str, np.ndarray, dict, np.ndarray]] = []   # only the few overlay frames are kept
-    for i, (name, label, scores, image) in enumerate(tqdm(frames(), total=num_frames, desc="evaluate",
+    for i, (name, label, scores, image) in enumerate(tqdm(frames, total=num_frames, desc="evaluate",
                                                           unit="frame", disable=not progress)):
         for m in methods:
             s = scores[m]
@@ -290,53 +307,18 @@ def _run(out_dir: Path, methods: Sequence[str], frames: Callable[[], Iterable[tu
                 raise OodscoreError(f"frame {name!r}, {m}: {e}") from None
         if i in overlay_at and image is not None:
             kept.append((name, label, {m: scores[m].astype(np.float16) for m in methods}, image))
-    results = {m: pm[m].compute() for m in methods}
-    curves = {m: pm[m].curves() for m in methods}
-    # TPR-95 threshold: from the full curve when it has at most _TPR95_POINTS points (exact); beyond that from a
-    # curve subsampled to _TPR95_POINTS points: still TPR >= 0.95, at most n/_TPR95_POINTS distinct scores higher
-    thresholds = {}
-    for m in methods:
-        n_points = pm[m].n_distinct + 2
-        c = pm[m].curves(max_points=min(n_points, _TPR95_POINTS))
-        thresholds[m] = {"f1": results[m].get("threshold"), "tpr95": tpr95_threshold(c),
-                         "tpr95_exact": n_points <= _TPR95_POINTS}
-    if threshold_from is not None:
-        missing = [m for m in methods if m not in threshold_from]
-        if missing:
-            raise OodscoreError(f"--threshold-from has no {threshold_kind} threshold for method(s) "
-                                f"{', '.join(missing)}; it has {', '.join(sorted(threshold_from)) or 'none'}")
-        for m in methods:
-            fixed = _fixed_threshold_stats(pm[m], threshold_from[m])
-            results[m].update({f"{k}@{threshold_kind}_given": v for k, v in fixed.items()})
-    if components != "none":
-        from .components import ComponentMetrics
+    return pm, kept
 
-        cms = {m: ComponentMetrics(threshold=results[m]["threshold"], track=components) for m in methods}
-        for name, label, scores, _ in tqdm(frames(), total=num_frames, desc="components", unit="frame",
-                                           disable=not progress):
-            for m in methods:
-                cms[m].update(scores[m], label)
-        for m in methods:
-            results[m].update({f"component_{k}" if not k.startswith("component") else k: v
-                               for k, v in cms[m].compute().items() if np.isscalar(v)})
-    files = []
-    write_metrics(out_dir, results)
-    files += [out_dir / "metrics.json", out_dir / "metrics.csv"]
-    plot_curves(out_dir, curves, results)
-    files += [out_dir / "roc.png", out_dir / "pr.png"]
-    save_thresholds(out_dir / "thresholds.json", thresholds, source=source)
-    files.append(out_dir / "thresholds.json")
-    for name, label, scores, image in kept:
-        for m in methods:
-            if threshold_from is not None:
-                t, tn = threshold_from[m], f"{threshold_kind}, given"
-            else:
-                t, tn = thresholds[m]["f1"], "F1-optimal on this run"
-            p = out_dir / "overlays" / f"{_safe_name(name)}__{m}.png"
-            save_overlay(p, image, scores[m].astype(np.float32), label, threshold=t, threshold_name=tn,
-                         title=f"{name} — {m}")
-            files.append(p)
-    return EvalOutput(results, thresholds, out_dir, files)
+
+def _run_thresholds(pm, result: dict) -> dict:
+    """The F1-optimal and TPR-95 thresholds of one method's run.
+
+    TPR-95: from the full curve when it has at most ``_TPR95_POINTS`` points (exact); beyond that from a curve
+    subsampled to ``_TPR95_POINTS`` points: still TPR >= 0.95, at most n/_TPR95_POINTS distinct scores higher.
+    """
+    n_points = pm.n_distinct + 2
+    c = pm.curves(max_points=min(n_points, _TPR95_POINTS))
+    return {"f1": result.get("threshold"), "tpr95": tpr95_threshold(c), "tpr95_exact": n_points <= _TPR95_POINTS}
 
 
 def _fixed_threshold_stats(pm, threshold: float) -> dict:
@@ -345,54 +327,174 @@ def _fixed_threshold_stats(pm, threshold: float) -> dict:
     return {k: r[k] for k in ("threshold", "f1", "precision", "recall", "fpr") if k in r}
 
 
+def _component_pass(results: dict, frames: Iterable[tuple], num_frames: int, track: str, progress: bool) -> None:
+    """Pass 2: component metrics at each method's F1-optimal pixel threshold, added to ``results`` in place."""
+    from tqdm import tqdm
+
+    from .components import ComponentMetrics
+
+    cms = {m: ComponentMetrics(threshold=r["threshold"], track=track) for m, r in results.items()}
+    for _, label, scores, _ in tqdm(frames, total=num_frames, desc="components", unit="frame",
+                                    disable=not progress):
+        for m, cm in cms.items():
+            cm.update(scores[m], label)
+    for m, cm in cms.items():
+        results[m].update({f"component_{k}" if not k.startswith("component") else k: v
+                           for k, v in cm.compute().items() if np.isscalar(v)})
+
+
+def evaluate_frames(methods: Sequence[str], frames: Callable[[], Iterable[tuple]], num_frames: int, *,
+                    bins: int | None = None, components: str = "none", threshold_from: dict[str, float] | None = None,
+                    threshold_kind: str = "f1", overlay_at: set[int] = frozenset(), progress: bool = False
+                    ) -> Evaluation:
+    """Evaluate streamed frames; writes nothing.
+
+    Parameters
+    ----------
+    methods : names of the score maps each frame carries
+    frames : callable returning an iterable of ``(name, label, {method: (H, W) score}, RGB image | None)``;
+        called once per pass (twice with component metrics)
+    bins, components : as in :func:`evaluate_logits`
+    threshold_from : ``{method: threshold}`` (from :func:`load_thresholds`); adds ``<metric>@<kind>_given``
+    overlay_at : indices of the frames kept for overlays (only those with an image)
+
+    Raises
+    ------
+    OodscoreError
+        A score map of the wrong shape, non-finite scores, a degenerate label set, or ``threshold_from`` missing a
+        method.
+    """
+    if threshold_from is not None:
+        missing = [m for m in methods if m not in threshold_from]
+        if missing:
+            raise OodscoreError(f"--threshold-from has no {threshold_kind} threshold for method(s) "
+                                f"{', '.join(missing)}; it has {', '.join(sorted(threshold_from)) or 'none'}")
+    pm, kept = _pixel_pass(methods, frames(), num_frames, bins=bins, overlay_at=overlay_at, progress=progress)
+    results = {m: pm[m].compute() for m in methods}
+    curves = {m: pm[m].curves() for m in methods}
+    thresholds = {m: _run_thresholds(pm[m], results[m]) for m in methods}
+    if threshold_from is not None:
+        for m in methods:
+            fixed = _fixed_threshold_stats(pm[m], threshold_from[m])
+            results[m].update({f"{k}@{threshold_kind}_given": v for k, v in fixed.items()})
+    if components != "none":
+        _component_pass(results, frames(), num_frames, components, progress)
+    return Evaluation(results, thresholds, curves, kept)
+
+
+def write_report(out_dir: Path | str, ev: Evaluation, *, threshold_from: dict[str, float] | None = None,
+                 threshold_kind: str = "f1", source: str = "") -> list[Path]:
+    """Write the report folder of an :class:`Evaluation` (see the module docstring); returns the files written.
+
+    Overlay masks use the given thresholds (``threshold_from``) or else this run's F1-optimal ones.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics(out_dir, ev.results)
+    plot_curves(out_dir, ev.curves, ev.results)
+    save_thresholds(out_dir / "thresholds.json", ev.thresholds, source=source)
+    files = [out_dir / f for f in ("metrics.json", "metrics.csv", "roc.png", "pr.png", "thresholds.json")]
+    for name, label, scores, image in ev.overlays:
+        for m, score in scores.items():
+            if threshold_from is not None:
+                t, tn = threshold_from[m], f"{threshold_kind}, given"
+            else:
+                t, tn = ev.thresholds[m]["f1"], "F1-optimal on this run"
+            p = out_dir / "overlays" / f"{_safe_name(name)}__{m}.png"
+            save_overlay(p, image, score.astype(np.float32), label, threshold=t, threshold_name=tn,
+                         title=f"{name} — {m}")
+            files.append(p)
+    return files
+
+
+def _run(out_dir: Path, methods: Sequence[str], frames: Callable[[], Iterable[tuple]], num_frames: int, *,
+         bins: int | None, components: str, threshold_from: dict[str, float] | None, threshold_kind: str,
+         overlay_at: set[int], progress: bool, source: str) -> EvalOutput:
+    """Evaluate, then write the report: :func:`evaluate_frames` + :func:`write_report`."""
+    ev = evaluate_frames(methods, frames, num_frames, bins=bins, components=components,
+                         threshold_from=threshold_from, threshold_kind=threshold_kind, overlay_at=overlay_at,
+                         progress=progress)
+    files = write_report(out_dir, ev, threshold_from=threshold_from, threshold_kind=threshold_kind, source=source)
+    return EvalOutput(ev.results, ev.thresholds, out_dir, files)
+
+
+# ------------------------------------------------------------------------------------------- evaluate_logits
+def _load_sml_stats(path: Path | None, num_classes: int, methods: Sequence[str]):
+    """The ``stats`` parameter of the scorers that take one, read once from ``--sml-stats``."""
+    from .scores import SMLStats
+
+    if path is None:
+        raise OodscoreError(f"method(s) {', '.join(methods)}: need --sml-stats FILE (from `oodscore fit-sml`)")
+    if not Path(path).is_file():
+        raise OodscoreError(f"--sml-stats {path}: file not found")
+    stats = SMLStats.load(path)
+    stats_classes = int(np.asarray(stats.mean_).shape[0]) if hasattr(stats, "mean_") else num_classes
+    if stats_classes != num_classes:
+        raise OodscoreError(f"--sml-stats {path}: stats have {stats_classes} classes, the logits have {num_classes}")
+    return stats
+
+
+def _load_model_file(method: str, cls, path: Path | None):
+    """A scorer fitted and saved on its own (OODMC), from ``--<method>-model`` (written by ``fit-<method>``)."""
+    if path is None:
+        raise OodscoreError(f"method {method} needs --{method}-model FILE (from `oodscore fit-{method}`)")
+    if not Path(path).is_file():
+        raise OodscoreError(f"--{method}-model {path}: file not found")
+    return cls.load(path)
+
+
 def build_scorers(methods: Sequence[str], *, num_classes: int, has_mc: bool, sml_stats: Path | None = None,
                   boundary_iters: int = 4, smoothing: bool = True, vde_threshold: float | None = None,
                   oodmc_model: Path | None = None, device: str | None = None) -> dict:
-    """Instantiate each method's scorer, checking at once what it needs (stats file, model, MC data)."""
-    from .scores import get_scorer
+    """Instantiate each method's scorer, checking at once what it needs (stats file, model, MC data).
 
-    seen = []
-    for m in methods:
-        if m not in METHODS:
-            raise OodscoreError(f"unknown method {m!r}; known: {', '.join(METHODS)}")
-        if m in seen:
-            raise OodscoreError(f"method {m!r} given twice")
-        seen.append(m)
+    What a method needs is asked of its scorer class: ``requires`` (its per-frame input; ``"mc"`` needs the
+    file's mc/* block), its ``__init__`` parameters (filled by name from ``device``, ``boundary_iters``,
+    ``smoothing``, ``threshold`` = ``vde_threshold`` and ``stats`` = the ``sml_stats`` file); methods with a model
+    file of their own (``oodmc_model``) are loaded from it. ``None`` options leave the scorer's defaults.
+    """
+    from .scores import check_methods, get_scorer, scorer_class
+
+    classes = {m: scorer_class(m) for m in check_methods(methods)}
+    for m, cls in classes.items():
+        if cls.requires == "mc" and not has_mc:
+            raise OodscoreError(f"method {m} needs MC-dropout data (mc/*) in the logits file; "
+                                "export with --mc-samples T --moment-order K")
+    model_files = {"oodmc": oodmc_model}
+    with_stats = [m for m, cls in classes.items() if "stats" in cls.param_names()]
+    options = {"device": device, "boundary_iters": boundary_iters, "smoothing": smoothing,
+               "threshold": vde_threshold,
+               "stats": _load_sml_stats(sml_stats, num_classes, with_stats) if with_stats else None}
     scorers = {}
-    stats = None
-    if {"sml", "vde"} & set(methods):
-        if sml_stats is None:
-            raise OodscoreError("methods sml/vde need --sml-stats FILE (from `oodscore fit-sml`)")
-        from .scores import SMLStats
-
-        if not Path(sml_stats).is_file():
-            raise OodscoreError(f"--sml-stats {sml_stats}: file not found")
-        stats = SMLStats.load(sml_stats)
-        stats_classes = int(np.asarray(stats.mean_).shape[0]) if hasattr(stats, "mean_") else num_classes
-        if stats_classes != num_classes:
-            raise OodscoreError(f"--sml-stats {sml_stats}: stats have {stats_classes} classes, "
-                                f"the logits have {num_classes}")
-    for m in methods:
-        if m in ("msp", "maxlogit", "entropy"):
-            scorers[m] = get_scorer(m, device=device)
-        elif m == "sml":
-            scorers[m] = get_scorer(m, stats=stats, boundary_iters=boundary_iters, smoothing=smoothing, device=device)
-        elif m == "vde":
-            kw = {} if vde_threshold is None else {"threshold": vde_threshold}
-            scorers[m] = get_scorer(m, stats=stats, boundary_iters=boundary_iters, smoothing=smoothing,
-                                    device=device, **kw)
-        elif m == "oodmc":
-            if oodmc_model is None:
-                raise OodscoreError("method oodmc needs --oodmc-model FILE (from `oodscore fit-oodmc`)")
-            if not has_mc:
-                raise OodscoreError("method oodmc needs MC-dropout data (mc/*) in the logits file; "
-                                    "export with --mc-samples T --moment-order K")
-            if not Path(oodmc_model).is_file():
-                raise OodscoreError(f"--oodmc-model {oodmc_model}: file not found")
-            from .scores import OODMC
-
-            scorers[m] = OODMC.load(oodmc_model)
+    for m, cls in classes.items():
+        if m in model_files:
+            scorers[m] = _load_model_file(m, cls, model_files[m])
+        else:
+            scorers[m] = get_scorer(m, **{k: v for k, v in options.items() if k in cls.param_names()})
     return scorers
+
+
+#: how :func:`evaluate_logits` reads each kind of scorer input (``Scorer.requires``) of frame ``i``
+_INPUT_READERS = {
+    "logits": lambda lf, i, frame: frame.logits,
+    "mc": lambda lf, i, frame: lf.mc(i),
+}
+
+
+def _logits_frames(lf, scorers: dict, region: str, overlay_at: set[int]) -> Callable[[], Iterable[tuple]]:
+    """The ``frames()`` callable of :func:`evaluate_frames` for a ``LogitsFile``: scores every frame on the fly."""
+    kinds = {sc.requires for sc in scorers.values()}
+
+    def frames():
+        for i in range(len(lf)):
+            fr = lf.frame(i, image=i in overlay_at)
+            label = _apply_region(fr.label, fr.roi, region, fr.image_id)
+            inputs = {k: _INPUT_READERS[k](lf, i, fr) for k in kinds}
+            scores = {m: np.asarray(sc.score(inputs[sc.requires], size=label.shape), dtype=np.float32)
+                      for m, sc in scorers.items()}
+            yield fr.image_id, label, scores, fr.image
+
+    return frames
 
 
 def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Path | str, *,
@@ -405,7 +507,7 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
 
     Parameters
     ----------
-    methods : names from ``METHODS``
+    methods : names from the score registry (``oodscore.scores.METHODS``)
     components : {"none", "anomaly", "obstacle"}
         SegmentMeIfYouCan component metrics (second pass) with that track's size filters.
     region : {"all", "road"}
@@ -418,12 +520,14 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
     """
     from cocodag.formats.logits import LogitsFile
 
+    from .scores import check_methods
+
     if not methods:
         raise OodscoreError("no --method given; choose from " + ", ".join(METHODS))
+    methods = check_methods(methods)  # before opening anything: unknown names fail fast
     _check_choices(components, region)
     given = load_thresholds(threshold_from, threshold_kind) if threshold_from is not None else None
-    lf = LogitsFile(logits_path)
-    try:
+    with LogitsFile(logits_path) as lf:
         if region == "road" and not lf.has_roi:
             raise OodscoreError(f"{lf.path}: --region road needs a 'roi' dataset in the logits file "
                                 "(export from a road-region preset, e.g. lostandfound)")
@@ -432,23 +536,9 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
                                 smoothing=smoothing, vde_threshold=vde_threshold,
                                 oodmc_model=Path(oodmc_model) if oodmc_model else None, device=device)
         overlay_at = set(_overlay_indices(len(lf), max_overlays)) if lf.has_images else set()
-
-        def frames():
-            for i in range(len(lf)):
-                fr = lf.frame(i, image=i in overlay_at)
-                label = _apply_region(fr.label, fr.roi, region, fr.image_id)
-                mc = lf.mc(i) if "oodmc" in scorers else None
-                scores = {}
-                for m, sc in scorers.items():
-                    s = sc.score(mc) if m == "oodmc" else sc.score(fr.logits, size=label.shape)
-                    scores[m] = np.asarray(s, dtype=np.float32)
-                yield fr.image_id, label, scores, fr.image
-
-        return _run(Path(out_dir), list(scorers), frames, len(lf), bins=bins, components=components,
-                    threshold_from=given, threshold_kind=threshold_kind, overlay_at=overlay_at, progress=progress,
-                    source=str(logits_path))
-    finally:
-        lf.close()
+        return _run(Path(out_dir), list(scorers), _logits_frames(lf, scorers, region, overlay_at), len(lf),
+                    bins=bins, components=components, threshold_from=given, threshold_kind=threshold_kind,
+                    overlay_at=overlay_at, progress=progress, source=str(logits_path))
 
 
 def _check_choices(components: str, region: str) -> None:
@@ -458,13 +548,15 @@ def _check_choices(components: str, region: str) -> None:
         raise OodscoreError(f"--region {region!r}: expected all or road")
 
 
-def _read_rgb(path: Path) -> np.ndarray | None:
-    import cv2
+# ------------------------------------------------------------------------------------------- evaluate_score_maps
+def _overlay_image(path: Path) -> np.ndarray | None:
+    """The RGB image under an overlay, or None when it cannot be read (the frame is then drawn without one)."""
+    from cocodag.imageio import read_rgb
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
+    try:
+        return read_rgb(path)
+    except CocodagError:
         return None
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | str, *, name: str | None = None,
@@ -509,7 +601,7 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
                                             f"label is {label.shape[0]}x{label.shape[1]} (pass --resize-scores to "
                                             "resize bilinearly)")
                     s = _resize(s, label.shape)
-                image = _read_rgb(it.image_path) if i in overlay_at else None
+                image = _overlay_image(it.image_path) if i in overlay_at else None
                 yield it.name, label, {method: s}, image
 
         out = _run(Path(out_dir), [method], frames, len(items), bins=bins, components=components,

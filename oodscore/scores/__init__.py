@@ -1,33 +1,90 @@
 """Anomaly scores (DESIGN §4.4) as small sklearn-style objects; higher score = more anomalous.
 
-``SCORERS`` maps each method name to its class; :func:`get_scorer` builds one by name::
+The registry below is THE list of score methods: the CLI's ``--method`` choices, the report's checks and every
+other method list derive from it. ``SCORERS`` maps each name to its class, :func:`get_scorer` builds one by name::
 
     get_scorer("msp").score(logits)                       # (N, C, h, w) -> (N, H, W) float32
     get_scorer("sml", stats=SMLStats.load("sml.json"), boundary_iters=0, smoothing=False)
     get_scorer("oodmc").fit(frames).score(mc_dict)        # MC-dropout moments, not logits
+
+Every scorer follows the :class:`~oodscore.scores.base.Scorer` protocol; ``SCORERS[name].requires`` says which
+per-frame input its ``score`` takes (``"logits"`` or ``"mc"``).
+
+The scorer classes (and torch) are imported on first use, so that reading :data:`METHODS` (e.g. for
+``oodscore --help``) stays cheap.
 """
 from __future__ import annotations
 
 import difflib
+import importlib
+from typing import TYPE_CHECKING, Iterable
 
 from oodscore import OodscoreError
-from oodscore.scores.base import Scorer
-from oodscore.scores.baseline import MSP, Entropy, MaxLogit
-from oodscore.scores.oodmc import OODMC, mc_features
-from oodscore.scores.sml import SML, SMLStats
-from oodscore.scores.vde import VDE, drivable_region
 
-SCORERS: dict[str, type] = {
-    "msp": MSP,
-    "maxlogit": MaxLogit,
-    "entropy": Entropy,
-    "sml": SML,
-    "vde": VDE,
-    "oodmc": OODMC,
+#: method name -> "module:Class" under oodscore.scores; the order is the display order
+_REGISTRY = {
+    "msp": "baseline:MSP",
+    "maxlogit": "baseline:MaxLogit",
+    "entropy": "baseline:Entropy",
+    "sml": "sml:SML",
+    "vde": "vde:VDE",
+    "oodmc": "oodmc:OODMC",
+}
+#: the registered method names, in display order
+METHODS: tuple[str, ...] = tuple(_REGISTRY)
+
+#: other public names, imported on first access: name -> module under oodscore.scores
+_LAZY = {
+    "Scorer": "base", "INPUT_KINDS": "base",
+    "MSP": "baseline", "MaxLogit": "baseline", "Entropy": "baseline",
+    "SML": "sml", "SMLStats": "sml",
+    "VDE": "vde", "drivable_region": "vde",
+    "OODMC": "oodmc", "mc_features": "oodmc",
 }
 
+if TYPE_CHECKING:  # the names __getattr__ provides, for linters and type checkers
+    from oodscore.scores.base import INPUT_KINDS, Scorer
+    from oodscore.scores.baseline import MSP, Entropy, MaxLogit
+    from oodscore.scores.oodmc import OODMC, mc_features
+    from oodscore.scores.sml import SML, SMLStats
+    from oodscore.scores.vde import VDE, drivable_region
 
-def get_scorer(name: str, **params):
+    SCORERS: dict[str, type[Scorer]]
+
+
+def _unknown(name) -> OodscoreError:
+    close = difflib.get_close_matches(str(name).strip().lower(), METHODS, n=2)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return OodscoreError(f"unknown method {name!r}{hint}; valid: {', '.join(METHODS)}")
+
+
+def check_methods(names: Iterable[str]) -> list[str]:
+    """Registry names of ``names`` (case-insensitive), in the given order.
+
+    Raises
+    ------
+    OodscoreError
+        An unknown name (the message lists the valid names and close matches) or a name given twice.
+    """
+    out: list[str] = []
+    for name in names:
+        key = str(name).strip().lower()
+        if key not in _REGISTRY:
+            raise _unknown(name)
+        if key in out:
+            raise OodscoreError(f"method {key!r} given twice")
+        out.append(key)
+    return out
+
+
+def scorer_class(name: str) -> type[Scorer]:
+    """The class registered as ``name`` (case-insensitive); raises :class:`OodscoreError` for an unknown name."""
+    (key,) = check_methods([name])
+    module, _, attr = _REGISTRY[key].partition(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+
+
+def get_scorer(name: str, **params) -> Scorer:
     """Build the scorer registered as ``name`` with ``params`` (``None`` values are dropped so defaults stay).
 
     Raises
@@ -35,17 +92,24 @@ def get_scorer(name: str, **params):
     OodscoreError
         Unknown name (the message lists the valid names and close matches) or bad parameters.
     """
-    key = str(name).strip().lower()
-    if key not in SCORERS:
-        close = difflib.get_close_matches(key, list(SCORERS), n=2)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise OodscoreError(f"unknown score method {name!r}{hint}; valid: {', '.join(SCORERS)}")
+    cls = scorer_class(name)
     kwargs = {k: v for k, v in params.items() if v is not None}
     try:
-        return SCORERS[key](**kwargs)
+        return cls(**kwargs)
     except TypeError as e:
-        raise OodscoreError(f"method {key!r}: bad parameters {sorted(kwargs)}: {e}") from e
+        raise OodscoreError(f"method {str(name).strip().lower()!r}: bad parameters {sorted(kwargs)}: {e}") from e
 
 
-__all__ = ["SCORERS", "get_scorer", "Scorer", "MSP", "MaxLogit", "Entropy", "SML", "SMLStats", "VDE", "OODMC",
-           "drivable_region", "mc_features"]
+def __getattr__(name: str):
+    if name == "SCORERS":
+        value = {m: scorer_class(m) for m in METHODS}
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+__all__ = ["METHODS", "SCORERS", "check_methods", "scorer_class", "get_scorer", "Scorer", "INPUT_KINDS", "MSP",
+           "MaxLogit", "Entropy", "SML", "SMLStats", "VDE", "OODMC", "drivable_region", "mc_features"]

@@ -6,11 +6,20 @@ import math
 import numpy as np
 import torch
 
-from oodscore.scores.base import Scorer, as_logits_tensor, to_output, upsample
+from oodscore.scores.base import DEVICE, Scorer, as_logits_tensor, to_output, upsample
 
 
 class _LogitScorer(Scorer):
-    """Shared plumbing: validate, optionally upsample to the label size, score on ``device``."""
+    """Shared plumbing: validate, optionally upsample to the label size, score on ``device``.
+
+    Parameters
+    ----------
+    device : str or torch.device, optional
+        Where to compute (``"auto"``, ``"cpu"``, ``"cuda[:i]"``); default: the input's device.
+    """
+
+    requires = "logits"
+    _parameter_constraints = {"device": DEVICE}
 
     def __init__(self, device=None):
         self.device = device
@@ -31,6 +40,7 @@ class _LogitScorer(Scorer):
         -------
         (N, H, W) or (H, W) float32 ndarray, higher = more anomalous.
         """
+        self._validate_params()
         t, batched = as_logits_tensor(logits, device=self.device)
         with torch.no_grad():
             return to_output(self._compute(upsample(t, size)), batched)

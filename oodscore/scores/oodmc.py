@@ -13,15 +13,12 @@ code used probabilities — both are supported and recorded).
 from __future__ import annotations
 
 import importlib
-import os
-from pathlib import Path
+import numbers
 
 import numpy as np
 
 from oodscore import OodscoreError
-
-OODMC_FORMAT = "oodscore-oodmc"
-OODMC_VERSION = 1
+from oodscore.scores.base import Interval, Options, Scorer, check_size
 
 #: short classifier names -> (import path, default params)
 CLASSIFIERS = {
@@ -122,8 +119,36 @@ def _resolve_classifier(name: str):
     return cls, dict(defaults)
 
 
-class OODMC:
+def _keep_smallest(kept, idx: np.ndarray, keys: np.ndarray, quota: int, features):
+    """Merge pixels ``idx`` with random ``keys`` into ``kept`` = (keys, features), keeping the ``quota`` smallest keys.
+
+    ``features(idx)`` computes the feature rows of the pixels that may enter (only those: once ``kept`` is full,
+    pixels with a key above its largest cannot).
+    """
+    old_keys, old_feats = kept
+    if old_keys.size >= quota and idx.size:
+        sel = keys < old_keys.max()
+        idx, keys = idx[sel], keys[sel]
+    if idx.size == 0:
+        return kept
+    feats = features(idx)
+    if old_feats.shape[0] == 0:
+        all_keys, all_feats = keys, feats
+    else:
+        all_keys = np.concatenate([old_keys, keys])
+        all_feats = np.concatenate([old_feats, feats])
+    if all_keys.size > quota:
+        top = np.argpartition(all_keys, quota - 1)[:quota]
+        all_keys, all_feats = all_keys[top], all_feats[top]
+    return all_keys, all_feats
+
+
+class OODMC(Scorer):
     """Classifier on per-pixel MC-dropout moment features; score = decision function, positive = OOD.
+
+    A :class:`~oodscore.scores.base.Scorer` whose input is one frame's MC-dropout dict (``requires = "mc"``), not
+    logits. Saved and loaded with :func:`oodscore.io.save_oodmc` / :func:`oodscore.io.load_oodmc` (joblib, a pickle:
+    only load files you trust); :meth:`save` / :meth:`load` are shortcuts to them.
 
     Parameters
     ----------
@@ -155,7 +180,16 @@ class OODMC:
         ``{"id": n, "ood": n}`` training pixels used; ``n_available_`` the same for all labelled pixels seen.
     """
 
+    requires = "mc"
     requires_fit = True
+    _parameter_constraints = {
+        "moment_weight": [Interval(numbers.Real, 0, 1)],
+        "svm_points_num": [Interval(numbers.Integral, 2, None)],   # >= 2: one ID and one OOD pixel
+        "svm_eval_subsize": [Interval(numbers.Integral, 1, None)],
+        "classifier": [str],
+        "moments_of": [Options("logits", "probs")],
+        "random_state": [None, numbers.Integral],
+    }
 
     def __init__(self, moment_weight: float = 0.5, svm_points_num: int = 500000, svm_eval_subsize: int = 100,
                  classifier: str = "linear-svc", moments_of: str = "logits", random_state: int = 0, **clf_params):
@@ -168,27 +202,10 @@ class OODMC:
         self.clf_params = clf_params
 
     def get_params(self) -> dict:
-        return {"moment_weight": self.moment_weight, "svm_points_num": self.svm_points_num,
-                "svm_eval_subsize": self.svm_eval_subsize, "classifier": self.classifier,
-                "moments_of": self.moments_of, "random_state": self.random_state, **self.clf_params}
-
-    def __repr__(self) -> str:
-        return f"OODMC({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
+        """The named parameters plus the classifier's own (``**clf_params``)."""
+        return {**super().get_params(), **self.clf_params}
 
     # ------------------------------------------------------------------ checks
-    def _check_params(self) -> None:
-        w = self.moment_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float, np.floating)) or not 0.0 <= w <= 1.0:
-            raise OodscoreError(f"moment_weight: expected a float in [0, 1], got {w!r}")
-        for name in ("svm_points_num", "svm_eval_subsize"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise OodscoreError(f"{name}: expected a positive int, got {v!r}")
-        if self.svm_points_num < 2:
-            raise OodscoreError(f"svm_points_num: expected >= 2 (one ID and one OOD pixel), got {self.svm_points_num}")
-        if self.moments_of not in ("logits", "probs"):
-            raise OodscoreError(f"moments_of: expected 'logits' or 'probs', got {self.moments_of!r}")
-
     def _check_moments_of(self, mc: dict, where: str) -> None:
         got = mc.get("moments_of") if isinstance(mc, dict) else None
         if isinstance(got, bytes):
@@ -208,64 +225,9 @@ class OODMC:
         """
         from sklearn.preprocessing import StandardScaler
 
-        self._check_params()
+        self._validate_params()
         cls, defaults = _resolve_classifier(self.classifier)
-        rng = np.random.default_rng(self.random_state)
-        quota = int(self.svm_points_num) // 2
-        keep = {0: (np.empty(0), np.empty((0, 0), np.float32)), 1: (np.empty(0), np.empty((0, 0), np.float32))}
-        available = {0: 0, 1: 0}
-        shape_ck = None
-        n_frames = 0
-        for i, item in enumerate(frames):
-            try:
-                mc, label = item
-            except (TypeError, ValueError) as e:
-                raise OodscoreError(f"frames[{i}]: expected (mc_dict, label), got {type(item).__name__}") from e
-            where = f"frames[{i}]"
-            self._check_moments_of(mc, where)
-            mean, central, _ = check_mc(mc, where)
-            ck = (central.shape[0] + 1, mean.shape[0])
-            if shape_ck is None:
-                shape_ck = ck
-            elif ck != shape_ck:
-                raise OodscoreError(f"{where}: moment order/classes (K, C) = {ck} differ from earlier frames "
-                                    f"{shape_ck}")
-            lab = _to_numpy(label, f"{where} label")
-            if lab.shape != mean.shape[1:]:
-                raise OodscoreError(f"{where} label: expected shape {mean.shape[1:]}, got {lab.shape}")
-            lab = lab.reshape(-1)
-            n_frames += 1
-            for cls_id in (0, 1):
-                idx = np.flatnonzero(lab == cls_id)
-                available[cls_id] += idx.size
-                keys = rng.random(idx.size)
-                old_keys, old_feats = keep[cls_id]
-                if old_keys.size >= quota and idx.size:
-                    # only pixels that can enter the current top-`quota` need features
-                    sel = keys < old_keys.max()
-                    idx, keys = idx[sel], keys[sel]
-                if idx.size == 0:
-                    continue
-                feats = mc_features(mc, self.moment_weight, idx)
-                if old_feats.shape[0] == 0:
-                    all_keys, all_feats = keys, feats
-                else:
-                    all_keys = np.concatenate([old_keys, keys])
-                    all_feats = np.concatenate([old_feats, feats])
-                if all_keys.size > quota:
-                    top = np.argpartition(all_keys, quota - 1)[:quota]
-                    all_keys, all_feats = all_keys[top], all_feats[top]
-                keep[cls_id] = (all_keys, all_feats)
-        if n_frames == 0:
-            raise OodscoreError("frames: got no frames to fit on")
-        for cls_id, what in ((0, "in-distribution (label 0)"), (1, "OOD (label 1)")):
-            if keep[cls_id][0].size == 0:
-                raise OodscoreError(f"frames: no {what} pixels found; OODMC needs both classes")
-        # order by key -> the sample does not depend on how frames were chunked in memory
-        parts = []
-        for cls_id in (0, 1):
-            keys, feats = keep[cls_id]
-            parts.append(feats[np.argsort(keys, kind="stable")])
+        parts, available, shape_ck = self._sample(frames)
         x = np.concatenate(parts)
         y = np.concatenate([np.zeros(parts[0].shape[0], np.int64), np.ones(parts[1].shape[0], np.int64)])
         params = {**defaults, **self.clf_params}
@@ -283,6 +245,48 @@ class OODMC:
         self.n_available_ = {"id": int(available[0]), "ood": int(available[1])}
         return self
 
+    def _frame(self, i: int, item, shape_ck):
+        """Check one ``(mc_dict, label)`` item; returns ``(mc, flat label, (K, C))``."""
+        try:
+            mc, label = item
+        except (TypeError, ValueError) as e:
+            raise OodscoreError(f"frames[{i}]: expected (mc_dict, label), got {type(item).__name__}") from e
+        where = f"frames[{i}]"
+        self._check_moments_of(mc, where)
+        mean, central, _ = check_mc(mc, where)
+        ck = (central.shape[0] + 1, mean.shape[0])
+        if shape_ck is not None and ck != shape_ck:
+            raise OodscoreError(f"{where}: moment order/classes (K, C) = {ck} differ from earlier frames {shape_ck}")
+        lab = _to_numpy(label, f"{where} label")
+        if lab.shape != mean.shape[1:]:
+            raise OodscoreError(f"{where} label: expected shape {mean.shape[1:]}, got {lab.shape}")
+        return mc, lab.reshape(-1), ck
+
+    def _sample(self, frames):
+        """The streaming balanced sample: ``([ID features, OOD features], pixels available per class, (K, C))``,
+        each class's rows ordered by key (so the sample does not depend on how frames were chunked in memory)."""
+        rng = np.random.default_rng(self.random_state)
+        quota = int(self.svm_points_num) // 2
+        keep = {0: (np.empty(0), np.empty((0, 0), np.float32)), 1: (np.empty(0), np.empty((0, 0), np.float32))}
+        available = {0: 0, 1: 0}
+        shape_ck = None
+        n_frames = 0
+        for i, item in enumerate(frames):
+            mc, lab, shape_ck = self._frame(i, item, shape_ck)
+            n_frames += 1
+            for cls_id in (0, 1):
+                idx = np.flatnonzero(lab == cls_id)
+                available[cls_id] += idx.size
+                keep[cls_id] = _keep_smallest(keep[cls_id], idx, rng.random(idx.size), quota,
+                                              lambda sel: mc_features(mc, self.moment_weight, sel))
+        if n_frames == 0:
+            raise OodscoreError("frames: got no frames to fit on")
+        for cls_id, what in ((0, "in-distribution (label 0)"), (1, "OOD (label 1)")):
+            if keep[cls_id][0].size == 0:
+                raise OodscoreError(f"frames: no {what} pixels found; OODMC needs both classes")
+        parts = [feats[np.argsort(keys, kind="stable")] for keys, feats in (keep[0], keep[1])]
+        return parts, available, shape_ck
+
     # ------------------------------------------------------------------ score
     def _check_fitted(self) -> None:
         if not hasattr(self, "clf_"):
@@ -296,8 +300,17 @@ class OODMC:
             d = self.clf_.predict_proba(x)[:, list(self.clf_.classes_).index(1)] - 0.5
         return np.asarray(d, dtype=np.float32).reshape(-1)
 
-    def score(self, mc: dict) -> np.ndarray:
-        """Decision-function map ``(H, W)`` float32 of one frame's MC dict, positive = OOD."""
+    def score(self, mc: dict, size=None) -> np.ndarray:
+        """Decision-function map ``(H, W)`` float32 of one frame's MC dict, positive = OOD.
+
+        Parameters
+        ----------
+        mc : dict
+            ``{"mean": (C,H,W), "central": (K-1,C,H,W), "entropy": (H,W)}`` (numpy or torch), optionally with
+            ``moments_of``; as ``LogitsFile.mc(i)`` returns it.
+        size : (H, W), optional
+            The label size; moments are not resampled, so it must equal the maps' size.
+        """
         self._check_fitted()
         self._check_moments_of(mc, "mc")
         mean, central, _ = check_mc(mc)
@@ -305,6 +318,9 @@ class OODMC:
         if (k, c) != (self.moment_order_, self.num_classes_):
             raise OodscoreError(f"mc: moment order K={k} and classes C={c} differ from the fitted model's "
                                 f"K={self.moment_order_}, C={self.num_classes_}")
+        size = check_size(size)
+        if size is not None and size != mean.shape[1:]:
+            raise OodscoreError(f"size: OODMC scores MC moments at their own size {mean.shape[1:]}, got {size}")
         h, w = mean.shape[1:]
         n = h * w
         out = np.empty(n, dtype=np.float32)
@@ -314,45 +330,18 @@ class OODMC:
         return out.reshape(h, w)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> Path:
-        """Save params + fitted state with joblib (atomically). The file is a pickle: see :meth:`load`."""
-        import joblib
+    def save(self, path):
+        """Save params + fitted state (atomically); shortcut to :func:`oodscore.io.save_oodmc`. Returns the path."""
+        from oodscore.io import save_oodmc
 
-        self._check_fitted()
-        path = Path(path)
-        obj = {"format": OODMC_FORMAT, "version": OODMC_VERSION, "params": self.get_params(),
-               "moments_of": self.moments_of, "moment_order": self.moment_order_, "num_classes": self.num_classes_,
-               "n_samples": self.n_samples_, "n_available": self.n_available_,
-               "scaler": self.scaler_, "clf": self.clf_}
-        tmp = path.with_name(path.name + ".tmp")
-        joblib.dump(obj, tmp)
-        os.replace(tmp, path)
-        return path
+        return save_oodmc(self, path)
 
     @classmethod
     def load(cls, path) -> OODMC:
-        """Load a model written by :meth:`save`.
+        """Load a model written by :meth:`save`; shortcut to :func:`oodscore.io.load_oodmc`.
 
-        .. warning:: joblib files are pickles; loading one can execute arbitrary code. Only load files you trust
-           (the CLI only loads the path the user names).
+        .. warning:: joblib files are pickles; loading one can execute arbitrary code. Only load files you trust.
         """
-        import joblib
+        from oodscore.io import load_oodmc
 
-        path = Path(path)
-        if not path.is_file():
-            raise OodscoreError(f"{path}: OODMC model file not found")
-        try:
-            obj = joblib.load(path)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-            raise OodscoreError(f"{path}: not a readable joblib file ({type(e).__name__}: {e})") from e
-        if not isinstance(obj, dict) or obj.get("format") != OODMC_FORMAT:
-            raise OodscoreError(f"{path}: not an OODMC model (expected format {OODMC_FORMAT!r})")
-        if obj.get("version") != OODMC_VERSION:
-            raise OodscoreError(f"{path}: OODMC model version {obj.get('version')!r} is not supported "
-                                f"(expected {OODMC_VERSION})")
-        params = dict(obj["params"])
-        model = cls(**params)
-        model.scaler_, model.clf_ = obj["scaler"], obj["clf"]
-        model.moment_order_, model.num_classes_ = int(obj["moment_order"]), int(obj["num_classes"])
-        model.n_samples_, model.n_available_ = obj.get("n_samples"), obj.get("n_available")
-        return model
+        return load_oodmc(path)

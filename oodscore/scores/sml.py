@@ -13,6 +13,7 @@ fitted pixels instead, and the fallback is announced with a ``UserWarning`` and 
 """
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 
 from cocodag.formats.sml_stats import SMLStats
 from oodscore import OodscoreError
-from oodscore.scores.base import Scorer, as_logits_tensor, resolve_device, to_output, upsample
+from oodscore.scores.base import (BOOLEAN, DEVICE, Interval, Scorer, as_logits_tensor, to_output,
+                                  upsample)
 
 #: radii of the L1-diamond dilation of the boundary at iterations 0..3 (DESIGN §4.4; official defaults)
 BOUNDARY_RADII = (3, 2, 1, 0)
@@ -174,7 +176,14 @@ class SML(Scorer):
     (1, 16, 16)
     """
 
+    requires = "logits"
     requires_fit = True
+    _parameter_constraints = {
+        "stats": [SMLStats, str, os.PathLike],
+        "boundary_iters": [Interval(numbers.Integral, 0, len(BOUNDARY_RADII))],
+        "smoothing": [BOOLEAN],
+        "device": DEVICE,
+    }
 
     def __init__(self, stats, boundary_iters: int = 4, smoothing: bool = True, device=None):
         self.stats = stats
@@ -183,19 +192,13 @@ class SML(Scorer):
         self.device = device
 
     def _prepare(self) -> None:
-        if isinstance(self.stats, (str, os.PathLike)):
-            # read the file once per distinct path (score() is called once per frame)
-            if getattr(self, "_stats_path", None) != os.fspath(self.stats):
-                self.stats_ = SMLStats.load(self.stats)
-                self._stats_path = os.fspath(self.stats)
-        elif isinstance(self.stats, SMLStats):
+        """Check the parameters, read the stats (once per distinct path) and build the per-class tables."""
+        self._validate_params()
+        if isinstance(self.stats, SMLStats):
             self.stats_ = self.stats
-        else:
-            raise OodscoreError(f"stats: expected an SMLStats or a path to its JSON, got {type(self.stats).__name__}")
-        bi = self.boundary_iters
-        if isinstance(bi, bool) or not isinstance(bi, (int, np.integer)) or not 0 <= bi <= len(BOUNDARY_RADII):
-            raise OodscoreError(f"boundary_iters: expected an int in 0..{len(BOUNDARY_RADII)}, got {bi!r}")
-        resolve_device(self.device)
+        elif getattr(self, "_stats_path", None) != os.fspath(self.stats):  # score() runs once per frame
+            self.stats_ = SMLStats.load(self.stats)
+            self._stats_path = os.fspath(self.stats)
         mean, std, fallback = self.stats_.tables()
         if fallback and getattr(self, "fallback_classes_", None) != fallback:
             warnings.warn(f"SML: classes {fallback} have no usable statistics (never or once predicted in the fit "

@@ -13,16 +13,17 @@ The slow literal raster implementation lives in ``tests/oodscore/test_vde.py`` a
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
 
-from oodscore import OodscoreError
-from oodscore.scores.base import Scorer, to_output
+from cocodag.labels import ROAD_ID
+from oodscore.scores.base import Interval, Scorer, to_output
 from oodscore.scores.sml import SML
 
-#: trainId of road (DESIGN §2)
-ROAD_CLASS = 0
+#: trainId of road (DESIGN §2), defined once in cocodag.labels
+ROAD_CLASS = ROAD_ID
 #: default confidence threshold on the post-processed standardized max logit: max logit at least the training mean of
 #: pixels predicted as the same class (s >= 0). ``s`` is in standard deviations, so this is comparable across models.
 DEFAULT_THRESHOLD = 0.0
@@ -97,7 +98,14 @@ class VDE(Scorer):
         trainId of road.
     """
 
+    requires = "logits"
     requires_fit = True
+    _parameter_constraints = {
+        **SML._parameter_constraints,
+        "threshold": [Interval(numbers.Real)],
+        "margin": [None, Interval(numbers.Real, 0)],     # >= 0: it lowers the score outside the region
+        "road_class": [Interval(numbers.Integral, 0)],
+    }
 
     def __init__(self, stats, threshold: float = DEFAULT_THRESHOLD, margin: float | None = None,
                  boundary_iters: int = 4, smoothing: bool = True, device=None, road_class: int = ROAD_CLASS):
@@ -108,16 +116,6 @@ class VDE(Scorer):
         self.smoothing = smoothing
         self.device = device
         self.road_class = road_class
-
-    def _check(self) -> None:
-        for name in ("threshold", "margin"):
-            v = getattr(self, name)
-            if v is None and name == "margin":
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v):
-                raise OodscoreError(f"{name}: expected a finite number, got {v!r}")
-        if self.margin is not None and self.margin < 0:
-            raise OodscoreError(f"margin: expected >= 0 (it lowers the score outside the region), got {self.margin}")
 
     def region(self, pred: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Drivable region ``(N, H, W)`` bool from the prediction and the post-processed SML map ``s``."""
@@ -131,7 +129,7 @@ class VDE(Scorer):
         -------
         (N, H, W) or (H, W) float32 ndarray, higher = more anomalous.
         """
-        self._check()
+        self._validate_params()
         key = (id(self.stats), self.boundary_iters, self.smoothing, str(self.device))
         if getattr(self, "_sml_key", None) != key:  # one SML per configuration: stats files are read once
             self._sml = SML(self.stats, boundary_iters=self.boundary_iters, smoothing=self.smoothing,

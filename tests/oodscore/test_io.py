@@ -76,3 +76,43 @@ def test_score_map_errors(tmp_path):
     with open_score_maps(d) as sm:
         with pytest.raises(OodscoreError, match="cannot read score map"):
             sm.get("a")
+
+
+# ----------------------------------------------------------------------------------------- OODMC model file
+def test_oodmc_model_file_roundtrip_is_atomic(tmp_path, monkeypatch):
+    import joblib
+
+    from oodscore.io import load_oodmc, save_oodmc
+    from oodscore.scores import OODMC
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(2):
+        lab = (rng.random((H, W)) < 0.3).astype(np.uint8)
+        mc = {"mean": rng.normal(size=(3, H, W)).astype(np.float32) + 3 * lab,
+              "central": rng.random((1, 3, H, W)).astype(np.float32),
+              "entropy": (rng.random((H, W)) + lab).astype(np.float32)}
+        frames.append((mc, lab))
+    model = OODMC(svm_points_num=100).fit(frames)
+    p = save_oodmc(model, tmp_path / "m.joblib")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.joblib"]
+    back = load_oodmc(p)
+    assert back.get_params() == model.get_params()
+    np.testing.assert_array_equal(back.score(frames[0][0]), model.score(frames[0][0]))
+    # a failing write leaves the old file and no temp file behind
+    def broken_dump(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"half")
+        raise OSError("disk full")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(joblib, "dump", broken_dump)
+        with pytest.raises(OSError, match="disk full"):
+            save_oodmc(model, p)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.joblib"]
+    np.testing.assert_array_equal(load_oodmc(p).score(frames[0][0]), model.score(frames[0][0]))
+    with pytest.raises(OodscoreError, match="not fitted"):
+        save_oodmc(OODMC(), tmp_path / "x.joblib")
+    joblib.dump({"format": "something-else"}, tmp_path / "other.joblib")
+    with pytest.raises(OodscoreError, match="not an OODMC model"):
+        load_oodmc(tmp_path / "other.joblib")

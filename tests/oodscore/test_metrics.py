@@ -117,7 +117,7 @@ def test_streaming_mixed_dtypes_widen_exactly():
     # float64 arrays that hold float32 values stay in the compact uint32 state
     m2 = PixelMetrics()
     m2.update(s32.astype(np.float64), y)
-    assert not m2._wide and m2.compute() == pixel_metrics(s32, y)
+    assert not m2._state._wide and m2.compute() == pixel_metrics(s32, y)
 
 
 def test_merge_equals_one_shot():
@@ -218,7 +218,7 @@ def test_device_unique_path_equals_numpy():
     m = PixelMetrics()
     for cls in (0, 1):
         vals, counts = torch.unique(st[yt == cls], sorted=True, return_counts=True)
-        m._add_unique(cls, vals.numpy(), counts.numpy().astype(np.int64))
+        m._state._add_unique(cls, vals.numpy(), counts.numpy().astype(np.int64))
     assert m.compute() == pixel_metrics(s, y)
 
 
@@ -339,13 +339,13 @@ def test_streaming_small_blocks_buffer_and_flush_equal_sklearn(monkeypatch):
     monkeypatch.setattr(mm, "_SEARCH_BLOCK", 16)
     monkeypatch.setattr(mm, "_MOVE_BLOCK", 64)
     flushes = []
-    real_flush = PixelMetrics._flush
+    real_flush = mm._ExactState._flush
 
     def counting_flush(self, cls):
         flushes.append(len(self._buf[cls]))
         real_flush(self, cls)
 
-    monkeypatch.setattr(PixelMetrics, "_flush", counting_flush)
+    monkeypatch.setattr(mm._ExactState, "_flush", counting_flush)
     rng = np.random.default_rng(21)
     m = PixelMetrics()
     ss, ys = [], []
@@ -374,12 +374,13 @@ def test_counts_upcast_past_uint32_exactly():
     f32 = lambda *v: np.array(v, np.float32)  # noqa: E731
     i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
     m = PixelMetrics()
-    m._add_unique(0, f32(0.25), i64(3_000_000_000))
-    m._add_unique(1, f32(0.5), i64(4_000_000_000))
-    assert m._big[0][1].dtype == np.uint32 and m._big[1][1].dtype == np.uint32
-    m._add_unique(0, f32(0.25, 0.5), i64(2_000_000_000, 1))         # 3e9 + 2e9 on one key would wrap in uint32
-    m._add_unique(1, f32(0.25, 1.0), i64(7, 4_000_000_000))         # new keys into a widened state
-    assert m._big[0][1].dtype == np.uint64 and m._big[1][1].dtype == np.uint64
+    st = m._state
+    st._add_unique(0, f32(0.25), i64(3_000_000_000))
+    st._add_unique(1, f32(0.5), i64(4_000_000_000))
+    assert st._big[0][1].dtype == np.uint32 and st._big[1][1].dtype == np.uint32
+    st._add_unique(0, f32(0.25, 0.5), i64(2_000_000_000, 1))        # 3e9 + 2e9 on one key would wrap in uint32
+    st._add_unique(1, f32(0.25, 1.0), i64(7, 4_000_000_000))        # new keys into a widened state
+    assert st._big[0][1].dtype == np.uint64 and st._big[1][1].dtype == np.uint64
     out = m.compute()
     assert out["n_neg"] == 5_000_000_001 and out["n_pos"] == 8_000_000_007
     s = np.array([0.25, 0.5, 0.5, 0.25, 1.0])
@@ -387,3 +388,24 @@ def test_counts_upcast_past_uint32_exactly():
     w = np.array([5e9, 1, 4e9, 7, 4e9])
     assert abs(out["auroc"] - roc_auc_score(y, s, sample_weight=w)) < TOL
     assert abs(out["ap"] - average_precision_score(y, s, sample_weight=w)) < TOL
+
+
+def test_mode_is_a_state_object_chosen_at_construction():
+    """Exact and binned accumulators share one interface; PixelMetrics only delegates to the one it holds."""
+    import oodscore.metrics as mm
+
+    s, y = _data(30, n=5_000, dtype=np.float32, levels=50)
+    exact, binned = PixelMetrics(), PixelMetrics(bins=32, edge_samples=100)
+    assert isinstance(exact._state, mm._ExactState) and isinstance(binned._state, mm._BinnedState)
+    for m in (exact, binned):
+        m.update(s, y)
+        assert m.n_distinct > 0
+        first = m.compute()
+        m.reset()
+        with pytest.raises(OodscoreError, match="no valid pixels"):
+            m.compute()
+        m.update(s, y)
+        assert m.compute() == first
+    assert exact.edges is None and binned.edges is not None and binned.edges.size <= 32
+    with pytest.raises(OodscoreError, match="bins differ"):
+        exact.merge(binned)

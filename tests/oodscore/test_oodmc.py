@@ -175,3 +175,15 @@ def test_non_finite_moments_are_a_clear_error():
     mc["central"][2, 0, 1, 1] = np.inf
     with pytest.raises(OodscoreError, match="non-finite.*mc-dtype float32"):
         check_mc(mc)
+
+
+def test_oodmc_is_a_scorer_of_mc_dicts():
+    from oodscore.scores import Scorer
+
+    rng = np.random.default_rng(7)
+    model = OODMC(svm_points_num=200).fit([make_frame(rng) for _ in range(2)])
+    assert isinstance(model, Scorer) and model.requires == "mc"
+    mc, label = make_frame(rng)
+    np.testing.assert_array_equal(model.score(mc, size=label.shape), model.score(mc))
+    with pytest.raises(OodscoreError, match="size: OODMC scores MC moments at their own size"):
+        model.score(mc, size=(24, 28))

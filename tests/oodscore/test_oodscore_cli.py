@@ -265,3 +265,11 @@ def test_binned_metrics_close_to_exact(tmp_path, evalset):
     assert got["auroc"] == pytest.approx(pixel_metrics(s, y)["auroc"], abs=5e-3)
     _assert_one_line_error(_run("evaluate", "--scores", maps, "--dataset", f"standard:{root}", "--out",
                                 tmp_path / "r", "--bins", 1), "--bins 1")
+
+
+def test_method_help_lists_the_registry():
+    from oodscore.scores import METHODS
+
+    res = _run("evaluate", "--help")
+    assert res.exit_code == 0
+    assert " | ".join(METHODS) in " ".join(res.output.replace("│", " ").split())

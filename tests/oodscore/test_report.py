@@ -155,3 +155,39 @@ def test_save_overlay_resizes_to_image(tmp_path):
     save_overlay(tmp_path / "o.png", img, score, lab, threshold=0.5, threshold_name="f1")
     save_overlay(tmp_path / "o2.png", img, score)
     assert Image.open(tmp_path / "o.png").size[0] > Image.open(tmp_path / "o2.png").size[0]
+
+
+def test_evaluation_is_separate_from_writing(tmp_path):
+    """evaluate_frames computes and writes nothing; write_report writes the folder from its result."""
+    from oodscore.report import evaluate_frames, write_report
+
+    rng = np.random.default_rng(5)
+    frames = []
+    for i in range(3):
+        lab = np.zeros((H, W), np.uint8)
+        lab[8:20, 10:24] = 1                                  # one anomaly component of 168 px
+        lab[0] = 255
+        frames.append((f"f{i}", lab, {"a": (rng.normal(size=(H, W)) + lab).astype(np.float32)},
+                       rng.integers(0, 256, (H, W, 3), dtype=np.uint8)))
+    ev = evaluate_frames(["a"], lambda: iter(frames), len(frames), overlay_at={1}, components="anomaly")
+    assert list(tmp_path.iterdir()) == []
+    s = np.concatenate([f[2]["a"][f[1] != 255] for f in frames])
+    y = np.concatenate([f[1][f[1] != 255] for f in frames])
+    assert ev.results["a"]["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+    assert "component_mean_f1" in ev.results["a"] and ev.thresholds["a"]["f1"] == ev.results["a"]["threshold"]
+    assert [o[0] for o in ev.overlays] == ["f1"]
+    files = write_report(tmp_path / "rep", ev, source="test")
+    assert sorted(p.relative_to(tmp_path / "rep").as_posix() for p in files) == sorted(
+        ["metrics.json", "metrics.csv", "roc.png", "pr.png", "thresholds.json", "overlays/f1__a.png"])
+    assert all(p.is_file() for p in files)
+    assert not list((tmp_path / "rep").rglob("*.tmp*"))
+
+
+def test_unreadable_overlay_image_is_skipped(tmp_path):
+    from oodscore.report import _overlay_image
+
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    assert _overlay_image(tmp_path / "bad.png") is None
+    assert _overlay_image(tmp_path / "missing.png") is None
+    Image.fromarray(np.full((4, 5, 3), 7, np.uint8)).save(tmp_path / "ok.png")
+    assert _overlay_image(tmp_path / "ok.png").shape == (4, 5, 3)
