@@ -60,7 +60,7 @@ def predict(
     inputs: Annotated[Path, typer.Argument(help="An image file or a folder of images.")],
     checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (model-final.pt).")],
     out: Annotated[Path, typer.Option(help="Output folder for heat maps, masks and overlays.")],
-    method: Annotated[str, typer.Option(help="Score: entropy, msp, maxlogit, sml or vde.")] = "entropy",
+    method: Annotated[str, typer.Option(help="Score: any method of `oodscore evaluate` that works on logits (entropy, msp, maxlogit, sml, vde, ...).")] = "entropy",
     sml_stats: Annotated[Optional[Path], typer.Option(help="SML statistics JSON (needed by sml and vde).")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Mask threshold (score >= t is anomalous).")] = None,
     threshold_from: Annotated[Optional[Path], typer.Option(

@@ -26,11 +26,11 @@ from cocodag.imageio import read_rgb
 from maxent_train import MaxentError
 from maxent_train.data import normalize
 from maxent_train.export import load_model_for_export, predict_logits
+from oodscore import OodscoreError
 from oodscore.report import load_thresholds, normalize_scores, save_overlay
-from oodscore.scores import get_scorer
+from oodscore.scores import METHODS, check_methods, get_scorer, scorer_class
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-METHODS = ("entropy", "msp", "maxlogit", "sml", "vde")
 
 
 def _list_images(path: Path) -> list[Path]:
@@ -67,8 +67,22 @@ def _heat_png(path: Path, norm: np.ndarray, lo: float, hi: float, method: str) -
 
 def _scorer_and_threshold(method: str, sml_stats: str | Path | None, threshold: float | None,
                           threshold_from: str | Path | None, threshold_kind: str):
-    """oodscore's scorer for ``method`` and the mask threshold (given, or read from ``thresholds.json``, or None)."""
-    if method in ("sml", "vde"):
+    """oodscore's scorer for ``method`` and the mask threshold (given, or read from ``thresholds.json``, or None).
+
+    Any method of oodscore's registry that scores plain logits works; those that need fitted statistics (SML, VDE)
+    read them from ``sml_stats``.
+    """
+    try:
+        (method,) = check_methods([method])
+    except OodscoreError as e:
+        raise MaxentError(f"--method: {e}") from None
+    cls = scorer_class(method)
+    if cls.requires != "logits":
+        usable = ", ".join(m for m in METHODS if scorer_class(m).requires == "logits")
+        raise MaxentError(f"--method {method}: needs {cls.requires} inputs (MC-dropout moments from `maxent-train "
+                          f"export --mc-samples`), not one forward pass; use `oodscore evaluate` for it, or one of "
+                          f"{usable} here")
+    if cls.requires_fit:
         if sml_stats is None:
             raise MaxentError(f"--method {method} needs --sml-stats FILE (from `maxent-train export "
                               f"--sml-stats` or `oodscore fit-sml`)")
@@ -119,8 +133,6 @@ def predict_images(checkpoint: str | Path, inputs: str | Path, out: str | Path, 
         (``MaxentError``, ``OodscoreError`` or the foundation's own) a missing/undecodable image, a bad option, an
         unreadable checkpoint, statistics or thresholds file.
     """
-    if method not in METHODS:
-        raise MaxentError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     files = _list_images(Path(inputs))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
