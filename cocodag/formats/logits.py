@@ -417,6 +417,57 @@ class LogitsWriter:
         atomic.__exit__(exc_type, exc, tb)      # rename on success, remove the temp file on an error
 
 
+def as_logits_tensor(logits, *, name: str = "logits", device=None, check_finite: bool = True,
+                     error: type[CocodagError] = CocodagError):
+    """Validate logits and return them as a float32 ``(N, C, h, w)`` torch tensor plus whether a batch axis was given.
+
+    Parameters
+    ----------
+    logits : (N, C, h, w) or (C, h, w) array-like, numpy or torch, any float dtype (float16 is widened)
+    name : argument name used in error messages
+    device : torch.device, optional; where to compute (default: the tensor's own device, CPU for numpy)
+    check_finite : refuse NaN / inf values (they would silently poison every downstream statistic)
+    error : the error type to raise (the calling package's own, a :class:`CocodagError` subclass)
+    """
+    import torch
+
+    if isinstance(logits, torch.Tensor):
+        t = logits
+    else:
+        arr = np.asarray(logits)
+        if arr.dtype.kind not in "fiu":
+            raise error(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.ndim not in (3, 4):
+        raise error(f"{name}: expected shape (N, C, H, W) or (C, H, W), got {tuple(t.shape)}")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise error(f"{name}: expected a real float array, got {t.dtype}")
+    batched = t.ndim == 4
+    if not batched:
+        t = t.unsqueeze(0)
+    if t.shape[1] < 2:
+        raise error(f"{name}: expected at least 2 classes on axis 1, got {t.shape[1]}")
+    if device is not None:
+        t = t.to(device)
+    t = t.float()
+    if check_finite and not bool(torch.isfinite(t).all()):
+        raise error(f"{name}: contains NaN or inf values")
+    return t, batched
+
+
+def check_size(size, *, error: type[CocodagError] = CocodagError) -> tuple[int, int] | None:
+    """Validate an output ``(H, W)`` size (the label size); None stays None."""
+    if size is None:
+        return None
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise error(f"size: expected (H, W) with two positive ints, got {size!r}") from None
+    if h <= 0 or w <= 0:
+        raise error(f"size: expected (H, W) with two positive ints, got {size!r}")
+    return h, w
+
+
 def upsample(logits, size: tuple[int, int] | None):
     """Bring ``(N, C, h, w)`` torch logits to ``size`` = (H, W): bilinear, ``align_corners=False``, the one rule
     used by export (models with a smaller output) and by every scorer that works at the label size."""

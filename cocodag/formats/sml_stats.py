@@ -17,46 +17,12 @@ import torch
 
 from ..atomic import atomic_write, atomic_write_json
 from ..errors import CocodagError
-from .logits import upsample
+from .logits import as_logits_tensor, check_size, upsample
 
 SML_STATS_FORMAT = "oodscore-sml-stats"
 SML_STATS_VERSION = 1
 
 _NOT_FITTED = "SMLStats is not fitted: call partial_fit() or SMLStats.load(path)"
-
-
-def _as_logits_tensor(logits, name: str = "logits") -> tuple[torch.Tensor, bool]:
-    """``(N, C, h, w)`` float32 tensor (on the input's device) + whether a batch axis was given; checked."""
-    if isinstance(logits, torch.Tensor):
-        t = logits
-    else:
-        arr = np.asarray(logits)
-        if arr.dtype.kind not in "fiu":
-            raise CocodagError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.ndim not in (3, 4):
-        raise CocodagError(f"{name}: expected shape (N, C, H, W) or (C, H, W), got {tuple(t.shape)}")
-    if t.is_complex() or t.dtype == torch.bool:
-        raise CocodagError(f"{name}: expected a real float array, got {t.dtype}")
-    batched = t.ndim == 4
-    t = (t if batched else t.unsqueeze(0)).float()
-    if t.shape[1] < 2:
-        raise CocodagError(f"{name}: expected at least 2 classes on axis 1, got {t.shape[1]}")
-    if not bool(torch.isfinite(t).all()):
-        raise CocodagError(f"{name}: contains NaN or inf values")
-    return t, batched
-
-
-def _check_size(size) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    try:
-        h, w = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise CocodagError(f"size: expected (H, W) with two positive ints, got {size!r}") from None
-    if h <= 0 or w <= 0:
-        raise CocodagError(f"size: expected (H, W) with two positive ints, got {size!r}")
-    return h, w
 
 
 class SMLStats:
@@ -137,7 +103,7 @@ class SMLStats:
         -------
         self
         """
-        t, batched = _as_logits_tensor(logits)
+        t, batched = as_logits_tensor(logits)
         num_classes = t.shape[1]
         if self.num_classes is not None and int(self.num_classes) != num_classes:
             raise CocodagError(f"logits: expected {self.num_classes} classes (num_classes), got {num_classes}")
@@ -150,7 +116,7 @@ class SMLStats:
             raise CocodagError("SMLStats: these stats were imported from the official format, which has no pixel "
                                 "counts, so more data cannot be merged into them; fit from scratch instead")
         with torch.no_grad():
-            lmax, pred = upsample(t, _check_size(size)).max(dim=1)   # first index on ties, as argmax
+            lmax, pred = upsample(t, check_size(size)).max(dim=1)   # first index on ties, as argmax
             lmax = lmax.reshape(-1).double()
             pred = pred.reshape(-1)
             # per-class count / mean / M2 of this batch, two-pass in float64 (exact enough for any batch size)

@@ -28,6 +28,8 @@ import torch
 
 from cocodag.device import resolve_device as _resolve_device
 from cocodag.errors import CocodagError
+from cocodag.formats.logits import as_logits_tensor as _as_logits_tensor
+from cocodag.formats.logits import check_size as _check_size
 from cocodag.formats.logits import upsample as upsample_rule
 from oodscore import OodscoreError
 
@@ -206,42 +208,13 @@ def as_logits_tensor(logits, *, name: str = "logits", device=None, check_finite:
     OodscoreError
         Wrong number of dimensions, fewer than 2 classes, non-numeric dtype or non-finite values.
     """
-    if isinstance(logits, torch.Tensor):
-        t = logits
-    else:
-        arr = np.asarray(logits)
-        if arr.dtype.kind not in "fiu":
-            raise OodscoreError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.ndim not in (3, 4):
-        raise OodscoreError(f"{name}: expected shape (N, C, H, W) or (C, H, W), got {tuple(t.shape)}")
-    if t.is_complex() or t.dtype == torch.bool:
-        raise OodscoreError(f"{name}: expected a real float array, got {t.dtype}")
-    batched = t.ndim == 4
-    if not batched:
-        t = t.unsqueeze(0)
-    if t.shape[1] < 2:
-        raise OodscoreError(f"{name}: expected at least 2 classes on axis 1, got {t.shape[1]}")
-    dev = resolve_device(device)
-    if dev is not None:
-        t = t.to(dev)
-    t = t.float()
-    if check_finite and not bool(torch.isfinite(t).all()):
-        raise OodscoreError(f"{name}: contains NaN or inf values")
-    return t, batched
+    return _as_logits_tensor(logits, name=name, device=resolve_device(device), check_finite=check_finite,
+                             error=OodscoreError)
 
 
 def check_size(size) -> tuple[int, int] | None:
     """Validate an output ``(H, W)`` size (the label size)."""
-    if size is None:
-        return None
-    try:
-        h, w = (int(v) for v in size)
-    except (TypeError, ValueError) as e:
-        raise OodscoreError(f"size: expected (H, W) with two positive ints, got {size!r}") from e
-    if h <= 0 or w <= 0:
-        raise OodscoreError(f"size: expected (H, W) with two positive ints, got {size!r}")
-    return h, w
+    return _check_size(size, error=OodscoreError)
 
 
 def upsample(t: torch.Tensor, size) -> torch.Tensor:
