@@ -28,3 +28,26 @@ def pytest_configure(config):
             torch.set_num_threads(1)
         except ImportError:  # pragma: no cover
             pass
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A folder on its own tiny file system (a 1 MiB tmpfs) to provoke "No space left on device".
+
+    Mounting needs root and a kernel that allows it (true on the dev machine and in CI containers run as root);
+    the tests using it skip otherwise. Yields ``(folder, size_bytes)``.
+    """
+    import subprocess
+
+    mnt = tmp_path / "smallfs"
+    mnt.mkdir()
+    size = 1 << 20
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield mnt, size
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
