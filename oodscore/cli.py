@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 import typer
 
 from cocodag.cli_utils import user_errors
+from cocodag.lock import OutputLock
+from cocodag.outputs import disk_errors, prepare_output
 
 from . import OodscoreError
 from .scores import METHODS  # the registry's names only: no scorer (nor torch) is imported here
@@ -52,6 +54,13 @@ def fit_sml(
             raise OodscoreError("give exactly one of --logits FILE, --import-official MEAN.npy VAR.npy, --stats FILE")
         if out is None and export_official is None:
             raise OodscoreError("nothing to write: give --out FILE and/or --export-official DIR")
+        if stats is not None and not stats.is_file():
+            raise OodscoreError(f"--stats {stats}: " + ("is a folder, expected the JSON file of `oodscore fit-sml`"
+                                                       if stats.is_dir() else "SML stats file not found"))
+        if out is not None:             # checked before the work; the file itself is written atomically
+            prepare_output(out, kind="file", option="--out")
+        if export_official is not None:
+            prepare_output(export_official, kind="dir", option="--export-official")
         if logits is not None:
             st = run_fit_sml(logits, device=device)
         elif import_official is not None:
@@ -59,10 +68,13 @@ def fit_sml(
         else:
             st = SMLStats.load(stats)
         if out is not None:
-            st.save(out)
+            with disk_errors(out, option="--out"):
+                st.save(out)
             _echo(f"wrote {out}: {st!r}")
-        if export_official is not None:
-            m, v = st.export_official(export_official)
+        if export_official is not None:     # two files: one job at a time in that folder
+            with OutputLock(export_official, option="--export-official"), \
+                    disk_errors(export_official, option="--export-official"):
+                m, v = st.export_official(export_official)
             _echo(f"wrote {m} and {v}")
 
 
@@ -83,9 +95,11 @@ def fit_oodmc(
         from .fit import fit_oodmc as run_fit_oodmc
         from .io import save_oodmc
 
+        prepare_output(out, kind="file", option="--out")       # before the fit; the file is written atomically
         model = run_fit_oodmc(logits, classifier=classifier, svm_points_num=svm_points_num,
                               moment_weight=moment_weight, random_state=seed)
-        save_oodmc(model, out)
+        with disk_errors(out, option="--out"):
+            save_oodmc(model, out)
         _echo(f"wrote {out}: {model.n_samples_['id']} ID + {model.n_samples_['ood']} OOD training pixels")
 
 
@@ -95,6 +109,22 @@ def _print_summary(res) -> None:
         parts = [f"{k}={r[k]:.4f}" for k in keys if isinstance(r.get(k), float)]
         typer.echo(f"{m:>10}  " + "  ".join(parts))
     typer.echo(f"report: {res.out_dir}")
+
+
+def _check_evaluate_args(*, logits, scores, dataset, method, bins, max_overlays) -> None:
+    """The option combinations of ``evaluate``, checked before anything is opened."""
+    if bins is not None and bins < 2:
+        raise OodscoreError(f"--bins {bins}: expected at least 2 (or leave it out for exact metrics)")
+    if max_overlays < 0:
+        raise OodscoreError(f"--max-overlays {max_overlays}: expected >= 0")
+    if (logits is None) == (scores is None):
+        raise OodscoreError("give either --logits FILE (with --method) or --scores PATH (with --dataset)")
+    if scores is not None and dataset is None:
+        raise OodscoreError("--scores needs --dataset PRESET:ROOT for the ground truth")
+    if scores is not None and method:
+        raise OodscoreError("--method is for --logits; --scores evaluates the given maps as they are")
+    if logits is not None and dataset is not None:
+        raise OodscoreError("--dataset is for --scores; a logits file carries its own labels")
 
 
 @app.command("evaluate")
@@ -140,17 +170,9 @@ def evaluate(
     with user_errors():
         from .report import evaluate_logits, evaluate_score_maps
 
-        if bins is not None and bins < 2:
-            raise OodscoreError(f"--bins {bins}: expected at least 2 (or leave it out for exact metrics)")
-        if max_overlays < 0:
-            raise OodscoreError(f"--max-overlays {max_overlays}: expected >= 0")
-        if (logits is None) == (scores is None):
-            raise OodscoreError("give either --logits FILE (with --method) or --scores PATH (with --dataset)")
+        _check_evaluate_args(logits=logits, scores=scores, dataset=dataset, method=method, bins=bins,
+                             max_overlays=max_overlays)
         if scores is not None:
-            if dataset is None:
-                raise OodscoreError("--scores needs --dataset PRESET:ROOT for the ground truth")
-            if method:
-                raise OodscoreError("--method is for --logits; --scores evaluates the given maps as they are")
             res = evaluate_score_maps(scores, dataset, out, name=name, components=components, region=region,
                                       bins=bins, max_overlays=max_overlays, threshold_from=threshold_from,
                                       threshold_kind=threshold_kind, resize=resize_scores,
@@ -159,8 +181,6 @@ def evaluate(
                 _echo(f"note: {len(res.extra_names)} score map(s) have no ground-truth frame and were not used: "
                       + ", ".join(res.extra_names[:5]) + (" ..." if len(res.extra_names) > 5 else ""))
         else:
-            if dataset is not None:
-                raise OodscoreError("--dataset is for --scores; a logits file carries its own labels")
             res = evaluate_logits(logits, method or [], out, sml_stats=sml_stats, boundary_iters=boundary_iters,
                                   smoothing=smoothing, vde_threshold=vde_threshold, oodmc_model=oodmc_model,
                                   components=components, region=region or "all", bins=bins,

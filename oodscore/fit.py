@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cocodag.errors import CocodagError
+
 from . import OodscoreError
 
 if TYPE_CHECKING:
@@ -38,12 +40,15 @@ def fit_sml(logits_path: Path | str, *, device: str | None = None, progress: boo
     with LogitsFile(logits_path) as lf:
         stats = SMLStats(num_classes=lf.num_classes, source=str(logits_path))
         for i in tqdm(range(len(lf)), desc="fit-sml", unit="frame", disable=not progress):
-            x = lf.frame(i, image=False).logits[None]
+            x = lf.logits(i)[None]          # the labels are not used (nor read) here
             if dev is not None:
                 import torch
 
                 x = torch.from_numpy(x).to(dev)
-            stats.partial_fit(x)
+            try:
+                stats.partial_fit(x)
+            except CocodagError as e:       # e.g. NaN / inf logits: say which file and frame
+                raise OodscoreError(f"{lf.path}: frame {i} ({lf.image_ids[i]!r}): {e}") from None
     return stats
 
 
@@ -68,6 +73,19 @@ def fit_oodmc(logits_path: Path | str, *, progress: bool = True, **params) -> "O
         if not lf.has_mc:
             raise OodscoreError(f"{logits_path}: no mc/* datasets; export with --mc-samples T --moment-order K")
         model = OODMC(moments_of=lf.mc_attrs.get("moments_of", "logits"), **params)
-        frames = ((lf.mc(i), lf.label(i))
-                  for i in tqdm(range(len(lf)), desc="fit-oodmc", unit="frame", disable=not progress))
-        return model.fit(frames)
+        at = {"frame": -1}              # the frame being fitted: -1 before the first, None once all were read
+
+        def frames():
+            for i in tqdm(range(len(lf)), desc="fit-oodmc", unit="frame", disable=not progress):
+                at["frame"] = i
+                yield lf.mc(i), lf.label(i)
+            at["frame"] = None
+
+        try:
+            return model.fit(frames())
+        except OodscoreError as e:      # the model only sees arrays: say which file (and frame)
+            i = at["frame"]
+            if i == -1:                 # refused before reading anything (its parameters): nothing to add
+                raise
+            where = f"{lf.path}: frame {i} ({lf.image_ids[i]!r})" if i is not None else str(lf.path)
+            raise OodscoreError(f"{where}: {e}") from None

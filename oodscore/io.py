@@ -13,6 +13,7 @@ a joblib file (a pickle, so only load files you trust) holding a dict ``{"format
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -63,9 +64,25 @@ class ScoreMaps:
             raise OodscoreError(f"{where}: score map has dtype {arr.dtype}, expected a number type")
         return arr.astype(np.float32, copy=False)
 
+    def where(self, name: str) -> str:
+        """The file holding frame ``name``'s map (``scores.h5[name]`` for a single file), for error messages."""
+        return f"{self.path}[{name!r}]" if self._h5 is not None else str(self._files.get(name, self.path))
+
     def get(self, name: str) -> np.ndarray:
+        """Frame ``name``'s score map as (H, W) float32.
+
+        Raises
+        ------
+        OodscoreError
+            The file cannot be read (naming it), or the map is not a 2-D array of numbers.
+        """
         if self._h5 is not None:
-            return self._check(self._h5["score"][self._row[name]], f"{self.path}[{name!r}]")
+            try:
+                arr = self._h5["score"][self._row[name]]
+            except (OSError, RuntimeError) as e:
+                raise OodscoreError(f"{self.where(name)}: cannot read the score map ({str(e).splitlines()[0]}); "
+                                    "the file is damaged, write it again") from None
+            return self._check(arr, self.where(name))
         p = self._files[name]
         try:
             if p.suffix == ".npy":
@@ -81,10 +98,11 @@ class ScoreMaps:
                         raise OodscoreError(f"{p}: no dataset '{SMIYC_DATASET}' (SegmentMeIfYouCan layout); "
                                             f"found {sorted(f.keys())}")
                     arr = f[SMIYC_DATASET][()]
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:     # empty, truncated or not an array
             if isinstance(e, OodscoreError):
                 raise
-            raise OodscoreError(f"{p}: cannot read score map ({str(e).splitlines()[0]})") from None
+            raise OodscoreError(f"{p}: cannot read score map ({type(e).__name__}: "
+                                f"{(str(e).splitlines() or [''])[0]}); write it again") from None
         return self._check(arr, str(p))
 
     def match(self, names: Sequence[str]) -> list[str]:

@@ -8,7 +8,11 @@ recompute the scores and threshold them at the F1-optimal pixel threshold of pas
 - :func:`evaluate_score_maps` — any method's saved score maps, matched by frame name to an evaluation set preset.
 
 Both are two steps: :func:`evaluate_frames` computes everything (an :class:`Evaluation`, no files), then
-:func:`write_report` writes the folder. Every file is written atomically (:mod:`cocodag.atomic`).
+:func:`write_report` writes the folder. Every file is written atomically (:mod:`cocodag.atomic`). The folder is
+checked before the first frame is scored (:func:`cocodag.outputs.prepare_output`) and held exclusively for the whole
+run (:class:`cocodag.lock.OutputLock`, ``<folder>/.lock``): a second evaluation into it is refused with one line
+naming this one. Errors about one frame name its file and frame (a label value outside 0/1/255, NaN / inf logits or
+scores); a full disk while writing is one line (``No space left on device: <folder>``).
 
 Report folder::
 
@@ -17,6 +21,7 @@ Report folder::
     roc.png, pr.png   every method on one plot
     thresholds.json   per method: the F1-optimal and TPR-95 thresholds of this run (reusable: --threshold-from)
     overlays/<frame>__<method>.png   heat map (normalized to [0,1], colour bar) + binary mask at a threshold
+    .lock             the lock file (empty once the run is over)
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ import numpy as np
 from cocodag.atomic import atomic_write, atomic_write_text
 from cocodag.errors import CocodagError
 from cocodag.labels import IGNORE_ID
+from cocodag.lock import OutputLock
+from cocodag.outputs import disk_errors, prepare_output
 
 from . import OodscoreError
 from .scores import METHODS  # the registry's names (cheap: no scorer is imported)
@@ -79,24 +86,61 @@ def save_thresholds(path: Path | str, thresholds: dict[str, dict[str, float]], *
     atomic_write_text(Path(path), json.dumps(doc, indent=2) + "\n")
 
 
-def load_thresholds(path: Path | str, kind: str = "f1") -> dict[str, float]:
-    """Read a ``thresholds.json`` and return ``{method: threshold}`` of the given kind (``"f1"`` or ``"tpr95"``)."""
-    path = Path(path)
-    if kind not in THRESHOLD_KINDS:
-        raise OodscoreError(f"--threshold-kind {kind!r}: expected one of {', '.join(THRESHOLD_KINDS)}")
+def _read_thresholds_doc(path: Path) -> dict:
+    """The parsed ``thresholds.json``, its format and shape checked (one line naming the file otherwise)."""
+    if path.is_dir():
+        raise OodscoreError(f"{path}: is a folder, expected a thresholds.json file (written by oodscore evaluate)")
     if not path.is_file():
         raise OodscoreError(f"{path}: thresholds file not found")
     try:
         doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise OodscoreError(f"{path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise OodscoreError(f"{path}: not valid JSON ({e}); write it again with `oodscore evaluate`") from None
+    except OSError as e:
+        raise OodscoreError(f"{path}: cannot read the thresholds file ({e.strerror or e})") from None
     if not isinstance(doc, dict) or doc.get("format") != THRESHOLDS_FORMAT:
         raise OodscoreError(f"{path}: format {doc.get('format') if isinstance(doc, dict) else None!r}, "
                             f"expected {THRESHOLDS_FORMAT!r} (a thresholds.json written by oodscore evaluate)")
+    if doc.get("version", 1) != 1:
+        raise OodscoreError(f"{path}: version {doc.get('version')!r} is not supported (expected 1)")
+    if not isinstance(doc.get("methods", {}), dict):
+        raise OodscoreError(f"{path}: 'methods' is a {type(doc['methods']).__name__}, expected an object "
+                            '{method: {"f1": t, "tpr95": t}}')
+    return doc
+
+
+def load_thresholds(path: Path | str, kind: str = "f1", methods: Sequence[str] | None = None) -> dict[str, float]:
+    """Read a ``thresholds.json`` and return ``{method: threshold}`` of the given kind (``"f1"`` or ``"tpr95"``).
+
+    A method whose threshold of that kind is ``null`` (e.g. TPR 0.95 never reached) is left out. With ``methods``,
+    every one of them must have a threshold.
+
+    Raises
+    ------
+    OodscoreError
+        One line naming the file: missing, a folder, not JSON (or truncated), another format, a method entry that
+        is not an object, a threshold that is not a finite number (naming the method and the value), or a method of
+        ``methods`` without a threshold.
+    """
+    path = Path(path)
+    if kind not in THRESHOLD_KINDS:
+        raise OodscoreError(f"--threshold-kind {kind!r}: expected one of {', '.join(THRESHOLD_KINDS)}")
     out = {}
-    for m, t in doc.get("methods", {}).items():
-        if isinstance(t, dict) and t.get(kind) is not None:
-            out[m] = float(t[kind])
+    for m, t in _read_thresholds_doc(path).get("methods", {}).items():
+        if not isinstance(t, dict):
+            raise OodscoreError(f"{path}: method {m!r}: expected an object {{\"f1\": t, \"tpr95\": t}}, found {t!r}")
+        v = t.get(kind)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise OodscoreError(f"{path}: method {m!r}: {kind} threshold {v!r} is not a finite number; fix it or "
+                                "write the file again with `oodscore evaluate`")
+        out[m] = float(v)
+    missing = [m for m in (methods or ()) if m not in out]
+    if missing:
+        raise OodscoreError(f"{path}: no {kind} threshold for method(s) {', '.join(missing)}; it has "
+                            f"{', '.join(sorted(out)) or 'none'} (evaluate these methods on the validation run, or "
+                            "choose another --threshold-kind)")
     return out
 
 
@@ -286,8 +330,14 @@ class Evaluation:
     overlays: list[tuple[str, np.ndarray, dict, np.ndarray]] = field(default_factory=list)
 
 
+def _where(describe: Callable[[str], str] | None, name: str) -> str:
+    """``"<file>: frame 'x'"`` (or ``"frame 'x'"`` without a describer) for an error about one frame."""
+    return f"{describe(name)}: frame {name!r}" if describe is not None else f"frame {name!r}"
+
+
 def _pixel_pass(methods: Sequence[str], frames: Iterable[tuple], num_frames: int, *, bins: int | None,
-                overlay_at: set[int], progress: bool) -> tuple[dict, list]:
+                overlay_at: set[int], progress: bool, describe: Callable[[str], str] | None = None
+                ) -> tuple[dict, list]:
     """Pass 1: stream every frame's scores into one ``PixelMetrics`` per method; keep the overlay frames."""
     from tqdm import tqdm
 
@@ -300,11 +350,12 @@ def _pixel_pass(methods: Sequence[str], frames: Iterable[tuple], num_frames: int
         for m in methods:
             s = scores[m]
             if s.shape != label.shape:
-                raise OodscoreError(f"frame {name!r}: {m} score map has shape {s.shape}, label {label.shape}")
+                raise OodscoreError(f"{_where(describe, name)}: {m} score map has shape {s.shape}, "
+                                    f"label {label.shape}")
             try:
                 pm[m].update(s, label)
-            except OodscoreError as e:      # say which frame and method, the metric only sees arrays
-                raise OodscoreError(f"frame {name!r}, {m}: {e}") from None
+            except OodscoreError as e:      # say which file, frame and method, the metric only sees arrays
+                raise OodscoreError(f"{_where(describe, name)}, {m}: {e}") from None
         if i in overlay_at and image is not None:
             kept.append((name, label, {m: scores[m].astype(np.float16) for m in methods}, image))
     return pm, kept
@@ -345,8 +396,8 @@ def _component_pass(results: dict, frames: Iterable[tuple], num_frames: int, tra
 
 def evaluate_frames(methods: Sequence[str], frames: Callable[[], Iterable[tuple]], num_frames: int, *,
                     bins: int | None = None, components: str = "none", threshold_from: dict[str, float] | None = None,
-                    threshold_kind: str = "f1", overlay_at: set[int] = frozenset(), progress: bool = False
-                    ) -> Evaluation:
+                    threshold_kind: str = "f1", overlay_at: set[int] = frozenset(), progress: bool = False,
+                    describe: Callable[[str], str] | None = None) -> Evaluation:
     """Evaluate streamed frames; writes nothing.
 
     Parameters
@@ -357,6 +408,7 @@ def evaluate_frames(methods: Sequence[str], frames: Callable[[], Iterable[tuple]
     bins, components : as in :func:`evaluate_logits`
     threshold_from : ``{method: threshold}`` (from :func:`load_thresholds`); adds ``<metric>@<kind>_given``
     overlay_at : indices of the frames kept for overlays (only those with an image)
+    describe : frame name -> the file it comes from, to name it in error messages
 
     Raises
     ------
@@ -369,7 +421,8 @@ def evaluate_frames(methods: Sequence[str], frames: Callable[[], Iterable[tuple]
         if missing:
             raise OodscoreError(f"--threshold-from has no {threshold_kind} threshold for method(s) "
                                 f"{', '.join(missing)}; it has {', '.join(sorted(threshold_from)) or 'none'}")
-    pm, kept = _pixel_pass(methods, frames(), num_frames, bins=bins, overlay_at=overlay_at, progress=progress)
+    pm, kept = _pixel_pass(methods, frames(), num_frames, bins=bins, overlay_at=overlay_at, progress=progress,
+                           describe=describe)
     results = {m: pm[m].compute() for m in methods}
     curves = {m: pm[m].curves() for m in methods}
     thresholds = {m: _run_thresholds(pm[m], results[m]) for m in methods}
@@ -409,12 +462,22 @@ def write_report(out_dir: Path | str, ev: Evaluation, *, threshold_from: dict[st
 
 def _run(out_dir: Path, methods: Sequence[str], frames: Callable[[], Iterable[tuple]], num_frames: int, *,
          bins: int | None, components: str, threshold_from: dict[str, float] | None, threshold_kind: str,
-         overlay_at: set[int], progress: bool, source: str) -> EvalOutput:
-    """Evaluate, then write the report: :func:`evaluate_frames` + :func:`write_report`."""
-    ev = evaluate_frames(methods, frames, num_frames, bins=bins, components=components,
-                         threshold_from=threshold_from, threshold_kind=threshold_kind, overlay_at=overlay_at,
-                         progress=progress)
-    files = write_report(out_dir, ev, threshold_from=threshold_from, threshold_kind=threshold_kind, source=source)
+         overlay_at: set[int], progress: bool, source: str, describe: Callable[[str], str] | None = None
+         ) -> EvalOutput:
+    """Evaluate, then write the report: :func:`evaluate_frames` + :func:`write_report`.
+
+    ``out_dir`` is checked (:func:`cocodag.outputs.prepare_output`) before the first frame is scored and held
+    exclusively (:class:`cocodag.lock.OutputLock`) until the report is written: a second job on the same folder is
+    refused with one line naming this one. A full disk while writing is one line too.
+    """
+    out_dir = prepare_output(out_dir, kind="dir", option="--out")
+    with OutputLock(out_dir, option="--out"):
+        ev = evaluate_frames(methods, frames, num_frames, bins=bins, components=components,
+                             threshold_from=threshold_from, threshold_kind=threshold_kind, overlay_at=overlay_at,
+                             progress=progress, describe=describe)
+        with disk_errors(out_dir, option="--out"):
+            files = write_report(out_dir, ev, threshold_from=threshold_from, threshold_kind=threshold_kind,
+                                 source=source)
     return EvalOutput(ev.results, ev.thresholds, out_dir, files)
 
 
@@ -425,6 +488,8 @@ def _load_sml_stats(path: Path | None, num_classes: int, methods: Sequence[str])
 
     if path is None:
         raise OodscoreError(f"method(s) {', '.join(methods)}: need --sml-stats FILE (from `oodscore fit-sml`)")
+    if Path(path).is_dir():
+        raise OodscoreError(f"--sml-stats {path}: is a folder, expected the JSON file of `oodscore fit-sml`")
     if not Path(path).is_file():
         raise OodscoreError(f"--sml-stats {path}: file not found")
     stats = SMLStats.load(path)
@@ -441,6 +506,14 @@ def _load_model_file(method: str, cls, path: Path | None):
     if not Path(path).is_file():
         raise OodscoreError(f"--{method}-model {path}: file not found")
     return cls.load(path)
+
+
+def _check_model_classes(method: str, scorer, path: Path, num_classes: int) -> None:
+    """A model fitted on logits of another class count would fail on every frame: refuse it up front."""
+    fitted = getattr(scorer, "num_classes_", None)
+    if fitted is not None and int(fitted) != num_classes:
+        raise OodscoreError(f"--{method}-model {path}: fitted on {int(fitted)} classes, the logits have "
+                            f"{num_classes}; fit it on logits of the same model (`oodscore fit-{method}`)")
 
 
 def build_scorers(methods: Sequence[str], *, num_classes: int, has_mc: bool, sml_stats: Path | None = None,
@@ -469,6 +542,7 @@ def build_scorers(methods: Sequence[str], *, num_classes: int, has_mc: bool, sml
     for m, cls in classes.items():
         if m in model_files:
             scorers[m] = _load_model_file(m, cls, model_files[m])
+            _check_model_classes(m, scorers[m], model_files[m], num_classes)
         else:
             scorers[m] = get_scorer(m, **{k: v for k, v in options.items() if k in cls.param_names()})
     return scorers
@@ -481,6 +555,17 @@ _INPUT_READERS = {
 }
 
 
+def _score_frame(lf, i: int, image_id: str, scorers: dict, inputs: dict, size: tuple[int, int]) -> dict:
+    """Every method's score map of frame ``i``; a scorer's error (NaN / inf logits, ...) names the file and frame."""
+    scores = {}
+    for m, sc in scorers.items():
+        try:
+            scores[m] = np.asarray(sc.score(inputs[sc.requires], size=size), dtype=np.float32)
+        except CocodagError as e:
+            raise OodscoreError(f"{lf.path}: frame {i} ({image_id!r}), {m}: {e}") from None
+    return scores
+
+
 def _logits_frames(lf, scorers: dict, region: str, overlay_at: set[int]) -> Callable[[], Iterable[tuple]]:
     """The ``frames()`` callable of :func:`evaluate_frames` for a ``LogitsFile``: scores every frame on the fly."""
     kinds = {sc.requires for sc in scorers.values()}
@@ -490,9 +575,7 @@ def _logits_frames(lf, scorers: dict, region: str, overlay_at: set[int]) -> Call
             fr = lf.frame(i, image=i in overlay_at)
             label = _apply_region(fr.label, fr.roi, region, fr.image_id)
             inputs = {k: _INPUT_READERS[k](lf, i, fr) for k in kinds}
-            scores = {m: np.asarray(sc.score(inputs[sc.requires], size=label.shape), dtype=np.float32)
-                      for m, sc in scorers.items()}
-            yield fr.image_id, label, scores, fr.image
+            yield fr.image_id, label, _score_frame(lf, i, fr.image_id, scorers, inputs, label.shape), fr.image
 
     return frames
 
@@ -526,7 +609,7 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
         raise OodscoreError("no --method given; choose from " + ", ".join(METHODS))
     methods = check_methods(methods)  # before opening anything: unknown names fail fast
     _check_choices(components, region)
-    given = load_thresholds(threshold_from, threshold_kind) if threshold_from is not None else None
+    given = load_thresholds(threshold_from, threshold_kind, methods) if threshold_from is not None else None
     with LogitsFile(logits_path) as lf:
         if region == "road" and not lf.has_roi:
             raise OodscoreError(f"{lf.path}: --region road needs a 'roi' dataset in the logits file "
@@ -538,7 +621,8 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
         overlay_at = set(_overlay_indices(len(lf), max_overlays)) if lf.has_images else set()
         return _run(Path(out_dir), list(scorers), _logits_frames(lf, scorers, region, overlay_at), len(lf),
                     bins=bins, components=components, threshold_from=given, threshold_kind=threshold_kind,
-                    overlay_at=overlay_at, progress=progress, source=str(logits_path))
+                    overlay_at=overlay_at, progress=progress, source=str(logits_path),
+                    describe=lambda _name: str(lf.path))
 
 
 def _check_choices(components: str, region: str) -> None:
@@ -582,9 +666,9 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
     preset, root = parse_dataset_spec(dataset)
     region = region or preset.region_of(root)
     _check_choices(components, region)
-    given = load_thresholds(threshold_from, threshold_kind) if threshold_from is not None else None
-    items = preset.find(root)
     method = name or Path(scores_path).stem or "scores"
+    given = load_thresholds(threshold_from, threshold_kind, [method]) if threshold_from is not None else None
+    items = preset.find(root)
     with open_score_maps(scores_path) as maps:
         extra = maps.match([it.name for it in items])
         overlay_at = set(_overlay_indices(len(items), max_overlays))
@@ -606,6 +690,6 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
 
         out = _run(Path(out_dir), [method], frames, len(items), bins=bins, components=components,
                    threshold_from=given, threshold_kind=threshold_kind, overlay_at=overlay_at, progress=progress,
-                   source=f"{scores_path} on {dataset}")
+                   source=f"{scores_path} on {dataset}", describe=maps.where)
     out.extra_names = extra
     return out

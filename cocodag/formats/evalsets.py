@@ -28,6 +28,9 @@ from ..atomic import atomic_write, atomic_write_bytes, atomic_write_json
 from ..errors import CocodagError
 from ..imageio import decode_image, image_size, read_label
 from ..labels import IGNORE_ID, LABEL_ID_TO_TRAIN_ID
+from ..lock import OutputLock
+from ..outputs import disk_errors, prepare_output
+from .logits import invalid_label_values, label_values_message
 
 EVALSET_FORMAT = "cocodag-evalset"
 EVALSET_VERSION = 1
@@ -152,16 +155,29 @@ class Preset:
         return self._find(root)
 
     def load_label(self, path: Path | str) -> np.ndarray:
-        """Read one ground-truth file and map it to uint8 (H, W): 0 = ID, 1 = anomaly, 255 = void."""
+        """Read one ground-truth file and map it to uint8 (H, W): 0 = ID, 1 = anomaly, 255 = void.
+
+        Raises
+        ------
+        CocodagError
+            The file cannot be read, or (``standard`` layout) it holds values other than 0/1/255: the message names
+            the file and the values.
+        """
         path = Path(path)
         raw = read_label(path)
         if self._lut is None:       # the documented layout: values must already be 0/1/255
-            bad = np.setdiff1d(np.unique(raw), (0, 1, IGNORE_ID))
-            if bad.size:
-                raise CocodagError(f"{path}: label values {bad[:8].tolist()} not in 0/1/255 "
-                                   f"(preset {self.name} expects the converted layout)")
+            bad = invalid_label_values(raw)
+            if bad:
+                raise CocodagError(f"{path}: {label_values_message(raw, bad)}; preset {self.name} expects the "
+                                   "converted layout: fix the file, or convert the source set with `oodscore "
+                                   "datasets convert PRESET SRC DST`")
             return raw.astype(np.uint8, copy=False)
-        return _map_uint8(raw, self._lut, path)
+        label = _map_uint8(raw, self._lut, path)
+        bad = invalid_label_values(label)
+        if bad:                     # a LUT maps to 0/1/255 only: anything else is a bug of the preset
+            raise CocodagError(f"{path}: preset {self.name} mapped the labels to values {bad} outside 0/1/255 "
+                               "(a bug of the preset's table; please report it)")
+        return label
 
     def region_of(self, root: Path | str) -> str:
         """The evaluated region of the set at ``root`` (a converted set records its own in ``meta.json``)."""
@@ -177,14 +193,23 @@ class Preset:
         return None
 
 
+def _read_meta(meta_path: Path) -> dict:
+    """A converted set's ``meta.json`` as a dict; a truncated or malformed file is one line naming it."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CocodagError(f"{meta_path}: not a readable JSON file ({e}); convert the set again "
+                           "(`oodscore datasets convert`) or remove the file") from None
+    if not isinstance(meta, dict):
+        raise CocodagError(f"{meta_path}: expected a JSON object, found {type(meta).__name__}; convert the set again")
+    return meta
+
+
 def _find_standard(root: Path) -> list[EvalItem]:
     layout = PRESETS["standard"].layout
     meta_path = root / "meta.json"
     if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise CocodagError(f"{meta_path}: not valid JSON ({e})") from None
+        meta = _read_meta(meta_path)
         if meta.get("format") != EVALSET_FORMAT:
             raise CocodagError(f"{meta_path}: format {meta.get('format')!r}, expected {EVALSET_FORMAT!r}")
         if meta.get("version") != EVALSET_VERSION:
@@ -207,7 +232,10 @@ def standard_region(root: Path | str) -> str:
     """The region recorded in a converted set's ``meta.json`` (``"all"`` when absent)."""
     meta_path = Path(root) / "meta.json"
     if meta_path.is_file():
-        return json.loads(meta_path.read_text()).get("region", "all")
+        region = _read_meta(meta_path).get("region", "all")
+        if region not in ("all", "road"):
+            raise CocodagError(f"{meta_path}: region {region!r}, expected 'all' or 'road'")
+        return region
     return "all"
 
 
@@ -384,22 +412,37 @@ def convert(preset: Preset | str, src: Path | str, dst: Path | str, *, progress:
     Raises
     ------
     CocodagError
-        Missing or unmatched files (named, with a count), unreadable labels, image/label size mismatches.
+        Missing or unmatched files (named, with a count), unreadable labels or values outside the preset's
+        convention, image/label size mismatches, an unusable ``dst`` (a file, read-only), another job converting
+        into ``dst`` (it holds :class:`~cocodag.lock.OutputLock` of ``dst``), a full disk.
     """
-    from tqdm import tqdm
-
     preset = get_preset(preset) if isinstance(preset, str) else preset
     src, dst = Path(src), Path(dst)
     items = preset.find(src)
     if src.resolve() == dst.resolve():
         raise CocodagError(f"convert: destination {dst} is the source folder; choose another DST")
-    meta_path = dst / "meta.json"
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        if old.get("preset") != preset.name:
-            raise CocodagError(f"{meta_path}: {dst} was converted from preset {old.get('preset')!r}, "
-                               f"not {preset.name!r}; use an empty DST")
-        meta_path.unlink()          # rewritten below, after every frame is in place
+    prepare_output(dst, kind="dir", option="DST")
+    with OutputLock(dst, option="DST"), disk_errors(dst, option="DST"):
+        meta_path = dst / "meta.json"
+        if meta_path.is_file():
+            old = _read_meta(meta_path)
+            if old.get("preset") != preset.name:
+                raise CocodagError(f"{meta_path}: {dst} was converted from preset {old.get('preset')!r}, "
+                                   f"not {preset.name!r}; use an empty DST")
+            meta_path.unlink()          # rewritten below, after every frame is in place
+        counts = _convert_frames(preset, items, dst, progress)
+        region = preset.region_of(src)
+        meta = {"format": EVALSET_FORMAT, "version": EVALSET_VERSION, "preset": preset.name, "region": region,
+                "names": [it.name for it in items], "label_convention": "0/1/255",
+                "pixels": {"id": int(counts[0]), "anomaly": int(counts[1]), "void": int(counts[2])}}
+        atomic_write_json(meta_path, meta, sort_keys=False)
+    return meta
+
+
+def _convert_frames(preset: Preset, items: list[EvalItem], dst: Path, progress: bool) -> np.ndarray:
+    """Write every frame's image, label and roi under ``dst``; returns the ID / anomaly / void pixel counts."""
+    from tqdm import tqdm
+
     (dst / "images").mkdir(parents=True, exist_ok=True)
     (dst / "labels").mkdir(exist_ok=True)
     if preset.region == "road" or any(it.roi_path for it in items):
@@ -421,9 +464,4 @@ def convert(preset: Preset | str, src: Path | str, dst: Path | str, *, progress:
     if mismatched:
         raise CocodagError(f"{preset.name}: {len(mismatched)} frame(s) whose image and label sizes differ: "
                            f"{_listing(mismatched)} (sizes as height x width)")
-    region = preset.region_of(src)
-    meta = {"format": EVALSET_FORMAT, "version": EVALSET_VERSION, "preset": preset.name, "region": region,
-            "names": [it.name for it in items], "label_convention": "0/1/255",
-            "pixels": {"id": int(counts[0]), "anomaly": int(counts[1]), "void": int(counts[2])}}
-    atomic_write_json(meta_path, meta, sort_keys=False)
-    return meta
+    return counts

@@ -30,11 +30,34 @@ LOGITS_VERSION = 1
 MC_KEYS = ("mean", "central", "entropy")
 _FLOAT_DTYPES = (np.float16, np.float32)
 _MAX_LISTED = 5
+LABEL_VALUES = (0, 1, 255)      # 0 = in-distribution, 1 = anomaly / OOD, 255 = void
+_LABEL_OK = np.zeros(256, dtype=bool)
+_LABEL_OK[list(LABEL_VALUES)] = True
 
 
 def _listing(names: Sequence[str]) -> str:
     shown = ", ".join(names[:_MAX_LISTED])
     return shown + (f", ... (+{len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
+
+
+def invalid_label_values(label: np.ndarray) -> list[int]:
+    """The values of ``label`` outside 0/1/255, sorted (empty when the label is valid).
+
+    Cheap on the uint8 labels of the formats (a 256-bin count); other integer dtypes go through ``np.unique``.
+    """
+    label = np.asarray(label)
+    if label.dtype == np.uint8:
+        counts = np.bincount(label.ravel(), minlength=256)
+        return np.flatnonzero((counts > 0) & ~_LABEL_OK).tolist()
+    return np.setdiff1d(np.unique(label), LABEL_VALUES).tolist()
+
+
+def label_values_message(label: np.ndarray, bad: Sequence[int]) -> str:
+    """``"label values [7] not in 0/1/255 (12 pixels; 0 = ID, 1 = anomaly, 255 = void)"`` for an error line."""
+    n = int(np.isin(label, bad).sum())
+    shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
+    return (f"label values [{shown}] not in 0/1/255 ({n} pixel{'s' if n != 1 else ''}; "
+            "0 = in-distribution, 1 = anomaly, 255 = void)")
 
 
 @dataclass
@@ -74,6 +97,8 @@ class LogitsFile:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise CocodagError(f"{self.path}: is a folder, expected a logits.h5 file (written by maxent-train export)")
         if not self.path.is_file():
             raise CocodagError(f"{self.path}: logits file not found")
         try:
@@ -118,6 +143,9 @@ class LogitsFile:
             raise self._err(f"format version {version!r} is not supported (expected {LOGITS_VERSION})")
         self._logits = self._dataset("logits", 4, _FLOAT_DTYPES)
         n, c, h, w = self._logits.shape
+        if n == 0:
+            raise self._err("holds no frames ('logits' has shape "
+                            f"{self._logits.shape}); re-export it (an interrupted or empty export?)")
         nc = f.attrs.get("num_classes")
         if nc is not None and int(nc) != c:
             raise self._err(f"num_classes attribute is {int(nc)} but 'logits' has {c} channels")
@@ -204,28 +232,56 @@ class LogitsFile:
             raise IndexError(f"{self.path}: frame {i} out of range (file has {n} frames)")
         return i % n
 
+    def _read(self, ds: h5py.Dataset, i: int, name: str) -> np.ndarray:
+        """Row ``i`` of one dataset; a read failure (a truncated or corrupt file) is one line naming the frame."""
+        try:
+            return ds[i]
+        except (OSError, RuntimeError) as e:
+            raise self._err(f"cannot read '{name}' of frame {i} ({self._ids[i]!r}): {str(e).splitlines()[0]}; "
+                            "the file is damaged, re-export it") from None
+
+    def _checked_label(self, i: int) -> np.ndarray:
+        label = self._read(self._label, i, "label")
+        bad = invalid_label_values(label)
+        if bad:
+            raise self._err(f"frame {i} ({self._ids[i]!r}): {label_values_message(label, bad)}; fix the labels "
+                            "and re-export the file")
+        return label
+
     def frame(self, i: int, *, image: bool = True) -> Frame:
-        """Read frame ``i`` (one chunk of each dataset); logits are returned as float32."""
+        """Read frame ``i`` (one chunk of each dataset); logits are returned as float32.
+
+        Raises
+        ------
+        CocodagError
+            The frame's label holds values other than 0/1/255, or the frame cannot be read.
+        """
         i = self._index(i)
         return Frame(
             image_id=self._ids[i],
-            logits=self._logits[i].astype(np.float32, copy=False),
-            label=self._label[i],
-            roi=self._roi[i] if self._roi is not None else None,
-            image=self._image[i] if (image and self._image is not None) else None,
+            logits=self.logits(i),
+            label=self._checked_label(i),
+            roi=self._read(self._roi, i, "roi") if self._roi is not None else None,
+            image=self._read(self._image, i, "image") if (image and self._image is not None) else None,
         )
 
+    def logits(self, i: int) -> np.ndarray:
+        """Logits of frame ``i`` only, (C, H, W) float32 (no label read, e.g. for statistics over logits)."""
+        i = self._index(i)
+        return self._read(self._logits, i, "logits").astype(np.float32, copy=False)
+
     def label(self, i: int) -> np.ndarray:
-        """Ground truth of frame ``i`` only (uint8 (H, W), 0/1/255) without reading its logits."""
-        return self._label[self._index(i)]
+        """Ground truth of frame ``i`` only (uint8 (H, W), 0/1/255) without reading its logits; other values are
+        an error naming the file, the frame and the values."""
+        return self._checked_label(self._index(i))
 
     def roi(self, i: int) -> np.ndarray | None:
         """Region mask of frame ``i`` (uint8 (H, W), 1 = evaluated) or None when the file has no ``roi``."""
-        return self._roi[self._index(i)] if self._roi is not None else None
+        return self._read(self._roi, self._index(i), "roi") if self._roi is not None else None
 
     def image(self, i: int) -> np.ndarray | None:
         """Stored RGB image of frame ``i`` (uint8 (h, w, 3)) or None."""
-        return self._image[self._index(i)] if self._image is not None else None
+        return self._read(self._image, self._index(i), "image") if self._image is not None else None
 
     def mc(self, i: int) -> dict | None:
         """MC-dropout block of frame ``i``: ``dict(mean (C,H,W), central (K-1,C,H,W), entropy (H,W))`` float32,
@@ -233,9 +289,7 @@ class LogitsFile:
         if self._mc is None:
             return None
         i = self._index(i)
-        mean, central, entropy = self._mc
-        out = {"mean": mean[i].astype(np.float32, copy=False), "central": central[i].astype(np.float32, copy=False),
-               "entropy": entropy[i].astype(np.float32, copy=False)}
+        out = {k: self._read(ds, i, f"mc/{k}").astype(np.float32, copy=False) for k, ds in zip(MC_KEYS, self._mc)}
         moments_of = self.mc_attrs.get("moments_of")
         if moments_of is not None:      # lets OODMC refuse moments of probs when it was fitted on logits
             out["moments_of"] = moments_of
@@ -371,9 +425,13 @@ class LogitsWriter:
         if logits.ndim != 3 or logits.shape[0] != self.num_classes:
             raise CocodagError(f"logits of {image_id!r} have shape {logits.shape}, "
                                f"expected ({self.num_classes}, H, W)")
-        label = np.asarray(label, dtype=np.uint8)
+        label = np.asarray(label)
         if label.shape != logits.shape[1:]:
             raise CocodagError(f"label of {image_id!r} has shape {label.shape}, expected {logits.shape[1:]}")
+        bad = invalid_label_values(label)
+        if bad:     # the reader refuses them: never write a file it cannot read
+            raise CocodagError(f"{self.path}: label of {image_id!r}: {label_values_message(label, bad)}")
+        label = label.astype(np.uint8)
         f = self._f
         if self._n == 0:
             self._first_frame(logits, label, roi, image, mc)

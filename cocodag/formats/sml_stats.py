@@ -298,6 +298,11 @@ class SMLStats:
             d = json.loads(path.read_text())
         except FileNotFoundError as e:
             raise CocodagError(f"{path}: SML stats file not found") from e
+        except IsADirectoryError:
+            raise CocodagError(f"{path}: is a folder, expected an SML stats JSON file (e.g. {path / 'sml.json'})") \
+                from None
+        except PermissionError:
+            raise CocodagError(f"{path}: SML stats file is not readable (permission denied)") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CocodagError(f"{path}: not a valid JSON file ({e})") from e
         return cls.from_dict(d, where=str(path))

@@ -275,3 +275,99 @@ def test_reencoded_images_keep_pixels_and_ignore_exif_rotation(tmp_path):
     assert b.shape == (h, w, 3)                              # not rotated to 20x12
     ref = np.asarray(Image.open(fr / "b.jpeg").convert("RGB")).astype(int)
     assert np.abs(b.astype(int) - ref).max() <= 3           # JPEG decoders (cv2 vs PIL) may differ slightly
+
+
+# ------------------------------------------------------------------------------------------ issue 9: faults
+def test_standard_label_values_name_file_and_values(tmp_path):
+    rng = np.random.default_rng(9)
+    _make_standard(tmp_path / "s", rng)
+    bad = np.zeros((12, 10), np.uint8)
+    bad[0, :3] = 7
+    bad[1, 0] = 2
+    _png(tmp_path / "s" / "labels" / "b.png", bad)
+    with pytest.raises(CocodagError) as e:
+        get_preset("standard").load_label(tmp_path / "s" / "labels" / "b.png")
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 's' / 'labels' / 'b.png'}: label values [2, 7] not in 0/1/255 (4 pixels;")
+    assert "oodscore datasets convert" in msg and "\n" not in msg
+
+
+def test_every_preset_table_maps_to_0_1_255_only(tmp_path):
+    import dataclasses
+
+    for p in PRESETS.values():
+        if p._lut is not None:
+            assert set(np.unique(p._lut).tolist()) <= {0, 1, 255}, p.name
+            assert p._lut.dtype == np.uint8 and p._lut.shape == (256,)
+    # load_label checks the mapped values: a broken table is reported as the preset's bug, not passed on as void
+    lut = PRESETS["fishyscapes-laf"]._lut.copy()
+    lut[1] = 3
+    broken = dataclasses.replace(PRESETS["fishyscapes-laf"], _lut=lut)
+    _png(tmp_path / "l.png", np.ones((4, 4), np.uint8))
+    with pytest.raises(CocodagError, match=r"l.png: preset fishyscapes-laf mapped the labels to values \[3\]"):
+        broken.load_label(tmp_path / "l.png")
+
+
+@pytest.mark.parametrize("text", ['{"format": "cocodag-ev', "[1, 2]", "\udcff"])
+def test_damaged_meta_json_is_one_line(tmp_path, text):
+    rng = np.random.default_rng(10)
+    _make_standard(tmp_path / "s", rng)
+    (tmp_path / "s" / "meta.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    std = get_preset("standard")
+    for call in (lambda: std.find(tmp_path / "s"), lambda: std.region_of(tmp_path / "s")):
+        with pytest.raises(CocodagError, match=r"s/meta.json: (not a readable JSON file|expected a JSON object)"):
+            call()
+    # a damaged meta.json in a convert destination
+    _make_standard(tmp_path / "s2", rng)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "meta.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(CocodagError, match=r"o/meta.json: (not a readable JSON file|expected a JSON object)"):
+        convert("standard", tmp_path / "s2", tmp_path / "o", progress=False)
+
+
+def test_convert_refused_while_another_job_writes_dst(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    rng = np.random.default_rng(11)
+    _make_standard(tmp_path / "s", rng)
+    dst = tmp_path / "o"
+    dst.mkdir()
+    ready = tmp_path / "ready"
+    code = textwrap.dedent(f"""
+        import time, pathlib
+        from cocodag.lock import OutputLock
+        OutputLock({str(dst)!r}).acquire()
+        pathlib.Path({str(ready)!r}).write_text("held")
+        time.sleep(60)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(300):
+            if ready.exists():
+                break
+            time.sleep(0.05)
+        with pytest.raises(CocodagError, match=rf"DST {dst}: in use by another job \(pid {child.pid} on "):
+            convert("standard", tmp_path / "s", dst, progress=False)
+        assert not (dst / "meta.json").exists() and not (dst / "labels").exists()
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert convert("standard", tmp_path / "s", dst, progress=False)["names"] == ["a", "b", "c"]
+
+
+def test_convert_dst_checked_and_disk_full(small_fs, tmp_path):
+    rng = np.random.default_rng(12)
+    _make_standard(tmp_path / "s", rng, names=[f"f{i:02d}" for i in range(12)], h=200, w=300)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CocodagError, match="DST .*afile: is an existing file, expected a folder"):
+        convert("standard", tmp_path / "s", tmp_path / "afile", progress=False)
+    mnt, _ = small_fs                       # 12 random 200x300 RGB PNGs (~180 kB each) cannot fit in 1 MiB
+    with pytest.raises(CocodagError, match=rf"^No space left on device: {mnt / 'o'}; "):
+        convert("standard", tmp_path / "s", mnt / "o", progress=False)
+    assert not (mnt / "o" / "meta.json").exists()
+    assert not [p for p in (mnt / "o").rglob("*") if ".tmp" in p.name]

@@ -144,3 +144,54 @@ def test_missing_and_non_hdf5(tmp_path):
         f.attrs["version"] = 1
     with pytest.raises(CocodagError, match="missing dataset 'logits'"):
         LogitsFile(tmp_path / "y.h5")
+
+
+# ------------------------------------------------------------------------------------------ issue 9: label values
+def test_label_outside_0_1_255_is_an_error_where_it_is_read(tmp_path):
+    label = np.zeros((2, H, W), np.uint8)
+    label[1, :3, :4] = 7                            # 12 pixels of 7
+    label[1, 5, 5] = 254
+    path = _raw_file(tmp_path / "bad.h5", label=label)
+    with LogitsFile(path) as lf:                    # opening stays cheap: labels are checked per frame, when read
+        assert lf.frame(0).label.max() == 0 and lf.label(0).max() == 0
+        for read in (lambda: lf.frame(1), lambda: lf.label(1), lambda: lf.label(-1), lambda: list(lf.iter_frames())):
+            with pytest.raises(CocodagError) as e:
+                read()
+            msg = str(e.value)
+            assert msg.startswith(f"{path}: frame 1 ('b'): label values [7, 254] not in 0/1/255 (13 pixels;"), msg
+            assert "\n" not in msg
+        # logits alone (statistics that do not use the labels) stay readable
+        assert lf.logits(1).shape == (C, H, W) and lf.logits(1).dtype == np.float32
+
+
+def test_writer_refuses_labels_outside_0_1_255(tmp_path):
+    rng = np.random.default_rng(3)
+    fr = _frames(rng, 1, image=False)[0]
+    bad = fr["label"].copy()
+    bad[0, 0] = 2
+    with pytest.raises(CocodagError, match=r"label of 'x': label values \[2\] not in 0/1/255 \(1 pixel;"):
+        with LogitsWriter(tmp_path / "t.h5", C) as w:
+            w.write(fr["logits"], bad, "x")
+    assert not (tmp_path / "t.h5").exists()
+
+
+def test_folder_empty_and_damaged_files(tmp_path):
+    with pytest.raises(CocodagError, match="is a folder, expected a logits.h5 file"):
+        LogitsFile(tmp_path)
+    empty = _raw_file(tmp_path / "empty.h5", logits=np.zeros((0, C, H, W), np.float16),
+                      label=np.zeros((0, H, W), np.uint8), image_id=[])
+    with pytest.raises(CocodagError, match=r"empty.h5: holds no frames"):
+        LogitsFile(empty)
+    # a damaged chunk: the frame read fails as one line naming the file, the dataset and the frame
+    rng = np.random.default_rng(4)
+    path = tmp_path / "gz.h5"
+    _write(path, _frames(rng, 3, image=False), compression="gzip")
+    with h5py.File(path, "r") as f:
+        info = f["logits"].id.get_chunk_info(2)
+    data = bytearray(path.read_bytes())
+    data[info.byte_offset + 8: info.byte_offset + 72] = bytes(64)
+    path.write_bytes(bytes(data))
+    with LogitsFile(path) as lf:
+        lf.frame(1)
+        with pytest.raises(CocodagError, match=r"gz.h5: cannot read 'logits' of frame 2 \('frame_002'\): .*re-export"):
+            lf.frame(2)
