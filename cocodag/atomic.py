@@ -11,6 +11,7 @@ On an exception inside the block the temp file is removed and the target is left
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from contextlib import contextmanager
@@ -29,12 +30,13 @@ def temp_path(path: Path | str, *, keep_suffix: bool = False) -> Path:
 def _fsync(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:         # e.g. a writer that made a directory; nothing to flush
+    except IsADirectoryError:   # a writer that made a directory; nothing to flush
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        os.fsync(fd)            # an error here (ENOSPC on delayed allocation, EIO) must stop the rename
+    except OSError as e:
+        if e.errno != errno.EINVAL:     # EINVAL: a special file that cannot be synced
+            raise
     finally:
         os.close(fd)
 

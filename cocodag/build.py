@@ -12,16 +12,38 @@ Every random draw of a unit comes from ``np.random.SeedSequence([seed, STREAM_CO
 (:data:`cocodag.formats.shards.STREAM_CODES`), so a sample depends only on (seed, stream, index). Units are grouped
 into fixed *tasks* (one shard per stream each): a task's bytes do not depend on ``--workers`` or scheduling. Each task
 travels as a frozen :class:`FrameTask` / :class:`CocoTask` (its inputs + :class:`BuildSettings`), writes its shards
-(``*.h5.tmp`` -> rename, by :func:`cocodag.formats.shards.write_shard`) and then a small record
-``progress/task-NNNNN.json`` (atomic); a rerun keeps tasks whose record matches the config, and the manifest is
-written last. With one worker, a writer thread writes and hashes task t's shards while task t+1 decodes; with
-several, each loky process runs whole tasks.
+(built in memory, then ``*.h5.tmp`` -> rename, by :func:`cocodag.formats.shards.write_shard`) and then a small record
+``progress/task-NNNNN.json`` (atomic); the manifest is written last. With one worker, a writer thread writes and
+hashes task t's shards while task t+1 decodes; with several, each loky process runs whole tasks.
+
+Safe under concurrency and faults:
+
+- *One writer per folder.* A build holds an exclusive :class:`cocodag.lock.OutputLock` on ``--out`` from start to
+  end; a second build into it gets one line naming the holder. ``--shard-range`` jobs (Slurm arrays filling one folder
+  at once) share that lock and take an exclusive lock per task (``progress/task-NNNNN.lock``) before building it, so
+  overlapping ranges never build one task twice: a job *waits* for the tasks another job holds, then keeps them (or
+  builds them, when that job died). ``manifest.json`` is written only under the exclusive lock: by the merge step (a
+  run without ``--shard-range``), or by the last range job when it finds itself alone with every task done.
+- *Workers die with their build.* Each worker checks that the build that started it still runs before every rename
+  (shard or record) and has a watchdog thread that exits it when the build is gone (``kill -9``), so nothing under
+  ``--out`` changes once the build has died.
+- *Reruns repair.* A rerun keeps a task only when its record matches the config and every shard it lists has the
+  recorded size and sha256 (cached in ``progress/sha-cache*.json`` by size + mtime, so a clean rerun reads nothing);
+  anything else is rebuilt.
+- *A full disk is one line* (``No space left on device: <path>; ...``), leaving nothing half-written under a final
+  name.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import io
+import json
 import os
 import shutil
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,14 +52,16 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from .atomic import atomic_write_json, temp_path
+from .atomic import temp_path
 from .cityscapes import Frame, find_frames, load_frame
 from .coco import (CocoImage, CocoObject, CocoSource, ann_to_mask, coco_paths, crop_proxy, image_masks, load_coco,
                    load_image)
 from .errors import CocodagError
 from .formats.shards import (COMPRESSIONS, KINDS, MANIFEST_NAME, STREAM_CODES, SampleMeta, build_manifest,
-                             config_hash, read_manifest, shard_name, write_shard)
+                             commit_bytes, config_hash, read_manifest, sha256_file, shard_name, write_shard)
 from .labels import IGNORE_ID, ROAD_ID
+from .lock import OutputLock, OutputLockedError
+from .outputs import disk_errors, prepare_output
 from .paste import crop_to_mask, paste_object
 from .split import split_by_centroid
 
@@ -45,8 +69,15 @@ _ORDER_FRAMES, _ORDER_COCO = 3, 4          # extra SeedSequence streams (after S
 PROGRESS_DIR = "progress"
 DEFAULT_COMPRESSION = "none"               # measured by bench/build.py (see README): fastest, lzf/gzip save little
 SEED_WINDOW = (250, 774, 250, 1798)        # the seed's paste window: rows 250..774, cols 250..1798 of 1024x2048
-# Test hook: sleep this many seconds per task (lets the kill -9 resume test interrupt a tiny build reliably).
+# Test hook: sleep this many seconds per task, between its shards and its record (lets the kill -9 and concurrency
+# tests interrupt or overlap a tiny build reliably).
 _SLOW_ENV = "COCODAG_TEST_TASK_DELAY"
+SHA_CACHE_PREFIX = "sha-cache"             # progress/sha-cache[.part-A-B].json: sha256 of shards by size + mtime
+_POLL_S = 0.2                              # worker watchdog period; wait period for tasks another range job holds
+_CLAIM_BATCH = 256                         # task locks a --shard-range job holds at most at once
+_SHARED_GRACE_S = 10.0                     # a range job retries this long for its shared lock (another range job
+                                           # may hold the exclusive one for a moment, to write the manifest)
+_ORPHAN_EXIT = 75                          # exit status of a worker whose build is gone
 
 
 @dataclass
@@ -252,6 +283,8 @@ class BuildSettings:
     feather: float
     flip: bool
     coco_background: int                       # label of COCO background pixels (IGNORE_ID, or ROAD_ID = meta-ood)
+    coco_json: str = ""                        # named in errors about an annotation
+    parent_pid: int = 0                        # the build's process: a worker whose parent differs exits
 
     @classmethod
     def from_plan(cls, plan: _Plan, out_dir: Path) -> BuildSettings:
@@ -259,7 +292,8 @@ class BuildSettings:
         return cls(str(out_dir), plan.config_hash, r["crop"], r["seed"], r["compression"], r["skip_bad"],
                    r["cityscapes_crops_per_frame"], r["dag_samples"], tuple(r["object_scale"]),
                    tuple(r["paste_window"]), r["feather"], r["flip"],
-                   ROAD_ID if r["coco_background"] == "road" else IGNORE_ID)
+                   ROAD_ID if r["coco_background"] == "road" else IGNORE_ID,
+                   plan.coco.json_path if plan.coco is not None else "", os.getpid())
 
 
 @dataclass(frozen=True)
@@ -396,7 +430,14 @@ def _paste_and_split(p: FrameTask, i: int, bgr: np.ndarray, lab: np.ndarray, buf
     if obj_bgr is None:
         return
     ann = next(a for a in cimg.anns if a["id"] == obj.ann_id)
-    obj_bgr, obj_mask = crop_to_mask(obj_bgr, ann_to_mask(cimg, ann))
+    mask = ann_to_mask(cimg, ann)
+    if not mask.any():
+        why = f"annotation {obj.ann_id} (image {cimg.id}, {Path(cimg.path).name}): its polygon gives an empty mask"
+        if not st.skip_bad:
+            raise CocodagError(f"{st.coco_json}: {why}; fix or remove it, or use --skip-bad to skip it")
+        skipped.append({"file": st.coco_json, "reason": why})
+        return
+    obj_bgr, obj_mask = crop_to_mask(obj_bgr, mask)
     scale = float(rng.uniform(*st.object_scale))
     H, W = lab.shape
     r0, r1, c0, c1 = _window(W, H, st.paste_window)
@@ -437,13 +478,14 @@ def _write_task_shards(p: FrameTask | CocoTask, out: dict[str, _StreamBuffer], d
                        skipped: list) -> dict[str, Any]:
     st, task = p.settings, p.task
     out_dir = Path(st.out_dir)
+    guard = functools.partial(_exit_if_orphaned, st.parent_pid)   # right before each rename
     entries = []
     for kind, buf in out.items():
         images, labels, metas = buf.arrays()
         if not metas:
             continue   # an empty stream writes no shard (readers never see 0-sample files)
         entries.append(write_shard(out_dir / shard_name(kind, task.group), kind, images, labels, metas,
-                                   compression=st.compression,
+                                   compression=st.compression, before_commit=guard,
                                    extra_attrs={"config_hash": st.config_hash, "task": task.index,
                                                 "units": f"{task.start}:{task.stop}"}))
     delay = float(os.environ.get(_SLOW_ENV, "0") or 0)
@@ -451,13 +493,44 @@ def _write_task_shards(p: FrameTask | CocoTask, out: dict[str, _StreamBuffer], d
         time.sleep(delay)
     record = {"task": task.index, "kind": task.kind, "units": [task.start, task.stop],
               "config_hash": st.config_hash, "entries": entries, "dropped": dropped, "skipped": skipped}
-    atomic_write_json(_record_path(out_dir, task.index), record)
+    _write_json(_record_path(out_dir, task.index), record, before_commit=guard)
     return record
 
 
+def _write_json(path: Path, obj: Any, before_commit: Callable[[], None] | None = None) -> None:
+    """Pretty sorted JSON, atomically; a full disk is one line (``No space left on device: <path>; ...``)."""
+    commit_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode(), before_commit)
+
+
+def _exit_if_orphaned(parent_pid: int) -> None:
+    """In a worker process: exit at once when the build that started it is gone (``kill -9`` re-parents its
+    workers), so that nothing under ``--out`` changes after the build died. A no-op in the build's own process."""
+    if parent_pid and parent_pid != os.getpid() and os.getppid() != parent_pid:
+        os._exit(_ORPHAN_EXIT)
+
+
+_WATCHED: set[int] = set()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Start, once per worker process, a daemon thread that ends the worker within ``_POLL_S`` of its build's death
+    (the check before each rename is the guarantee; this stops the useless work too)."""
+    if not parent_pid or parent_pid == os.getpid() or parent_pid in _WATCHED:
+        return
+    _WATCHED.add(parent_pid)
+
+    def watch() -> None:
+        while True:
+            _exit_if_orphaned(parent_pid)
+            time.sleep(_POLL_S)
+
+    threading.Thread(target=watch, name="cocodag-parent-watchdog", daemon=True).start()
+
+
 def _run_task(p: FrameTask | CocoTask, tick: Callable[[int], None] | None = None, limit_threads: bool = False):
-    if limit_threads:
+    if limit_threads:          # a worker process
         cv2.setNumThreads(1)   # one process per core already; cv2's own pool would oversubscribe
+        _watch_parent(p.settings.parent_pid)
     return _write_task_shards(p, *_compute_task(p, tick))
 
 
@@ -467,7 +540,8 @@ def _compute_task(p: FrameTask | CocoTask, tick: Callable[[int], None] | None = 
     return _frame_task(p, tick) if isinstance(p, FrameTask) else _coco_task(p, tick)
 
 
-def _run_sequential(plan: _Plan, todo: list[_Task], settings: BuildSettings, records: dict, tick) -> None:
+def _run_sequential(plan: _Plan, todo: list[_Task], settings: BuildSettings, on_record: Callable[[dict], None],
+                    tick) -> None:
     """One process: a writer thread writes + hashes task t's shards while task t+1 decodes (h5py I/O, sha256
     and cv2 decoding release the GIL). At most one task waits for its write, so memory stays at two tasks."""
     from concurrent.futures import ThreadPoolExecutor
@@ -478,12 +552,21 @@ def _run_sequential(plan: _Plan, todo: list[_Task], settings: BuildSettings, rec
             p = _task_payload(plan, task, settings)
             result = _compute_task(p, tick)
             if pending is not None:
-                rec = pending.result()
-                records[rec["task"]] = rec
+                on_record(pending.result())
             pending = ex.submit(_write_task_shards, p, *result)
         if pending is not None:
-            rec = pending.result()
-            records[rec["task"]] = rec
+            on_record(pending.result())
+
+
+def _run_parallel(plan: _Plan, todo: list[_Task], settings: BuildSettings, on_record: Callable[[dict], None],
+                  workers: int, tick) -> None:
+    """Several loky processes, each running whole tasks (they exit when this process dies: `_watch_parent`)."""
+    from joblib import Parallel, delayed
+
+    par = Parallel(n_jobs=min(workers, len(todo)), backend="loky", return_as="generator_unordered")
+    for rec in par(delayed(_run_task)(_task_payload(plan, task, settings), None, True) for task in todo):
+        on_record(rec)
+        tick(rec["units"][1] - rec["units"][0])
 
 
 # ------------------------------------------------------------------------------------------------------- out dir
@@ -492,42 +575,222 @@ def _record_path(out_dir: Path, index: int) -> Path:
 
 
 def _load_record(out_dir: Path, index: int) -> dict | None:
-    import json
-
     p = _record_path(out_dir, index)
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text())
+        rec = json.loads(p.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return rec if isinstance(rec, dict) else None
 
 
-def _record_valid(out_dir: Path, rec: dict | None, config_hash: str) -> bool:
-    if rec is None or rec.get("config_hash") != config_hash:
-        return False
-    for e in rec.get("entries", []):
-        f = out_dir / e["file"]
-        if not f.is_file() or f.stat().st_size != e["bytes"]:
-            return False
-    return True
+class _ShaCache:
+    """sha256 of shard files keyed by (size, mtime_ns), so a rerun checks every kept shard against its record
+    without reading it again. Read from every ``progress/sha-cache*.json`` (one per job: range jobs run at once),
+    written to ``name``. Like git's index, an entry whose mtime is not older than its cache file's own mtime is
+    not trusted (the file may have changed within the same clock tick) and is hashed again."""
 
+    def __init__(self, folder: Path, name: str):
+        self.path = folder / name
+        self.entries: dict[str, tuple[int, int, str]] = {}
+        self.dirty = False
+        for p in sorted(folder.glob(f"{SHA_CACHE_PREFIX}*.json")):
+            self._load(p)
 
-def _existing_hashes(out_dir: Path) -> set[str]:
-    import json
-
-    hashes = set()
-    if (out_dir / MANIFEST_NAME).is_file():
+    def _load(self, p: Path) -> None:
         try:
-            hashes.add(read_manifest(out_dir).get("config_hash"))
-        except CocodagError:
-            hashes.add("<unreadable manifest>")
+            cache_mtime = p.stat().st_mtime_ns
+            files = json.loads(p.read_bytes())["files"]
+            for name, (size, mtime, digest) in files.items():
+                if int(mtime) < cache_mtime:
+                    self.entries[name] = (int(size), int(mtime), str(digest))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return          # a damaged cache only costs re-hashing
+
+    def sha256(self, path: Path) -> str:
+        st = path.stat()
+        e = self.entries.get(path.name)
+        if e is not None and e[0] == st.st_size and e[1] == st.st_mtime_ns:
+            return e[2]
+        digest = sha256_file(path)
+        self.entries[path.name] = (st.st_size, st.st_mtime_ns, digest)
+        self.dirty = True
+        return digest
+
+    def add(self, path: Path, digest: str) -> None:
+        """A shard this build just wrote (its digest was computed from the bytes written)."""
+        st = path.stat()
+        self.entries[path.name] = (st.st_size, st.st_mtime_ns, digest)
+        self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        folder = self.path.parent.parent
+        files = {k: list(v) for k, v in sorted(self.entries.items()) if (folder / k).is_file()}
+        _write_json(self.path, {"format": "cocodag-sha-cache/1", "files": files})
+        self.dirty = False
+
+
+class _TaskLocks:
+    """Exclusive per-task locks (``progress/task-NNNNN.lock``) of a ``--shard-range`` job: ranges that overlap never
+    build one task at once. Disabled (every claim succeeds) for a build holding the whole folder exclusively."""
+
+    def __init__(self, out_dir: Path, enabled: bool):
+        self.out_dir, self.enabled = out_dir, enabled
+        self.held: dict[int, OutputLock] = {}
+        self.took_over: dict[tuple, int] = {}
+
+    def claim(self, index: int) -> bool:
+        if not self.enabled:
+            return True
+        lock = OutputLock(self.out_dir, option=f"--shard-range (task {index})",
+                          lock_file=self.out_dir / PROGRESS_DIR / f"task-{index:05d}.lock")
+        with contextlib.redirect_stderr(io.StringIO()):    # one summary note (`report`) instead of one per task
+            try:
+                lock.acquire()
+            except OutputLockedError:
+                return False
+        if lock.took_over_:
+            key = (lock.took_over_.get("pid", "?"), lock.took_over_.get("host", "?"))
+            self.took_over[key] = self.took_over.get(key, 0) + 1
+        self.held[index] = lock
+        return True
+
+    def release(self, index: int) -> None:
+        if index in self.held:
+            self.held.pop(index).release()
+
+    def release_all(self) -> None:
+        for index in list(self.held):
+            self.release(index)
+
+    def report(self) -> None:
+        for (pid, host), n in self.took_over.items():
+            print(f"note: --out {self.out_dir}: {n} task lock(s) held by a job that is gone (pid {pid} on {host}); "
+                  "taking over its unfinished tasks", file=sys.stderr)
+        self.took_over.clear()
+
+
+class _OutDir:
+    """``--out`` as one build sees it: task records checked against the config and the shards' sha256, the records
+    this build keeps or writes, and (``--shard-range``) the task locks."""
+
+    def __init__(self, out_dir: Path, plan: _Plan, cache_name: str, ranged: bool):
+        self.root, self.plan = out_dir, plan
+        self.cache = _ShaCache(out_dir / PROGRESS_DIR, cache_name)
+        self.locks = _TaskLocks(out_dir, ranged)
+        self.records: dict[int, dict] = {}
+        self.built = 0
+
+    def valid_record(self, index: int) -> dict | None:
+        """The task's record when it matches the config and every shard it lists has its recorded size and sha256."""
+        rec = _load_record(self.root, index)
+        if rec is None or rec.get("config_hash") != self.plan.config_hash or rec.get("task") != index:
+            return None
+        try:
+            for e in rec["entries"]:
+                f = self.root / e["file"]
+                if not f.is_file() or f.stat().st_size != e["bytes"] or self.cache.sha256(f) != e["sha256"]:
+                    return None
+        except (KeyError, TypeError):
+            return None
+        return rec
+
+    def on_record(self, rec: dict) -> None:
+        """A task this build just wrote."""
+        self.records[rec["task"]] = rec
+        self.built += 1
+        for e in rec["entries"]:
+            self.cache.add(self.root / e["file"], e["sha256"])
+
+    def remove_stale_temps(self, task: _Task) -> None:
+        """A killed writer's temp files of one task (cocodag.atomic's names); called with the task's lock held."""
+        kinds = ("dag", "cityscapes") if task.kind == "frames" else ("coco",)
+        for p in [temp_path(self.root / shard_name(k, task.group)) for k in kinds]:
+            p.unlink(missing_ok=True)
+        temp_path(_record_path(self.root, task.index)).unlink(missing_ok=True)
+
+
+def _claim(state: _OutDir, pending: list[_Task]) -> tuple[list[_Task], list[_Task]]:
+    """(tasks to build now, tasks another job holds): claim each task's lock, then keep it when its record is valid."""
+    batch, deferred = [], []
+    for task in pending:
+        if len(batch) >= _CLAIM_BATCH or not state.locks.claim(task.index):
+            deferred.append(task)
+            continue
+        if state.locks.enabled:
+            state.remove_stale_temps(task)
+        rec = state.valid_record(task.index)
+        if rec is None:
+            batch.append(task)
+        else:
+            state.records[task.index] = rec
+            state.locks.release(task.index)
+    state.locks.report()
+    return batch, deferred
+
+
+def _build_tasks(plan: _Plan, state: _OutDir, task_ids: list[int], settings: BuildSettings, workers: int,
+                 bar) -> None:
+    """Keep or build every task of ``task_ids``. A range job waits (polling every ``_POLL_S``) for the tasks another
+    range job holds, then keeps them, or builds them when that job died without finishing them."""
+    pending, noted = [plan.tasks[t] for t in task_ids], False
+    while pending:
+        batch, pending = _claim(state, pending)
+        try:
+            if batch:
+                bar.total += sum(t.stop - t.start for t in batch)
+                bar.refresh()
+                if workers == 1 or len(batch) <= 1:
+                    _run_sequential(plan, batch, settings, state.on_record, bar.update)
+                else:
+                    _run_parallel(plan, batch, settings, state.on_record, workers, bar.update)
+        finally:
+            state.locks.release_all()
+        if pending and not batch:
+            if not noted:
+                print(f"note: --out {state.root}: waiting for {len(pending)} task(s) another --shard-range job is "
+                      "building", file=sys.stderr)
+                noted = True
+            time.sleep(_POLL_S)
+
+
+def _record_hashes(out_dir: Path) -> set[str]:
+    hashes = set()
     for rp in (out_dir / PROGRESS_DIR).glob("task-*.json") if (out_dir / PROGRESS_DIR).is_dir() else []:
         try:
-            hashes.add(json.loads(rp.read_text()).get("config_hash"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass
+            rec = json.loads(rp.read_bytes())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(rec, dict):
+            hashes.add(rec.get("config_hash"))
     return hashes
+
+
+def _check_existing(out_dir: Path, plan: _Plan, overwrite: bool) -> None:
+    """Refuse a folder holding another config's dataset (or a manifest nothing identifies), unless ``overwrite``."""
+    records = _record_hashes(out_dir)
+    other, broken = records - {plan.config_hash}, None
+    if (out_dir / MANIFEST_NAME).is_file():
+        try:
+            other |= {read_manifest(out_dir).get("config_hash")} - {plan.config_hash}
+        except CocodagError as e:
+            broken = str(e)
+    if overwrite:
+        return
+    if other:
+        raise CocodagError(f"--out {out_dir}: holds a dataset built with another config or inputs "
+                           f"(config hash {sorted(map(str, other))[0]} != {plan.config_hash}); use --overwrite to "
+                           f"replace it, or another --out")
+    if broken is not None and plan.config_hash not in records:
+        raise CocodagError(f"--out {out_dir}: its {MANIFEST_NAME} cannot be read ({broken.split(': ', 1)[-1].split('; ')[0]}) "
+                           f"and no task record says which config built it; use --overwrite to rebuild it, or "
+                           f"another --out")
+    if broken is not None:
+        print(f"note: {broken.split('; ')[0]}; it is rewritten from the task records when the build completes",
+              file=sys.stderr)
 
 
 def _our_files(out_dir: Path) -> list[Path]:
@@ -536,32 +799,18 @@ def _our_files(out_dir: Path) -> list[Path]:
     return [p for pat in pats for p in out_dir.glob(pat)]
 
 
-def _prepare_out_dir(out_dir: Path, plan: _Plan, overwrite: bool, task_ids: list[int] | None) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    other = _existing_hashes(out_dir) - {plan.config_hash}
-    if other and not overwrite:
-        raise CocodagError(f"--out {out_dir}: holds a dataset built with another config or inputs "
-                           f"(config hash {sorted(other)[0]} != {plan.config_hash}); use --overwrite to replace "
-                           f"it, or another --out")
+def _prepare_out_dir(out_dir: Path, plan: _Plan, overwrite: bool, ranged: bool) -> None:
+    """Check what ``--out`` holds; with ``overwrite`` remove it. A build holding the folder exclusively also removes
+    the temp files of a killed run (a range job removes only those of a task it holds: `_OutDir.remove_stale_temps`,
+    since another range job may be writing its own right now)."""
+    _check_existing(out_dir, plan, overwrite)
     if overwrite:
         for p in _our_files(out_dir):
             p.unlink()
         shutil.rmtree(out_dir / PROGRESS_DIR, ignore_errors=True)
-    # Stale partial files from a killed run. With a shard range, only this range's: another array job may be
-    # writing its own *.tmp in the same folder right now.
-    if task_ids is None:
-        stale = [p for p in out_dir.glob("*.tmp")] + list((out_dir / PROGRESS_DIR).glob("*.tmp"))
-    else:
-        stale = []
-        for t in task_ids:
-            task = plan.tasks[t]
-            kinds = ("dag", "cityscapes") if task.kind == "frames" else ("coco",)
-            # the temp names cocodag.atomic gives this task's shards and record (<shard>.h5.tmp, task-N.json.tmp)
-            stale += [temp_path(out_dir / shard_name(k, task.group)) for k in kinds]
-            stale.append(temp_path(_record_path(out_dir, t)))
-    for p in stale:
-        if p.is_file():
-            p.unlink()
+    if not ranged:
+        for p in [*out_dir.glob("*.tmp"), *(out_dir / PROGRESS_DIR).glob("*.tmp")]:
+            p.unlink(missing_ok=True)
     (out_dir / PROGRESS_DIR).mkdir(exist_ok=True)
 
 
@@ -586,75 +835,123 @@ def build_dataset(cityscapes: Path | str | None, coco: Path | str | None, out_di
                   cfg: BuildConfig | None = None, *, workers: int = 1, shard_range: str | tuple[int, int] | None = None,
                   overwrite: bool = False, progress: bool = True, coco_json: Path | str | None = None,
                   coco_images: Path | str | None = None) -> BuildResult:
-    """Build (or resume) a cocodag dataset in ``out_dir``.
+    """Build (or resume, or repair) a cocodag dataset in ``out_dir``.
 
     Parameters
     ----------
     cityscapes, coco : input roots (``coco_json`` / ``coco_images`` override the COCO layout).
     cfg : :class:`BuildConfig` (all byte-determining options).
     workers : joblib (loky) processes; the output bytes do not depend on it.
-    shard_range : ``"A:B"`` builds tasks A..B-1 only and writes ``manifest.part-A-B.json``; ``manifest.json`` is
-        written by whichever run finds every task complete.
-    overwrite : replace a dataset built with another config (otherwise refused).
-    """
-    from tqdm import tqdm
+    shard_range : ``"A:B"`` builds tasks A..B-1 only and writes ``manifest.part-A-B.json``. Range jobs may fill one
+        folder at once (each locks the tasks it builds; see the module docstring); ``manifest.json`` is written by a
+        run without ``shard_range`` (the merge step), or by the last range job when no other one still runs.
+    overwrite : replace a dataset built with another config (otherwise refused); not with ``shard_range``.
 
+    Raises
+    ------
+    CocodagError
+        Bad inputs or options, ``out_dir`` unusable or in use by another build (:class:`cocodag.lock.OutputLockedError`),
+        a full disk.
+    """
     cfg = cfg or BuildConfig()
     if workers < 1:
         raise CocodagError(f"--workers must be >= 1, got {workers}")
-    out_dir = Path(out_dir)
-    plan = plan_build(cityscapes, coco, cfg, coco_json=coco_json, coco_images=coco_images)
-    n_tasks = len(plan.tasks)
-    rng_ab = _parse_shard_range(shard_range, n_tasks)
-    task_ids = list(range(*rng_ab)) if rng_ab else list(range(n_tasks))
-    _prepare_out_dir(out_dir, plan, overwrite, task_ids if rng_ab else None)
-    records: dict[int, dict] = {}
-    todo = []
-    for t in task_ids:
-        rec = _load_record(out_dir, t)
-        if _record_valid(out_dir, rec, plan.config_hash):
-            records[t] = rec
-        else:
-            todo.append(plan.tasks[t])
-    kept = len(records)
-    settings = BuildSettings.from_plan(plan, out_dir)
-    total_units = sum(t.stop - t.start for t in todo)
-    bar = tqdm(total=total_units, unit="sample", desc="cocodag build", disable=not progress, dynamic_ncols=True,
-               smoothing=0.1)
-    try:
-        if workers == 1 or len(todo) <= 1:
-            _run_sequential(plan, todo, settings, records, bar.update)
-        else:
-            from joblib import Parallel, delayed
-
-            par = Parallel(n_jobs=min(workers, len(todo)), backend="loky", return_as="generator_unordered")
-            gen = par(delayed(_run_task)(_task_payload(plan, task, settings), None, True) for task in todo)
-            for rec in gen:
-                records[rec["task"]] = rec
-                bar.update(rec["units"][1] - rec["units"][0])
-    finally:
-        bar.close()
-    extra_base = {"coco_filter": {k: v for k, v in (plan.coco.stats if plan.coco else {}).items() if k != "skipped"}}
-    result = BuildResult(out_dir, None, out_dir / MANIFEST_NAME, len(todo), kept, n_tasks)
-    if rng_ab:
-        part = _manifest(plan, [records[t] for t in task_ids], extra_base)
-        part["partial"] = {"tasks": list(rng_ab), "of": n_tasks}
-        path = out_dir / f"manifest.part-{rng_ab[0]}-{rng_ab[1]}.json"
-        atomic_write_json(path, part)
-        result.manifest_path, result.counts = path, part["totals"]
-    all_recs = []
-    for t in range(n_tasks):
-        rec = records.get(t) or _load_record(out_dir, t)
-        if not _record_valid(out_dir, rec, plan.config_hash):
-            return result          # other shard ranges still missing: no manifest.json yet
-        all_recs.append(rec)
-    manifest = _manifest(plan, all_recs, extra_base)
-    atomic_write_json(out_dir / MANIFEST_NAME, manifest)
-    result.manifest, result.manifest_path, result.counts = manifest, out_dir / MANIFEST_NAME, manifest["totals"]
+    if overwrite and shard_range is not None:
+        raise CocodagError("--overwrite cannot be combined with --shard-range (range jobs share --out and must not "
+                           "delete each other's shards); empty --out (or run one build with --overwrite) first")
+    out_dir = prepare_output(Path(out_dir), kind="dir", option="--out")
+    with _lock_out_dir(out_dir, shared=shard_range is not None):
+        plan = plan_build(cityscapes, coco, cfg, coco_json=coco_json, coco_images=coco_images)
+        rng_ab = _parse_shard_range(shard_range, len(plan.tasks))
+        result = _build_locked(plan, out_dir, rng_ab, workers, overwrite, progress)
+    if rng_ab is not None:
+        manifest = _merge_if_alone(plan, out_dir)
+        if manifest is not None:
+            result.manifest, result.manifest_path, result.counts = manifest, out_dir / MANIFEST_NAME, manifest["totals"]
     return result
 
 
-def _manifest(plan: _Plan, recs: list[dict], extra: dict) -> dict[str, Any]:
+@contextlib.contextmanager
+def _lock_out_dir(out_dir: Path, shared: bool):
+    """Hold ``--out``'s lock: exclusive, or shared for a range job, which retries for ``_SHARED_GRACE_S`` (another
+    range job may hold it exclusively for a moment, to write the manifest)."""
+    lock = OutputLock(out_dir, option="--out", shared=shared)
+    deadline = time.monotonic() + (_SHARED_GRACE_S if shared else 0.0)
+    while True:
+        try:
+            lock.acquire()
+            break
+        except OutputLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(_POLL_S)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def _build_locked(plan: _Plan, out_dir: Path, rng_ab: tuple[int, int] | None, workers: int, overwrite: bool,
+                  progress: bool) -> BuildResult:
+    """The build itself, with ``--out`` locked (exclusively, or shared for a range job)."""
+    from tqdm import tqdm
+
+    n_tasks = len(plan.tasks)
+    task_ids = list(range(*rng_ab)) if rng_ab else list(range(n_tasks))
+    with disk_errors(out_dir):
+        _prepare_out_dir(out_dir, plan, overwrite, rng_ab is not None)
+    state = _OutDir(out_dir, plan, _cache_name(rng_ab), rng_ab is not None)
+    bar = tqdm(total=0, unit="sample", desc="cocodag build", disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    try:
+        _build_tasks(plan, state, task_ids, BuildSettings.from_plan(plan, out_dir), workers, bar)
+    finally:
+        bar.close()
+    state.cache.save()
+    result = BuildResult(out_dir, None, out_dir / MANIFEST_NAME, state.built, len(task_ids) - state.built, n_tasks)
+    if rng_ab:
+        part = _manifest(plan, [state.records[t] for t in task_ids])
+        part["partial"] = {"tasks": list(rng_ab), "of": n_tasks}
+        result.manifest_path, result.counts = out_dir / f"manifest.part-{rng_ab[0]}-{rng_ab[1]}.json", part["totals"]
+        _write_json(result.manifest_path, part)
+        return result
+    manifest = _merge(plan, state)
+    if manifest is not None:
+        result.manifest, result.counts = manifest, manifest["totals"]
+    return result
+
+
+def _cache_name(rng_ab: tuple[int, int] | None) -> str:
+    return f"{SHA_CACHE_PREFIX}.json" if rng_ab is None else f"{SHA_CACHE_PREFIX}.part-{rng_ab[0]}-{rng_ab[1]}.json"
+
+
+def _merge(plan: _Plan, state: _OutDir) -> dict[str, Any] | None:
+    """Write ``manifest.json`` when every task has a valid record (the caller holds ``--out`` exclusively)."""
+    recs = []
+    for t in range(len(plan.tasks)):
+        rec = state.records.get(t) or state.valid_record(t)
+        if rec is None:
+            return None          # other shard ranges still missing: no manifest.json yet
+        recs.append(rec)
+    manifest = _manifest(plan, recs)
+    _write_json(state.root / MANIFEST_NAME, manifest)
+    state.cache.save()
+    return manifest
+
+
+def _merge_if_alone(plan: _Plan, out_dir: Path) -> dict[str, Any] | None:
+    """After a range job: act as the merge step when no other job holds ``--out`` and every task is done."""
+    lock = OutputLock(out_dir, option="--out")
+    try:
+        lock.acquire()
+    except OutputLockedError:
+        return None              # other range jobs still run: the last one (or the merge step) writes it
+    try:
+        return _merge(plan, _OutDir(out_dir, plan, _cache_name(None), ranged=False))
+    finally:
+        lock.release()
+
+
+def _manifest(plan: _Plan, recs: list[dict]) -> dict[str, Any]:
     dropped: dict[str, int] = {"dag_no_ood": 0, "dag_no_id": 0, "dag_empty_paste": 0, "coco_no_ood": 0}
     skipped, entries = [], []
     for r in recs:
@@ -663,6 +960,7 @@ def _manifest(plan: _Plan, recs: list[dict], extra: dict) -> dict[str, Any]:
             dropped[k] = dropped.get(k, 0) + v
         skipped += r["skipped"]
     skipped += (plan.coco.stats.get("skipped", []) if plan.coco else [])
+    coco_filter = {k: v for k, v in (plan.coco.stats if plan.coco else {}).items() if k != "skipped"}
     return build_manifest(entries, crop_size=plan.cfg.crop, config=plan.resolved, seed=plan.cfg.seed,
-                          inputs=plan.inputs, extra={**extra, "dropped": dropped, "skipped": skipped,
-                                                     "num_tasks": len(plan.tasks)})
+                          inputs=plan.inputs, extra={"coco_filter": coco_filter, "dropped": dropped,
+                                                     "skipped": skipped, "num_tasks": len(plan.tasks)})

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,8 @@ def _rle_area(ann: dict, h: int, w: int) -> float:
 
 def _is_polygon(segm: Any) -> bool:
     return (isinstance(segm, list) and len(segm) > 0
-            and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segm))
+            and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(map(_is_number, p))
+                    for p in segm))
 
 
 # ------------------------------------------------------------------------------------------------------- files
@@ -224,7 +226,7 @@ def read_coco_json(json_path: Path | str, image_dir: Path | str | None = None) -
             for key in ("id", "name"):
                 if not isinstance(c, dict) or key not in c:
                     raise CocodagError(f"{json_path}: categories[{i}] has no {key!r} key")
-            cats.append({"id": int(c["id"]), "name": str(c["name"])})
+            cats.append({"id": _number(json_path, f"categories[{i}]", "id", c["id"]), "name": str(c["name"])})
     return {"images": images, "annotations": anns, "categories": cats, "bare_list": bare}, digest
 
 
@@ -237,10 +239,24 @@ def _read_annotations(json_path: Path, raw: list) -> list[dict]:
             if key not in a:
                 raise CocodagError(f"{json_path}: annotations[{i}] has no {key!r} key"
                                    + (f" (annotation id {a['id']})" if "id" in a else ""))
-        anns.append({"id": int(a["id"]), "image_id": int(a["image_id"]), "category_id": int(a["category_id"]),
-                     "segmentation": a["segmentation"], "iscrowd": int(a.get("iscrowd", 0) or 0),
-                     **({"area": float(a["area"])} if "area" in a else {})})
+        where = f"annotations[{i}] (annotation id {a['id']!r})"
+        anns.append({"id": _number(json_path, f"annotations[{i}]", "id", a["id"]),
+                     "image_id": _number(json_path, where, "image_id", a["image_id"]),
+                     "category_id": _number(json_path, where, "category_id", a["category_id"]),
+                     "segmentation": a["segmentation"],
+                     "iscrowd": _number(json_path, where, "iscrowd", a.get("iscrowd", 0) or 0),
+                     **({"area": _number(json_path, where, "area", a["area"], float)} if "area" in a else {})})
     return anns
+
+
+def _number(json_path: Path, where: str, key: str, value: Any, cast=int) -> int | float:
+    """``cast(value)``, or a one-line error naming the file, the record and the key (e.g. ``"area": "big"``)."""
+    try:
+        if isinstance(value, (list, dict)) or value is None:
+            raise TypeError
+        return cast(value)
+    except (TypeError, ValueError, OverflowError):
+        raise CocodagError(f"{json_path}: {where}: {key!r} must be a number, got {value!r}; fix the file") from None
 
 
 def _bare_list_images(anns: list[dict], image_dir: Path) -> list[dict]:
@@ -267,9 +283,25 @@ def _read_images(json_path: Path, raw: list, image_dir: Path | str | None) -> li
         if (w is None or h is None) and image_dir is not None:
             p = Path(image_dir) / im["file_name"]
             w, h = image_size(p) if p.is_file() else (-1, -1)
-        images.append({"id": int(im["id"]), "file_name": str(im["file_name"]),
-                       "width": int(w if w is not None else -1), "height": int(h if h is not None else -1)})
+        where = f"images[{i}] (image id {im['id']!r})"
+        images.append({"id": _number(json_path, f"images[{i}]", "id", im["id"]), "file_name": str(im["file_name"]),
+                       "width": _number(json_path, where, "width", w if w is not None else -1),
+                       "height": _number(json_path, where, "height", h if h is not None else -1)})
     return images
+
+
+@dataclass
+class _Filter:
+    """What the proxy filter of :func:`load_coco` needs per image, and what it accumulates."""
+
+    json_path: Path
+    image_dir: Path
+    min_size: int
+    min_object_area: float
+    excluded_ids: set
+    skip_bad: bool
+    stats: dict[str, Any]
+    fp: Any = field(default_factory=hashlib.sha256)
 
 
 def load_coco(json_path: Path | str, image_dir: Path | str, *, min_size: int = 480, min_object_area: float = 0.0,
@@ -282,63 +314,134 @@ def load_coco(json_path: Path | str, image_dir: Path | str, *, min_size: int = 4
     min_size : proxy images must be at least ``min_size`` wide *and* high (meta-ood: 480 = crop size).
     min_object_area : pasteable objects are non-crowd polygons with ``area >= min_object_area``.
     exclude : category names whose images are dropped entirely.
-    skip_bad : a proxy image whose file is missing is skipped and listed in ``stats["skipped"]`` instead of failing.
+    skip_bad : a proxy image whose file is missing, or an annotation of a proxy image that cannot give a mask
+        (a degenerate polygon: ``[]``, ``[[]]``, fewer than 3 points; a polygon outside the image; a malformed RLE),
+        is skipped and listed in ``stats["skipped"]`` instead of failing.
     require_objects : raise when no object survives the filter ("no usable object left").
     """
     json_path, image_dir = Path(json_path), Path(image_dir)
     data, digest = read_coco_json(json_path, image_dir)
     coco = _index(json_path, data)
     names = {c["id"]: c["name"] for c in data["categories"]}
-    excluded_ids = {cid for cid, n in names.items() if n in set(exclude)}
     stats = {"images": len(data["images"]), "annotations": len(data["annotations"]), "excluded_category": 0,
-             "too_small": 0, "no_object": 0, "orphan_annotations": 0, "missing_file": 0, "proxies": 0,
-             "objects": 0, "skipped": [], "excluded": list(exclude), "bare_list": data["bare_list"]}
+             "too_small": 0, "no_object": 0, "orphan_annotations": 0, "missing_file": 0, "bad_annotations": 0,
+             "proxies": 0, "objects": 0, "skipped": [], "excluded": list(exclude), "bare_list": data["bare_list"]}
     stats["orphan_annotations"] = sum(1 for a in data["annotations"] if a["image_id"] not in coco.imgs)
+    flt = _Filter(json_path, image_dir, min_size, min_object_area,
+                  {cid for cid, n in names.items() if n in set(exclude)}, skip_bad, stats)
     images: list[CocoImage] = []
     objects: list[CocoObject] = []
-    fp = hashlib.sha256()
     for iid in sorted(coco.imgs):
-        im = coco.imgs[iid]
-        anns = coco.imgToAnns.get(iid, [])
-        if any(a["category_id"] in excluded_ids for a in anns):
-            stats["excluded_category"] += 1
-            continue
-        w, h = im["width"], im["height"]
-        # Size unknown (-1) only when the JSON lacks it and the file is missing: reported at the file check below.
-        if w >= 0 and h >= 0 and (w < min_size or h < min_size):
-            stats["too_small"] += 1
-            continue
-        objs = _pasteable(anns, w, h, min_object_area)
-        if not objs:
-            stats["no_object"] += 1
-            continue
-        path = image_dir / im["file_name"]
-        try:
-            st = path.stat()
-        except (FileNotFoundError, NotADirectoryError):
-            if not skip_bad:
-                raise CocodagError(f"{path}: COCO image listed in {json_path.name} (id {iid}) not found "
-                                   f"(use --skip-bad to skip it)") from None
-            stats["missing_file"] += 1
-            stats["skipped"].append({"file": str(path), "reason": "missing"})
-            continue
-        # names + sizes only (no mtimes): a copy of COCO on another node (Slurm scratch) fingerprints the same
-        fp.update(f"{im['file_name']}\0{st.st_size}\n".encode())
-        minimal = tuple({"id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"],
-                         "segmentation": a["segmentation"], "iscrowd": a["iscrowd"]} for a in anns)
-        idx = len(images)
-        images.append(CocoImage(int(iid), str(path), int(w), int(h), minimal))
-        objects.extend(CocoObject(int(aid), idx, area) for aid, area in objs)
+        kept = _proxy_image(flt, iid, coco.imgs[iid], coco.imgToAnns.get(iid, []))
+        if kept is not None:
+            images.append(kept[0])
+            objects.extend(CocoObject(aid, len(images) - 1, area) for aid, area in kept[1])
     stats["proxies"], stats["objects"] = len(images), len(objects)
     if require_objects and not objects:
         raise CocodagError(
             f"{json_path}: no usable object left after filtering ({stats['images']} images: "
             f"{stats['excluded_category']} contain {'/'.join(exclude)}, {stats['too_small']} smaller than "
             f"{min_size}x{min_size}, {stats['no_object']} without a non-crowd polygon of area >= {min_object_area:g}"
-            f"{', %d image files missing' % stats['missing_file'] if stats['missing_file'] else ''})")
+            f"{', %d image files missing' % stats['missing_file'] if stats['missing_file'] else ''}"
+            f"{', %d bad annotations skipped' % stats['bad_annotations'] if stats['bad_annotations'] else ''})")
     fingerprint = {"json": str(json_path), "json_sha256": digest, "proxy_images": len(images),
-                   "proxy_files_hash": fp.hexdigest()[:16]}
+                   "proxy_files_hash": flt.fp.hexdigest()[:16]}
     return CocoSource(str(json_path), str(image_dir), images, objects, stats, fingerprint)
+
+
+def _proxy_image(flt: _Filter, iid: int, im: dict, anns: list[dict]
+                 ) -> tuple[CocoImage, list[tuple[int, float]]] | None:
+    """The proxy record of one image and its pasteable objects, or None when the filter drops it (counted)."""
+    stats = flt.stats
+    if any(a["category_id"] in flt.excluded_ids for a in anns):
+        stats["excluded_category"] += 1
+        return None
+    w, h = im["width"], im["height"]
+    # Size unknown (-1) only when the JSON lacks it and the file is missing: reported at the file check below.
+    if w >= 0 and h >= 0 and (w < flt.min_size or h < flt.min_size):
+        stats["too_small"] += 1
+        return None
+    objs = _pasteable(anns, w, h, flt.min_object_area)
+    if not objs:
+        stats["no_object"] += 1
+        return None
+    path = flt.image_dir / im["file_name"]
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        if not flt.skip_bad:
+            raise CocodagError(f"{path}: COCO image listed in {flt.json_path.name} (id {iid}) not found "
+                               f"(use --skip-bad to skip it)") from None
+        stats["missing_file"] += 1
+        stats["skipped"].append({"file": str(path), "reason": "missing"})
+        return None
+    minimal, bad = _mask_annotations(anns, {aid for aid, _ in objs}, w, h)
+    for aid, why in bad:
+        if not flt.skip_bad:
+            raise CocodagError(f"{flt.json_path}: annotation {aid} (image {iid}): {why}; fix or remove it, or use "
+                               f"--skip-bad to skip it")
+        stats["bad_annotations"] += 1
+        stats["skipped"].append({"file": str(flt.json_path), "reason": f"annotation {aid} (image {iid}): {why}"})
+    objs = [(aid, area) for aid, area in objs if aid not in {b for b, _ in bad}]
+    if not objs:
+        stats["no_object"] += 1
+        return None
+    # names + sizes only (no mtimes): a copy of COCO on another node (Slurm scratch) fingerprints the same
+    flt.fp.update(f"{im['file_name']}\0{st.st_size}\n".encode())
+    return CocoImage(int(iid), str(path), int(w), int(h), minimal), [(int(aid), area) for aid, area in objs]
+
+
+def _mask_annotations(anns: list[dict], objects: set[int], w: int, h: int) -> tuple[tuple, list[tuple[int, str]]]:
+    """The minimal annotation records of a proxy image (what :func:`image_masks` rasterizes) and the bad ones as
+    (annotation id, why): a segmentation pycocotools cannot rasterize, or an object polygon outside the image."""
+    minimal, bad = [], []
+    for a in anns:
+        segm, why = _mask_segmentation(a["segmentation"], w, h)
+        if why is None and a["id"] in objects and _polygon_outside(segm, w, h):
+            why = f"its polygon lies outside the {w}x{h} image (the object mask would be empty)"
+        if why is not None:
+            bad.append((a["id"], why))
+            continue
+        minimal.append({"id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"],
+                        "segmentation": segm, "iscrowd": a["iscrowd"]})
+    return tuple(minimal), bad
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _mask_segmentation(segm: Any, w: int, h: int) -> tuple[Any, str | None]:
+    """``(segmentation to rasterize, None)``, or ``(None, why)`` when pycocotools cannot give a mask.
+
+    Polygon parts with fewer than 3 points are dropped: they cover no pixel (pycocotools gives the same mask
+    without them), but make it fail when the first part is one (``[[x0, y0, x1, y1]]`` is read as a box, ``[[]]``
+    and ``[]`` raise). An annotation left with no polygon of 3 points or more is bad.
+    """
+    if isinstance(segm, dict):
+        size = segm.get("size")
+        if not isinstance(segm.get("counts"), (list, str)) or not isinstance(size, list):
+            return None, "RLE segmentation without 'counts' and 'size'"
+        if size != [h, w]:
+            return None, f"RLE size {size} differs from the image size [{h}, {w}] (height, width)"
+        return segm, None
+    if not isinstance(segm, list):
+        return None, f"segmentation is a {type(segm).__name__}, expected a list of polygons or an RLE object"
+    if not all(isinstance(p, list) and all(_is_number(v) for v in p) for p in segm):
+        return None, "polygon with non-numeric coordinates"
+    parts = [p for p in segm if len(p) >= 6]
+    if not parts:
+        shown = json.dumps(segm)
+        return None, f"degenerate polygon {shown if len(shown) <= 40 else shown[:37] + '...'} (fewer than 3 points)"
+    return (segm if len(parts) == len(segm) else parts), None
+
+
+def _polygon_outside(segm: Any, w: int, h: int) -> bool:
+    """True when every vertex of a polygon segmentation lies on one side outside the ``w`` x ``h`` image."""
+    if not isinstance(segm, list) or w < 0 or h < 0:
+        return False
+    xy = np.concatenate([np.asarray(p[:len(p) // 2 * 2], np.float64).reshape(-1, 2) for p in segm])
+    return bool(xy[:, 0].max() <= 0 or xy[:, 0].min() >= w or xy[:, 1].max() <= 0 or xy[:, 1].min() >= h)
 
 
 def _index(json_path: Path, data: dict) -> COCO:

@@ -38,11 +38,17 @@ class OutputLockedError(CocodagError):
     """Another job holds the lock on an output (the message names it)."""
 
 
-def lock_path_for(path: Path | str) -> Path:
-    """Where the lock of ``path`` lives: ``DIR/.lock`` for a folder (existing, or named with a trailing separator
-    by the caller creating it), ``<file>.lock`` beside a file."""
+def lock_path_for(path: Path | str, kind: str | None = None) -> Path:
+    """Where the lock of ``path`` lives: ``DIR/.lock`` for a folder, ``<file>.lock`` beside a file.
+
+    ``kind`` (``"dir"`` or ``"file"``) says which ``path`` is meant to be; without it, an existing folder counts as
+    a folder and anything else as a file (so pass ``kind="dir"`` for a folder that does not exist yet).
+    """
     path = Path(path)
-    return path / LOCK_NAME if path.is_dir() else path.with_name(path.name + ".lock")
+    if kind not in (None, "dir", "file"):
+        raise ValueError(f"kind must be None, 'dir' or 'file', got {kind!r}")
+    is_dir = path.is_dir() if kind is None else kind == "dir"
+    return path / LOCK_NAME if is_dir else path.with_name(path.name + ".lock")
 
 
 def _holder_text(info: dict) -> str:
@@ -60,6 +66,7 @@ class OutputLock:
     path : the output (a folder or a file); the lock file is :func:`lock_path_for` of it.
     option : the command-line option that named ``path`` (used in the message), e.g. ``"--out"``.
     shared : take a shared lock (see the module docstring).
+    kind : ``"dir"`` or ``"file"``: what ``path`` is (default: a folder if one exists there, else a file).
     lock_file : use this lock file instead of the default one.
 
     Raises
@@ -68,12 +75,12 @@ class OutputLock:
         From :meth:`acquire` when another job holds the lock (never waits).
     """
 
-    def __init__(self, path: Path | str, *, option: str = "--out", shared: bool = False,
+    def __init__(self, path: Path | str, *, option: str = "--out", shared: bool = False, kind: str | None = None,
                  lock_file: Path | str | None = None):
         self.path = Path(path)
         self.option = option
         self.shared = shared
-        self.lock_file = Path(lock_file) if lock_file is not None else lock_path_for(self.path)
+        self.lock_file = Path(lock_file) if lock_file is not None else lock_path_for(self.path, kind)
         self._fd: int | None = None
         self.took_over_: dict | None = None
 

@@ -44,7 +44,10 @@ def _probe_writable(folder: Path, option: str, path: Path) -> None:
         what = _DISK_ERRNOS.get(e.errno, os.strerror(e.errno) if e.errno else str(e))
         raise CocodagError(f"{option} {path}: cannot write in {folder} ({what}); choose another {option}") from None
     finally:
-        probe.unlink(missing_ok=True)
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:         # a read-only file system refuses even removing a file that is not there
+            pass
 
 
 def prepare_output(path: Path | str, *, kind: str, option: str = "--out") -> Path:

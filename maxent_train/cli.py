@@ -53,7 +53,8 @@ def fit(
     data: Annotated[Optional[Path], typer.Option(help="cocodag dataset directory (with manifest.json).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model name (`maxent-train models`) or pkg.module:factory.")]
     = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory: config.json, log.jsonl, checkpoints.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory: config.json, log.jsonl, checkpoints (locked "
+                                                    "while the run goes: OUT/.lock).")] = None,
     init: Annotated[Optional[Path], typer.Option(help="Initial weights (state_dict or {'state_dict':...}; "
                                                      "'module.' stripped; strict key check).")] = None,
     num_classes: Annotated[int, typer.Option(help="Number of in-distribution classes.")] = 19,
@@ -115,7 +116,8 @@ def fit(
 def export(
     checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (model-final.pt, checkpoint-last.pt, or a "
                                                   "state_dict with --model).")],
-    out: Annotated[Path, typer.Option(help="Output logits.h5 (written via .tmp + rename).")],
+    out: Annotated[Path, typer.Option(help="Output logits.h5 (written via .tmp + rename; locked while the export "
+                                           "runs: OUT.lock).")],
     data: Annotated[Optional[Path], typer.Option(help="A cocodag dataset directory as input.")] = None,
     kinds: Annotated[str, typer.Option(help="Shard kinds to export from --data, comma-separated.")] = "dag",
     images: Annotated[Optional[Path], typer.Option(help="An evaluation-set root as input (with --preset).")] = None,
@@ -155,7 +157,8 @@ def export(
             store_images=store_images, image_max_side=image_max_side, limit=limit, compression=compression.value,
             sml_stats=str(sml_stats) if sml_stats else None, device=device.value, seed=seed, progress=progress)
         summary = export_logits(opts)
-        typer.echo(f"{summary['num_images']} images -> {summary['out']}", err=True)
+        if summary.get("is_main", True):
+            typer.echo(f"{summary['num_images']} images -> {summary['out']}", err=True)
 
 
 def models() -> None:
@@ -181,12 +184,18 @@ def miou(
     from .segeval import evaluate_segmentation
 
     with user_errors():
+        if out is not None:
+            from cocodag.outputs import prepare_output
+
+            prepare_output(out, kind="file", option="--out")
         res = evaluate_segmentation(checkpoint, cityscapes, split=split, device=device.value, limit=limit,
                                     progress=progress)
         if out is not None:
             from cocodag.atomic import atomic_write_json
+            from cocodag.outputs import disk_errors
 
-            atomic_write_json(out, res)
+            with disk_errors(out):
+                atomic_write_json(out, res)
         typer.echo(f"mIoU {100 * res['miou']:.2f}  pixel acc {100 * res['pixel_acc']:.2f}  ({res['n_frames']} frames)")
         typer.echo(json.dumps({k: round(v, 4) for k, v in res["iou"].items() if v is not None}))
 

@@ -8,12 +8,19 @@ exceed RAM.
 
 The optional MC block calls :func:`maxent_train.mc.mc_moments` once per frame with ``seed = seed + frame index``
 (independent of batching), head-only when the model has ``forward_features``/``forward_head``.
+
+The job locks ``--out`` (``F.h5.lock``) and ``--sml-stats`` for its whole run, checks both paths before any work,
+and checks the free space up front (uncompressed size) and before every frame, so that a full disk ends in one line
+(``No space left on device: F.h5``) with neither ``F.h5`` nor ``F.h5.tmp`` left behind.
+
 ``sml_stats`` feeds the *stored* (float16) logits of each frame to :class:`cocodag.formats.sml_stats.SMLStats`, so the
 JSON equals what ``oodscore fit-sml`` computes from the written file.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+import itertools
+import os
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,10 +28,13 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from cocodag.atomic import temp_path
 from cocodag.device import resolve_device
 from cocodag.formats.logits import MC_KEYS, LogitsWriter, upsample
 from cocodag.formats.sml_stats import SMLStats
 from cocodag.labels import IGNORE_ID, NUM_CLASSES, OOD_ID
+from cocodag.lock import OutputLock, lock_path_for
+from cocodag.outputs import check_free_space, disk_errors, prepare_output
 
 from . import MaxentError, __version__
 from .data import normalize
@@ -258,16 +268,75 @@ def _downsize(image: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
 
 
+# --------------------------------------------------------------------------------------------------------- outputs
+def _prepare_outputs(opts: ExportOptions) -> tuple[Path, Path | None]:
+    """Check ``--out`` and ``--sml-stats`` before any work (odd paths refused, folders created); returns both."""
+    out = prepare_output(opts.out, kind="file", option="--out")
+    if opts.sml_stats is None:
+        return out, None
+    sml = Path(opts.sml_stats)
+    taken = {p.resolve(): what for p, what in ((out, "--out"), (temp_path(out), "--out's temp file"),
+                                               (lock_path_for(out), "--out's lock file"))}
+    if sml.resolve() in taken:
+        raise MaxentError(f"--sml-stats {sml}: is the same file as {taken[sml.resolve()]}; choose another name "
+                          f"(e.g. {out.with_suffix('.sml.json')})")
+    return out, prepare_output(sml, kind="file", option="--sml-stats")
+
+
+def _frame_bytes(num_classes: int, first: _Frame, opts: ExportOptions) -> int:
+    """Uncompressed bytes one frame adds to the file."""
+    h, w = first.label.shape
+    nbytes = num_classes * h * w * 2 + h * w + 256          # logits float16, label, image_id
+    if first.roi is not None:
+        nbytes += h * w
+    if opts.store_images:
+        nbytes += _downsize(first.image, opts.image_max_side).size
+    if opts.mc_samples:      # mean (C), central (K-1 orders x C), entropy (1)
+        nbytes += (num_classes * opts.moment_order + 1) * h * w * (2 if opts.mc_dtype == "float16" else 4)
+    return nbytes
+
+
+def _metadata_reserve(frames: int) -> int:
+    """Room for HDF5's own metadata on top of the data: ~40 KiB + < 1 KiB per frame (measured)."""
+    return (64 << 10) + (1 << 10) * frames
+
+
+def _check_space(out: Path, frames: int, frame_bytes: int, compressed: bool) -> None:
+    """Refuse up front an export that cannot fit (only without compression: compressed sizes are not known).
+    A disk that fills up later anyway is caught by the writer (one line, no file left)."""
+    if not compressed:
+        check_free_space(out, frames * frame_bytes + _metadata_reserve(frames), option="--out")
+
+
 # --------------------------------------------------------------------------------------------------------- export
 def export_logits(opts: ExportOptions) -> dict[str, Any]:
     """Run the export described by ``opts``; returns ``{"out", "num_images", "shape"}``.
 
+    ``--out`` (and ``--sml-stats``) are checked before any work and locked for the whole job (``F.h5.lock``): a
+    second export into the same file is refused with one line naming this one. Under ``torchrun`` only rank 0
+    exports (the others return at once: one job, one writer).
+
     Raises
     ------
     MaxentError / CocodagError
-        Bad options, unreadable checkpoint or inputs, frames of different sizes, a float16 MC block that overflows.
+        Bad options or ``--out``, another job holding it, unreadable checkpoint or inputs, frames of different sizes,
+        non-finite logits (naming the frame), a float16 MC block that overflows, not enough free space
+        (``No space left on device: <file>``; nothing is left under ``--out`` or its temp name).
     """
     opts.validate()
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and int(os.environ.get("RANK", 0)) != 0:
+        return {"out": str(opts.out), "num_images": 0, "shape": None, "is_main": False}
+    out, sml_path = _prepare_outputs(opts)
+    with ExitStack() as stack:
+        for path, option in ((out, "--out"), (sml_path, "--sml-stats")):
+            if path is not None:
+                with disk_errors(path, option=option):
+                    stack.enter_context(OutputLock(path, option=option))
+        return _export_locked(opts, out, sml_path)
+
+
+def _export_locked(opts: ExportOptions, out: Path, sml_path: Path | None) -> dict[str, Any]:
+    """The export itself, once its outputs are checked and locked: model, frames, free space, then the file."""
     device = resolve_device(opts.device)
     model, meta = load_model_for_export(opts.checkpoint, opts.model, opts.num_classes, device)
     num_classes = int(meta["num_classes"])
@@ -275,19 +344,22 @@ def export_logits(opts: ExportOptions) -> dict[str, Any]:
     n = min(source.total, opts.limit) if opts.limit is not None else source.total
     if n == 0:
         raise MaxentError("no frames to export (empty input or --kinds without samples)")
+    frames = _take(source.frames, n)
+    first = next(frames)
+    _check_space(out, n, _frame_bytes(num_classes, first, opts), compressed=opts.compression != "none")
 
-    out = Path(opts.out)
     head_only = hasattr(model, "forward_features") and hasattr(model, "forward_head")
     mc_attrs = dict(moments_of=opts.moments_of, mc_samples=opts.mc_samples, moment_order=opts.moment_order,
                     head_only=bool(head_only), seed=opts.seed)
-    sml = SMLStats(num_classes, source=f"maxent-train export {out.name}") if opts.sml_stats else None
+    sml = SMLStats(num_classes, source=f"maxent-train export {out.name}") if sml_path is not None else None
     with _progress(opts.progress, n) as pbar, LogitsWriter(
             out, num_classes, dataset=source.dataset, model=str(meta["model"]), checkpoint=str(opts.checkpoint),
             attrs={"maxent_train": __version__}, compression=opts.compression, mc_attrs=mc_attrs,
             mc_dtype=opts.mc_dtype) as writer:
-        hw = _write_frames(writer, _take(source.frames, n), model, device, opts, head_only, sml, pbar)
+        hw = _write_frames(writer, itertools.chain([first], frames), model, device, opts, head_only, sml, pbar)
     if sml is not None:
-        sml.save(opts.sml_stats)
+        with disk_errors(sml_path, option="--sml-stats"):
+            sml.save(sml_path)
     return {"out": str(out), "num_images": n, "shape": (n, num_classes, *hw)}
 
 
@@ -309,6 +381,7 @@ def _write_frames(writer: LogitsWriter, frames: Iterator[_Frame], model: torch.n
         x = normalize(torch.from_numpy(np.ascontiguousarray(fr.image))[None].to(device))
         model.eval()      # mc_moments switches dropout on; plain logits are deterministic
         l16 = upsample(predict_logits(model, x, window, opts.stride), (h, w))[0].cpu().numpy().astype(np.float16)
+        _check_finite(l16, fr.name, opts.checkpoint)
         mc = None
         if opts.mc_samples:
             mc, ran_head_only = _mc_block(model, x, opts, i, head_only, (h, w))
@@ -320,6 +393,16 @@ def _write_frames(writer: LogitsWriter, frames: Iterator[_Frame], model: torch.n
         if pbar is not None:
             pbar.update(1)
     return hw
+
+
+def _check_finite(l16: np.ndarray, frame: str, checkpoint: str) -> None:
+    """Refuse non-finite logits where they appear (every later reader would refuse the file, naming no frame)."""
+    if np.isfinite(l16).all():
+        return
+    bad = int((~np.isfinite(l16)).sum())
+    kind = "NaN" if np.isnan(l16).any() else "inf (beyond float16's +-65504)"
+    raise MaxentError(f"frame {frame}: the model's logits hold {bad} {kind} value(s) with checkpoint {checkpoint}; "
+                      "check that checkpoint (non-finite weights, or a model whose logits overflow float16)")
 
 
 @contextmanager

@@ -9,6 +9,11 @@
   written atomically (:func:`cocodag.atomic.atomic_write`) every ``checkpoint_every`` steps and at the end of each
   epoch.
 * ``model-final.pt`` – ``{"state_dict": ..., "metadata": {"model", "num_classes", ...}}`` (what ``export`` reads).
+* ``.lock`` – the job's exclusive lock (:class:`cocodag.lock.OutputLock`), held from before the first check to the end:
+  a second job on the same ``out`` is refused with one line naming the holder; under torchrun rank 0 holds it.
+
+Checkpoints record the result-changing options, the data manifest hash and the world size in their ``metadata``:
+``--resume`` compares them (and ``config.json`` when present) and refuses any change, naming the option.
 
 Determinism: the batch order, flips and dropout masks are functions of ``(seed, epoch, batch, rank)`` (dropout: the
 torch RNG is reseeded from them before every step), so ``resume`` from a checkpoint continues with the same batches
@@ -30,14 +35,17 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from cocodag.atomic import atomic_write, atomic_write_text
 from cocodag.device import resolve_device
+from cocodag.errors import CocodagError
 from cocodag.labels import NUM_CLASSES
+from cocodag.lock import OutputLock
+from cocodag.outputs import disk_errors, prepare_output
 from cocodag.versions import library_versions
 
 from . import MaxentError, __version__
@@ -227,6 +235,39 @@ class DistContext:
 
             dist.barrier()
 
+    @contextmanager
+    def one_outcome(self) -> Iterator[None]:
+        """Run a block any rank may fail in; then every rank raises the same error, or none does.
+
+        Without it a rank that stops early (a refused ``--out``, a bad file) leaves the others waiting in their next
+        collective until its timeout (30 minutes). The ranks exchange the first error's line (``all_gather_object``);
+        a rank that failed with one of our errors raises that line, a bug keeps its own traceback. One process: the
+        block's exception passes through untouched.
+        """
+        if not self.distributed:
+            yield
+            return
+        err: Exception | None = None
+        try:
+            yield
+        except Exception as e:      # noqa: BLE001 - re-raised below, after telling the other ranks
+            err = e
+        import torch.distributed as dist
+
+        texts: list[str | None] = [None] * self.world_size
+        dist.all_gather_object(texts, None if err is None else _error_line(err, self.rank))
+        first = next((t for t in texts if t is not None), None)
+        if err is not None and not isinstance(err, CocodagError):
+            raise err
+        if first is not None:
+            raise MaxentError(first)
+
+
+def _error_line(err: Exception, rank: int) -> str:
+    if isinstance(err, CocodagError):
+        return str(err)
+    return f"rank {rank} failed with {type(err).__name__}: {str(err).strip()[:300]} (its traceback is above)"
+
 
 def setup_distributed(device: str) -> DistContext:
     """Read torchrun's environment (one process without it), resolve ``device`` and join the process group.
@@ -251,8 +292,10 @@ def setup_distributed(device: str) -> DistContext:
 class RunDir:
     """A run directory (``--out``): ``config.json``, ``log.jsonl``, ``checkpoint-last.pt``, ``model-final.pt``.
 
-    Owns the rules for starting a run in it (refused when it already holds one) and for resuming one (refused when a
-    result-changing option or the data differ from what the run started with).
+    Owns the rules for starting a run in it (refused when it already holds one, or while another job holds its lock
+    ``OUT/.lock``) and for resuming one (refused when a result-changing option or the data differ from what the run
+    recorded, in its checkpoint and in ``config.json``). Every file it writes is atomic, and a full disk is one line
+    (``No space left on device: <file>``).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -262,50 +305,164 @@ class RunDir:
         self.checkpoint = self.path / CHECKPOINT_LAST
         self.final = self.path / MODEL_FINAL
 
+    @contextmanager
+    def exclusive(self, ctx: DistContext) -> Iterator[None]:
+        """Hold the run's lock for the whole run; one job is one lock.
+
+        Rank 0 checks ``--out`` (an existing file, a parent that is a file, a read-only place: refused before any
+        work) and takes the lock; the other ranks of the same job wait for the outcome, so a refused job stops on
+        every rank at once with the same line (naming the job that holds it).
+        """
+        lock: OutputLock | None = None
+        try:
+            with ctx.one_outcome():
+                if ctx.is_main:
+                    prepare_output(self.path, kind="dir", option="--out")
+                    # only now: the lock of an existing folder is OUT/.lock (of a missing one, OUT.lock beside it)
+                    lock = OutputLock(self.path, option="--out", lock_file=self.path / ".lock")
+                    with disk_errors(self.path):
+                        lock.acquire()
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
+
     def check_fresh(self) -> None:
         """Raise if the directory already holds a run."""
         if self.checkpoint.is_file():
             raise MaxentError(f"{self.path}: already holds a run ({CHECKPOINT_LAST}); use --resume to continue it "
                               f"or choose a new --out")
 
-    def check_resume(self, options: dict[str, Any], manifest_hash: str, data: str) -> dict[str, Any]:
-        """Check that the run can be resumed with ``options`` on this data; return its training checkpoint."""
+    def check_resume(self, options: dict[str, Any], manifest_hash: str, data: str,
+                     world_size: int | None = None) -> dict[str, Any]:
+        """Check that the run can be resumed with ``options`` on this data; return its training checkpoint.
+
+        The checkpoint's own record (its ``metadata``: options, data manifest hash, world size) is compared first,
+        then ``config.json`` when present: deleting ``config.json`` does not let a changed ``--lr`` through.
+        """
         if not self.checkpoint.is_file():
             raise MaxentError(f"--resume: {self.checkpoint} does not exist (nothing to resume; drop --resume)")
-        old = json.loads(self.config.read_text()) if self.config.is_file() else None
+        ck = _load_training_checkpoint(self.checkpoint)
+        meta = ck.get("metadata") if isinstance(ck.get("metadata"), dict) else {}
+        _check_same_options(self.checkpoint, _recorded_options(meta), options, self.config)
+        _check_same_data(self.checkpoint, meta.get("data_manifest_hash"), manifest_hash, data)
+        recorded_world = meta.get("world_size")
+        if world_size is not None and recorded_world is not None and int(recorded_world) != world_size:
+            raise MaxentError(f"--resume: {self.checkpoint} was trained by {recorded_world} process(es) "
+                              f"(torchrun --nproc-per-node), now {world_size}; the batches depend on it: resume "
+                              f"with {recorded_world}")
+        old = self._read_config()
         if old is not None:
-            diff = {k for k, v in old.get("options", {}).items()
-                    if k not in _NON_RESULT_OPTIONS and options.get(k) != v}
-            if diff:
-                raise MaxentError(f"--resume: options {sorted(diff)} differ from {self.config}; resume with "
-                                  f"the same options (or --config {self.config})")
-            if old.get("data_manifest_hash") != manifest_hash:
-                raise MaxentError(f"--resume: data manifest of {data} differs from the one the run started with")
-        return _load_training_checkpoint(self.checkpoint)
+            _check_same_options(self.config, old.get("options", {}), options, self.config)
+            _check_same_data(self.config, old.get("data_manifest_hash"), manifest_hash, data)
+        return ck
+
+    def _read_config(self) -> dict[str, Any] | None:
+        if not self.config.is_file():
+            return None
+        try:
+            old = json.loads(self.config.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise MaxentError(f"--resume: {self.config}: cannot parse ({str(e).splitlines()[0]}); delete it to "
+                              f"resume from {CHECKPOINT_LAST}'s own record") from None
+        if not isinstance(old, dict) or not isinstance(old.get("options", {}), dict):
+            raise MaxentError(f"--resume: {self.config}: not a run config (expected an object with 'options'); "
+                              f"delete it to resume from {CHECKPOINT_LAST}'s own record")
+        return old
 
     def start(self, record: dict[str, Any], step: int, resume: bool) -> None:
         """Write ``config.json`` and cut ``log.jsonl`` back to ``step`` (a fresh run starts an empty log)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.config, json.dumps({**record, "resumed_from_step": step if resume else None},
-                                                  indent=2, sort_keys=True, default=str))
+        with disk_errors(self.config):
+            atomic_write_text(self.config, json.dumps({**record, "resumed_from_step": step if resume else None},
+                                                      indent=2, sort_keys=True, default=str))
         # Drop log lines written after the checkpoint (the killed run's tail): the resumed run rewrites them.
         log = [r for r in read_log(self.log) if r.get("step", 0) <= step] if resume else []
-        atomic_write_text(self.log, "".join(json.dumps(r) + "\n" for r in log))
+        with disk_errors(self.log):
+            atomic_write_text(self.log, "".join(json.dumps(r) + "\n" for r in log))
 
     @contextmanager
-    def log_writer(self, enabled: bool) -> Iterator[TextIO | None]:
-        """``log.jsonl`` opened for appending (None when ``enabled`` is false: ranks other than 0)."""
+    def log_writer(self, enabled: bool) -> Iterator[Callable[[dict], None] | None]:
+        """A function appending one record to ``log.jsonl`` (None when ``enabled`` is false: ranks other than 0).
+
+        A record is written whole or not at all: a failed write (disk full) is cut back off before the one-line
+        error, so the log never ends in half a line.
+        """
         if not enabled:
             yield None
             return
-        with open(self.log, "a") as f:
-            yield f
+        with disk_errors(self.log):
+            fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+        def write(record: dict) -> None:
+            data = (json.dumps(record) + "\n").encode()
+            with disk_errors(self.log):
+                size = os.fstat(fd).st_size
+                try:
+                    while data:
+                        data = data[os.write(fd, data):]
+                except OSError:
+                    _truncate(fd, size)
+                    raise
+
+        try:
+            yield write
+        finally:
+            os.close(fd)
 
     @staticmethod
     def save(obj: Any, path: Path) -> None:
-        """``torch.save`` atomically: a kill leaves the old file or the new one."""
-        with atomic_write(path) as tmp:
-            torch.save(obj, tmp)
+        """``torch.save`` atomically: a kill or a full disk leaves the old file (and no temp file)."""
+        with disk_errors(path), atomic_write(path) as tmp:
+            try:
+                with open(tmp, "wb") as f:
+                    torch.save(obj, f)
+            except RuntimeError as e:       # torch reports a failed write as RuntimeError; the OSError is its context
+                if isinstance(e.__context__, OSError):
+                    raise e.__context__ from None
+                raise
+
+
+def _truncate(fd: int, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        pass
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of a FitConfig field."""
+    return {"lam": "--lambda", "recreate_optimizer_each_epoch": "--recreate-optimizer-each-epoch/--keep-optimizer"
+            }.get(name, "--" + name.replace("_", "-"))
+
+
+# FitConfig fields that checkpoints written before the full option record already held in their metadata
+_LEGACY_METADATA_OPTIONS = ("model", "num_classes", "seed", "lam", "optim_target", "embedding_img_interval")
+
+
+def _recorded_options(meta: dict[str, Any]) -> dict[str, Any]:
+    """The result-changing options a checkpoint's metadata records (older checkpoints: the few they held)."""
+    if isinstance(meta.get("options"), dict):
+        return dict(meta["options"])
+    return {k: meta[k] for k in _LEGACY_METADATA_OPTIONS if k in meta}
+
+
+def _check_same_options(where: Path, recorded: dict[str, Any], options: dict[str, Any], config: Path) -> None:
+    """Refuse a resume whose result-changing options differ from ``recorded`` (one line: flag, run vs now)."""
+    diff = sorted(k for k, v in recorded.items()
+                  if k not in _NON_RESULT_OPTIONS and k in FitConfig.field_names() and options.get(k) != v)
+    if not diff:
+        return
+    changes = "; ".join(f"{_flag(k)}: run {recorded[k]!r}, now {options.get(k)!r}" for k in diff)
+    how = f"--config {config}" if config.is_file() else "the run's values"
+    raise MaxentError(f"--resume: options {diff} differ from {where} ({changes}); resume with the same options "
+                      f"({how}) or start a new run in another --out")
+
+
+def _check_same_data(where: Path, recorded: str | None, manifest_hash: str, data: str) -> None:
+    if recorded is not None and recorded != manifest_hash:
+        raise MaxentError(f"--resume: data manifest of {data} differs from the one the run started with "
+                          f"(recorded in {where}); resume on the same dataset")
 
 
 # --------------------------------------------------------------------------------------------------------- training
@@ -439,18 +596,42 @@ def _train_loop(tr: _Training, cfg: FitConfig, ctx: DistContext, loader: ShardLo
 def fit(cfg: FitConfig, *, resume: bool = False, on_step: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Run (or resume) MaxEnt fine-tuning; returns a summary dict (steps, final loss, paths).
 
-    Under ``torchrun`` (``WORLD_SIZE > 1``) it joins the process group (gloo on CPU, nccl on CUDA), wraps the model
-    in DDP and splits each global batch across ranks; only rank 0 writes files.
+    The job holds an exclusive lock on ``cfg.out`` (``OUT/.lock``) from before its first check to its end: a second
+    job on the same run directory is refused with one line naming this one. Under ``torchrun`` (``WORLD_SIZE > 1``)
+    it joins the process group (gloo on CPU, nccl on CUDA), rank 0 takes the lock for the whole job, the model is
+    wrapped in DDP and each global batch is split across ranks; only rank 0 writes files. An error while setting up
+    (the lock, the data, a checkpoint) stops every rank with the same line.
 
     Raises
     ------
     MaxentError / CocodagError
-        Bad options, data dir, checkpoint; resuming a run whose config differs in a result-changing option.
+        Bad options, ``--out``, data dir, checkpoint; another job holding ``--out``; resuming a run whose recorded
+        options or data differ in a result-changing way; a full disk (``No space left on device: <file>``).
     """
     cfg.validate()
     ctx = setup_distributed(cfg.device)
-    use_amp = bool(cfg.amp) and ctx.device.type == "cuda"   # AMP is CUDA only; ignored on CPU
     run = RunDir(cfg.out)
+    with run.exclusive(ctx):
+        with ctx.one_outcome():
+            job = _prepare_job(cfg, ctx, run, resume)
+        return _run_job(job, cfg, ctx, run, on_step)
+
+
+@dataclass
+class _Job:
+    """A prepared run: its data, mix plan, step budget, the record of ``config.json`` and the checkpoint metadata."""
+
+    dataset: Any
+    plan: MixPlan
+    total_steps: int
+    record: dict[str, Any]
+    metadata: dict[str, Any]
+    training: _Training
+
+
+def _prepare_job(cfg: FitConfig, ctx: DistContext, run: RunDir, resume: bool) -> _Job:
+    """Open the data, plan the batches, build (or restore) the model and, on rank 0, write ``config.json``."""
+    use_amp = bool(cfg.amp) and ctx.device.type == "cuda"   # AMP is CUDA only; ignored on CPU
     dataset = open_training_data(cfg.data, verify_checksums=cfg.verify_checksums)
     counts = {k: dataset.num_samples(k) for k in ("cityscapes", "coco", "dag")}
     plan = MixPlan(counts=counts, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -460,44 +641,55 @@ def fit(cfg: FitConfig, *, resume: bool = False, on_step: Callable[[dict], None]
     total_steps = per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
-    record = {"format": CONFIG_FORMAT, "version": 1, "options": dataclasses.asdict(cfg), "seed": cfg.seed,
+    options = dataclasses.asdict(cfg)
+    record = {"format": CONFIG_FORMAT, "version": 1, "options": options, "seed": cfg.seed,
               "versions": {"maxent_train": __version__, **library_versions()},
               "data_manifest_hash": dataset.manifest_hash, "data_totals": counts, "git_commit": git_commit(),
               "world_size": ctx.world_size, "steps_per_epoch": per_epoch, "total_steps": total_steps,
               "amp_active": use_amp,
               "loss_reduction": "mean over all pixels (and classes for entropy target); see maxent_train.loss"}
-
+    # What --resume compares, kept in every checkpoint itself (plain types: loads with weights_only=True)
+    metadata = {"model": cfg.model, "num_classes": cfg.num_classes, "model_kwargs": {}, "seed": cfg.seed,
+                "lam": cfg.lam, "optim_target": cfg.optim_target, "embedding_img_interval": cfg.embedding_img_interval,
+                "data_manifest_hash": dataset.manifest_hash, "maxent_train": __version__,
+                "world_size": ctx.world_size,
+                "options": {k: v for k, v in options.items() if k not in _NON_RESULT_OPTIONS}}
     tr = _Training.create(cfg, ctx.device, use_amp)
     if resume:
-        tr.restore(run.check_resume(record["options"], dataset.manifest_hash, cfg.data))
+        tr.restore(run.check_resume(options, dataset.manifest_hash, cfg.data, ctx.world_size))
     else:
         run.check_fresh()
     if ctx.is_main:
         run.start(record, tr.step, resume)
+    return _Job(dataset, plan, total_steps, record, metadata, tr)
+
+
+def _run_job(job: _Job, cfg: FitConfig, ctx: DistContext, run: RunDir,
+             on_step: Callable[[dict], None] | None) -> dict[str, Any]:
+    """Train from the job's position to its step budget, then write ``model-final.pt`` (rank 0)."""
+    tr = job.training
     train_model = ctx.wrap(tr.model)
-    loader = ShardLoader(dataset, plan, device=ctx.device, workers=cfg.workers)
-    metadata = {"model": cfg.model, "num_classes": cfg.num_classes, "model_kwargs": {}, "seed": cfg.seed,
-                "lam": cfg.lam, "optim_target": cfg.optim_target, "embedding_img_interval": cfg.embedding_img_interval,
-                "data_manifest_hash": dataset.manifest_hash, "maxent_train": __version__}
+    loader = ShardLoader(job.dataset, job.plan, device=ctx.device, workers=cfg.workers)
 
     def save() -> None:
         if ctx.is_main:
-            run.save(tr.checkpoint(metadata), run.checkpoint)
+            run.save(tr.checkpoint(job.metadata), run.checkpoint)
 
-    with _progress(ctx.is_main and cfg.progress, total_steps, tr.step) as pbar, run.log_writer(ctx.is_main) as log_f:
+    with _progress(ctx.is_main and cfg.progress, job.total_steps, tr.step) as pbar, \
+            run.log_writer(ctx.is_main) as write_log:
         def emit(rec: dict) -> None:
-            if log_f is not None:
-                log_f.write(json.dumps(rec) + "\n")
-                log_f.flush()
+            if write_log is not None:
+                write_log(rec)
             if on_step is not None:
                 on_step(rec)
             if pbar is not None:
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.1f}")
 
-        last_loss = _train_loop(tr, cfg, ctx, loader, train_model, per_epoch, total_steps, save, emit)
+        last_loss = _train_loop(tr, cfg, ctx, loader, train_model, job.plan.batches_per_epoch, job.total_steps,
+                                save, emit)
     if ctx.is_main:
-        run.save({"state_dict": tr.model.state_dict(), "metadata": {**metadata, "steps": tr.step}}, run.final)
+        run.save({"state_dict": tr.model.state_dict(), "metadata": {**job.metadata, "steps": tr.step}}, run.final)
     ctx.barrier()
     return {"steps": tr.step, "epochs_done": tr.epoch, "is_main": ctx.is_main, "last_loss": last_loss,
             "out": str(run.path), "checkpoint": str(run.checkpoint), "final": str(run.final)}
@@ -525,14 +717,14 @@ def _f(v) -> float:
 
 
 def _load_training_checkpoint(path: Path) -> dict[str, Any]:
-    import pickle
-    import zipfile
+    from .models._helpers import load_file
 
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise MaxentError(f"{path}: cannot read checkpoint ({str(e).strip().splitlines()[0][:200]})") from None
+    ck = load_file(path)
+    if not isinstance(ck, dict):
+        raise MaxentError(f"{path}: not a maxent-train training checkpoint (holds a {type(ck).__name__}); "
+                          f"resume needs the {CHECKPOINT_LAST} a run wrote")
     for key in ("model", "optimizer", "rng", "data", "step"):
         if key not in ck:
-            raise MaxentError(f"{path}: not a maxent-train training checkpoint (missing {key!r})")
+            raise MaxentError(f"{path}: not a maxent-train training checkpoint (missing {key!r}); resume needs the "
+                              f"{CHECKPOINT_LAST} a run wrote")
     return ck

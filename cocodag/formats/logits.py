@@ -15,6 +15,7 @@ read one at a time, so a file larger than RAM is fine::
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import CocodagError
+from ..outputs import disk_errors
 
 LOGITS_FORMAT = "cocodag-logits"
 LOGITS_VERSION = 1
@@ -367,6 +369,7 @@ class LogitsWriter:
         self._dtype = np.dtype(logits_dtype)
         self._mc_dtype = None if mc_dtype is None else np.dtype(mc_dtype)
         self._f: h5py.File | None = None
+        self._file: _WriteGuard | None = None
         self._atomic = None
         self._n = 0
 
@@ -374,7 +377,8 @@ class LogitsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._atomic = atomic_write(self.path)
         tmp = self._atomic.__enter__()
-        self._f = h5py.File(tmp, "w")
+        self._file = _WriteGuard(tmp)
+        self._f = h5py.File(self._file, "w")
         self._f.attrs.update(self._attrs)
         return self
 
@@ -462,17 +466,88 @@ class LogitsWriter:
         ids.resize(self._n + 1, axis=0)
         ids[self._n] = str(image_id)
         self._n += 1
+        self._check_disk()          # a full disk ends the job at the frame that met it
+
+    def _check_disk(self) -> None:
+        """Raise the first write error the file met (disk full, quota, ...) as one line."""
+        if self._file is not None and self._file.error is not None:
+            with disk_errors(self.path):
+                raise self._file.error
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._f is not None and self._atomic is not None
-        self._f.close()
+        self._f.close()             # never fails on a full disk: the guard swallowed the writes after the first error
         self._f = None
+        self._file.close()
         atomic, self._atomic = self._atomic, None
-        if exc_type is None and self._n == 0:
-            exc_type, exc = CocodagError, CocodagError(f"{self.path}: no frames written")
-            atomic.__exit__(exc_type, exc, None)
-            raise exc
+        try:
+            if exc_type is None:
+                self._check_disk()
+                if self._n == 0:
+                    raise CocodagError(f"{self.path}: no frames written")
+        except CocodagError as e:
+            atomic.__exit__(type(e), e, None)          # removes the temp file
+            raise
+        finally:
+            self._file = None
         atomic.__exit__(exc_type, exc, tb)      # rename on success, remove the temp file on an error
+
+
+class _WriteGuard:
+    """The file object HDF5 writes ``logits.h5`` through: it records the first ``OSError`` of a write (a full disk,
+    a quota) and accepts every later write without doing it, so that HDF5 never sees a failed write. (After a failed
+    write HDF5 cannot close its file and the process crashes at exit; here the writer raises the recorded error as
+    one line and deletes the temp file instead.)"""
+
+    def __init__(self, path: Path):
+        self._raw = open(path, "w+b", buffering=0)
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):        # unbuffered writes may be partial
+                    n = self._raw.write(view[done:])
+                    if not n:
+                        raise OSError(28, os.strerror(28))
+                    done += n
+            except OSError as e:
+                self.error = e
+        return len(view)
+
+    def _guarded(self, fn, *args):
+        if self.error is None:
+            try:
+                return fn(*args)
+            except OSError as e:
+                self.error = e
+        return None
+
+    def read(self, size: int = -1) -> bytes:
+        return self._raw.read(size)
+
+    def readinto(self, buf) -> int:
+        return self._raw.readinto(buf)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        out = self._guarded(self._raw.truncate, size)
+        return self._raw.tell() if out is None else out
+
+    def flush(self) -> None:
+        self._guarded(self._raw.flush)
+
+    def close(self) -> None:
+        if not self._raw.closed:
+            self._guarded(os.fsync, self._raw.fileno())
+            self._raw.close()
 
 
 def as_logits_tensor(logits, *, name: str = "logits", device=None, check_finite: bool = True,

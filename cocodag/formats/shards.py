@@ -1,8 +1,9 @@
 """The only writer and reader of cocodag shards (DESIGN §3).
 
 A dataset directory holds ``<kind>-NNNNN.h5`` shards and a ``manifest.json`` written last; the dataset exists iff the
-manifest exists. Each shard is written to ``*.h5.tmp``, closed, hashed and renamed, so a killed writer never leaves a
-file that looks complete.
+manifest exists. Each shard is built in memory (HDF5 never touches the output file system, so a full disk cannot
+crash it), then its bytes are hashed, written to ``*.h5.tmp``, fsynced and renamed, so a killed writer never leaves a
+file that looks complete, and a full disk is one :class:`CocodagError` line (``No space left on device: <path>``).
 
 Writing::
 
@@ -20,10 +21,12 @@ Reading (what :mod:`maxent_train` uses)::
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import h5py
 import numpy as np
@@ -31,6 +34,7 @@ import numpy as np
 from ..atomic import atomic_write, atomic_write_json
 from ..errors import CocodagError
 from ..labels import IGNORE_ID, NUM_CLASSES, OOD_ID, TRAIN_CLASS_NAMES
+from ..outputs import disk_errors
 from ..versions import library_versions
 
 SHARD_FORMAT = "cocodag-shard"
@@ -93,37 +97,64 @@ def write_shard(
     *,
     compression: str = "none",
     extra_attrs: dict[str, Any] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Write one shard atomically (``path.tmp`` then rename) and return its manifest entry.
+    """Write one shard atomically and return its manifest entry.
+
+    The HDF5 file is built in memory (h5py on an ``io.BytesIO``: HDF5 itself never meets a full disk, which can make
+    it crash on close), then written to ``path.tmp``, fsynced, and renamed onto ``path``.
 
     Parameters
     ----------
     images : (N, S, S, 3) uint8 RGB
     labels : (N, S, S) uint8, trainIds 0..18, 254 = OOD, 255 = ignore
     meta : N :class:`SampleMeta`
+    before_commit : called right before the rename (the builder's workers check there that their build still runs).
+
+    Raises
+    ------
+    CocodagError
+        Bad arrays, or the file system refused the write (``No space left on device: <path>; ...``); nothing is
+        left under ``path`` or ``path.tmp`` then.
     """
     path = Path(path)
+    _check_shard_arrays(path, kind, images, labels, meta)
+    ck = _compression_kwargs(compression)
+    buf = io.BytesIO()
+    _write_h5(buf, kind, np.asarray(images), np.asarray(labels), meta, ck, extra_attrs)
+    data = buf.getbuffer()
+    digest = hashlib.sha256(data).hexdigest()
+    commit_bytes(path, data, before_commit)
+    return {"file": path.name, "kind": kind, "num_samples": int(len(meta)), "sha256": digest, "bytes": int(data.nbytes)}
+
+
+def _check_shard_arrays(path: Path, kind: str, images, labels, meta: list[SampleMeta]) -> None:
     if kind not in KINDS:
         raise CocodagError(f"shard kind must be one of {KINDS}, got {kind!r}")
-    images = np.asarray(images)
-    labels = np.asarray(labels)
-    n = len(meta)
+    images, labels, n = np.asarray(images), np.asarray(labels), len(meta)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
         raise CocodagError(f"{path.name}: image must be (N, S, S, 3) uint8, got {images.shape} {images.dtype}")
     if labels.dtype != np.uint8 or labels.shape != images.shape[:3]:
         raise CocodagError(f"{path.name}: label must be (N, S, S) uint8 matching images, got {labels.shape} {labels.dtype}")
     if images.shape[0] != n:
         raise CocodagError(f"{path.name}: {images.shape[0]} images but {n} meta records")
-    ck = _compression_kwargs(compression)
-    # <shard>.h5.tmp (the name the builder's stale-file cleanup looks for); hashed once closed, then renamed.
-    with atomic_write(path) as tmp:
-        _write_h5(tmp, kind, images, labels, meta, ck, extra_attrs)
-        digest = sha256_file(tmp)
-        nbytes = tmp.stat().st_size
-    return {"file": path.name, "kind": kind, "num_samples": int(n), "sha256": digest, "bytes": int(nbytes)}
 
 
-def _write_h5(path: Path, kind: str, images: np.ndarray, labels: np.ndarray, meta: list[SampleMeta],
+def commit_bytes(path: Path, data, before_commit: Callable[[], None] | None = None) -> None:
+    """``data`` -> ``path.tmp`` (fsynced) -> ``path`` (the :func:`cocodag.atomic.atomic_write` rename); a full disk is
+    one line (``No space left on device: <path>; ...``) and leaves neither file. ``before_commit`` runs after the
+    fsync, right before the rename."""
+    with disk_errors(path), atomic_write(path, fsync=False) as tmp:
+        # <name>.tmp: the name the builder's stale-file cleanup looks for
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_commit is not None:
+            before_commit()
+
+
+def _write_h5(path: Path | io.BytesIO, kind: str, images: np.ndarray, labels: np.ndarray, meta: list[SampleMeta],
               ck: dict[str, Any], extra_attrs: dict[str, Any] | None) -> None:
     n, size = len(meta), images.shape[1]
     with h5py.File(path, "w", libver="latest") as f:
@@ -206,7 +237,8 @@ class ShardWriter:
             self._flush(kind)
         manifest = build_manifest(self.entries, crop_size=self.crop_size, config=self.config, seed=self.seed,
                                   inputs=self.inputs, extra=self.extra)
-        atomic_write_json(self.out_dir / MANIFEST_NAME, manifest)
+        with disk_errors(self.out_dir / MANIFEST_NAME):
+            atomic_write_json(self.out_dir / MANIFEST_NAME, manifest)
         return manifest
 
 
@@ -283,8 +315,8 @@ def _check_checksum(s: ShardInfo, index: int) -> None:
     digest = sha256_file(s.path)
     if digest != s.sha256:
         raise CocodagError(
-            f"{s.path.name}: sha256 differs from manifest (corrupt or modified shard); rebuild it "
-            f"(cocodag build ... --overwrite, or --shard-range covering it)")
+            f"{s.path}: sha256 differs from manifest (corrupt or modified shard); rebuild it by rerunning "
+            f"the same `cocodag build` command (a rerun rebuilds every shard that differs from its task record)")
 
 
 class ShardFile:
@@ -340,6 +372,7 @@ class ShardFile:
 
 
 def read_manifest(root: Path | str) -> dict[str, Any]:
+    """Read and check ``root/manifest.json`` (format, version); one-line :class:`CocodagError` otherwise."""
     root = Path(root)
     mpath = root / MANIFEST_NAME
     if not root.is_dir():
@@ -348,32 +381,70 @@ def read_manifest(root: Path | str) -> dict[str, Any]:
         raise CocodagError(f"{root}: no {MANIFEST_NAME} (not a cocodag dataset, or its build did not finish; "
                            f"re-run `cocodag build` to resume)")
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(mpath.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CocodagError(f"{mpath}: corrupt manifest ({e})") from None
+        raise CocodagError(f"{mpath}: corrupt or truncated manifest (not valid JSON: {e}); rerun the same "
+                           f"`cocodag build` command to rewrite it") from None
+    if not isinstance(manifest, dict):
+        raise CocodagError(f"{mpath}: corrupt manifest (a JSON {type(manifest).__name__}, expected an object); "
+                           f"rerun the same `cocodag build` command to rewrite it")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise CocodagError(f"{mpath}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
-    if int(manifest.get("version", -1)) != MANIFEST_VERSION:
-        raise CocodagError(f"{mpath}: manifest version {manifest.get('version')} not supported "
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise CocodagError(f"{mpath}: manifest version {manifest.get('version')!r} not supported "
                            f"(expected {MANIFEST_VERSION})")
     return manifest
+
+
+def _manifest_shards(root: Path, manifest: dict[str, Any]) -> list[ShardInfo]:
+    """The manifest's shard list, checked entry by entry (keys, kinds, counts) and against its totals."""
+    mpath = root / MANIFEST_NAME
+    entries = manifest.get("shards")
+    if not isinstance(entries, list):
+        raise CocodagError(f"{mpath}: 'shards' must be a list; rerun the same `cocodag build` command to rewrite it")
+    shards, totals = [], {k: 0 for k in KINDS}
+    for i, e in enumerate(entries):
+        ok = (isinstance(e, dict) and isinstance(e.get("file"), str) and e.get("kind") in KINDS
+              and isinstance(e.get("sha256"), str) and type(e.get("num_samples")) is int and e["num_samples"] >= 0)
+        if not ok:
+            raise CocodagError(f"{mpath}: shards[{i}] is malformed (expected file, kind in {KINDS}, num_samples >= 0 "
+                               f"and sha256); rerun the same `cocodag build` command to rewrite it")
+        p = root / e["file"]
+        if not p.is_file():
+            raise CocodagError(f"{p}: shard listed in the manifest is missing")
+        shards.append(ShardInfo(p, e["kind"], e["num_samples"], e["sha256"]))
+        totals[e["kind"]] += e["num_samples"]
+    listed = manifest.get("totals", totals)
+    for k in KINDS:
+        if not isinstance(listed, dict) or listed.get(k, 0) != totals[k]:
+            got = listed.get(k) if isinstance(listed, dict) else listed
+            raise CocodagError(f"{mpath}: totals[{k}] = {got!r} but its shard entries add up to {totals[k]}; rerun "
+                               f"the same `cocodag build` command to rewrite it")
+    return shards
+
+
+def _check_shard_header(info: ShardInfo) -> None:
+    """The shard file holds what the manifest says: its kind and its number of samples."""
+    with ShardFile(info.path) as sh:
+        if sh.kind != info.kind or sh.num_samples != info.num_samples:
+            raise CocodagError(
+                f"{info.path}: the shard holds {sh.num_samples} {sh.kind} samples but {MANIFEST_NAME} says "
+                f"{info.num_samples} {info.kind}; the manifest does not match its shards (rerun the same "
+                f"`cocodag build` command to rewrite it)")
 
 
 def open_dataset(root: Path | str, *, verify_checksums: bool = True, kinds: Iterable[str] | None = None) -> Dataset:
     """Open and validate a dataset directory.
 
-    Checks the manifest (format, version), that every listed shard exists with its recorded sample count, and, when
+    Checks the manifest (format, version, well-formed shard entries whose counts add up to its totals), that every
+    listed shard exists and holds the kind and number of samples the manifest records, and, when
     ``verify_checksums``, each shard's sha256 (restricted to ``kinds`` if given). Raises :class:`CocodagError`.
     """
     root = Path(root)
     manifest = read_manifest(root)
-    shards: list[ShardInfo] = []
-    for e in manifest.get("shards", []):
-        p = root / e["file"]
-        if not p.is_file():
-            raise CocodagError(f"{p}: shard listed in the manifest is missing")
-        shards.append(ShardInfo(p, e["kind"], int(e["num_samples"]), e["sha256"]))
-    ds = Dataset(root, manifest, shards)
+    ds = Dataset(root, manifest, _manifest_shards(root, manifest))
     if verify_checksums:
         ds.verify_checksums(kinds)
+    for info in ds.shards:
+        _check_shard_header(info)
     return ds

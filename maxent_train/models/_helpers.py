@@ -1,7 +1,7 @@
 """Checkpoint helpers: strip DataParallel/DDP prefixes, load state_dicts strictly with a readable report."""
 from __future__ import annotations
 
-import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,23 +72,70 @@ def _extract_state_dict(obj, path: Path) -> Mapping[str, torch.Tensor]:
                       f"{list(_WRAPPER_KEYS)}; got {keys})")
 
 
+def _what_is(path: Path) -> str:
+    """What a file that torch cannot load looks like (for the error message)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "an empty file"
+    for magic, what in ((b"\x89HDF", "an HDF5 file"), (b"\x93NUMPY", "a NumPy .npy file"),
+                        (b"PK", "a zip archive without torch.save's layout"), (b"\x89PNG", "a PNG image"),
+                        (b"\xff\xd8", "a JPEG image")):
+        if head.startswith(magic):
+            return what
+    text = head.decode("utf-8", errors="replace")      # a cut multi-byte character at the end is fine
+    if all(c.isprintable() or c in "\t\r\n" for c in text) and text.count("\ufffd") <= 1:
+        return "a text file"
+    return "an unknown binary file"
+
+
+def _is_torch_zip(path: Path) -> bool:
+    """Whether ``path`` is a zip archive laid out as ``torch.save`` writes it (``<name>/data.pkl``)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/data.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def load_file(path: str | Path):
-    """``torch.load(path, weights_only=True)`` on CPU with one-line errors (missing, corrupt, needs unpickling)."""
+    """``torch.load(path, weights_only=True)`` on CPU with one-line errors (missing, not a torch file, corrupt,
+    needs unpickling). Never retries with ``weights_only=False`` (that would execute code from the file)."""
     path = Path(path)
+    if path.is_dir():
+        raise MaxentError(f"checkpoint {path} is a folder; pass a checkpoint file (e.g. {path / 'model-final.pt'})")
     if not path.is_file():
         raise MaxentError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if not zipfile.is_zipfile(path):
-            raise MaxentError(f"{path}: not a PyTorch checkpoint (torch.save zip archive); legacy pickled "
-                              f"checkpoints are refused: re-save the state_dict with a current torch") from None
-        if "weights only load failed" in msg.lower():
-            # never retry with weights_only=False: that would execute code from the file
-            raise MaxentError(f"{path}: refused: not a plain tensor checkpoint (loading it would need unpickling "
-                              f"arbitrary objects); save `model.state_dict()` (or {{'state_dict': ...}})") from None
-        raise MaxentError(f"{path}: cannot read checkpoint ({msg[:200]})") from None
+        with warnings.catch_warnings():     # a plain pickle.dump of protocol > 2: the error below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:      # a file given as a checkpoint: any failure to parse it is the input's fault
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: Path, e: Exception) -> MaxentError:
+    """The one-line error for a file ``torch.load(weights_only=True)`` failed on, by what the file is."""
+    msg = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+    if "weights only load failed" in msg.lower() and _is_torch_zip(path):
+        # never retry with weights_only=False: that would execute code from the file
+        return MaxentError(f"{path}: refused: not a plain tensor checkpoint (loading it would need unpickling "
+                           f"arbitrary objects); save `model.state_dict()` (or {{'state_dict': ...}})")
+    if _is_pickle(path):
+        return MaxentError(f"{path}: not a PyTorch checkpoint (torch.save zip archive); legacy pickled "
+                           f"checkpoints are refused: re-save the state_dict with a current torch")
+    what = _what_is(path)
+    if _is_torch_zip(path) or (what.startswith("a zip") and not zipfile.is_zipfile(path)):
+        return MaxentError(f"{path}: cannot read checkpoint ({msg[:200]}); the file is damaged or truncated, "
+                           "use another copy")
+    return MaxentError(f"{path}: not a torch checkpoint ({what}, not a file written by torch.save); pass a model "
+                       "checkpoint (model-final.pt, checkpoint-last.pt or a saved state_dict)")
+
+
+def _is_pickle(path: Path) -> bool:
+    """A raw pickle (protocol 2+ starts with 0x80): torch's legacy format or a plain ``pickle.dump``."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

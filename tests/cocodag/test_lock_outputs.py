@@ -79,6 +79,7 @@ def test_lock_file_places(tmp_path):
     (tmp_path / "d").mkdir()
     assert lock_path_for(tmp_path / "d") == tmp_path / "d" / ".lock"
     assert lock_path_for(tmp_path / "x.h5") == tmp_path / "x.h5.lock"
+    assert lock_path_for(tmp_path / "not-yet", kind="dir") == tmp_path / "not-yet" / ".lock"
 
 
 def test_prepare_output_refuses_odd_paths_before_work(tmp_path):

@@ -216,3 +216,89 @@ def test_export_refuses_bad_options(setup, tmp_path):
         export_logits(ExportOptions(checkpoint=str(ckpt), out=str(tmp_path / "x.h5"), data=str(data),
                                     num_classes=5, progress=False))
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.h5.tmp").exists()
+
+
+def test_export_holds_a_lock_on_out_and_sml_stats(setup, tmp_path):
+    from cocodag.lock import OutputLock, OutputLockedError
+
+    d, data, ckpt, _ = setup
+    out, sml = tmp_path / "l.h5", tmp_path / "sml.json"
+    with OutputLock(out):       # another job writes l.h5 (lock file l.h5.lock): refused at once, nothing written
+        with pytest.raises(OutputLockedError, match=rf"--out {out}: in use by another job \(pid \d+ on "):
+            export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), progress=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.h5.lock"]
+    with OutputLock(sml, option="--sml-stats"):
+        with pytest.raises(OutputLockedError, match=rf"--sml-stats {sml}: in use by another job"):
+            export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), sml_stats=str(sml),
+                                        progress=False))
+    assert not out.exists() and not sml.exists()
+    export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), sml_stats=str(sml), limit=2,
+                                progress=False))
+    assert out.is_file() and sml.is_file()
+    with OutputLock(out), OutputLock(sml):      # both released at the end of the export
+        pass
+
+
+def test_export_names_the_frame_with_non_finite_logits(setup, tmp_path):
+    d, data, ckpt, _ = setup
+    bad = tmp_path / "nan.pt"
+    sd = torch.load(ckpt, weights_only=True)
+    sd["state_dict"] = {k: torch.full_like(v, float("nan")) if k == "classifier.bias" else v
+                        for k, v in sd["state_dict"].items()}
+    torch.save(sd, bad)
+    with pytest.raises(MaxentError, match=rf"frame dag-00000/00000/\S+: the model's logits hold \d+ NaN .*{bad}"):
+        export_logits(ExportOptions(checkpoint=str(bad), out=str(tmp_path / "o.h5"), data=str(data), progress=False))
+    assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o.h5.tmp").exists()
+
+
+def test_export_disk_full_is_one_line_and_leaves_nothing(small_fs, setup):
+    mnt, _ = small_fs
+    d, data, ckpt, _ = setup
+    out = mnt / "l.h5"
+    mc = dict(mc_samples=2, moment_order=4)         # ~200 KB per 24x24 frame: 11 frames do not fit in 1 MiB
+    # without compression the size is known: refused up front
+    with pytest.raises(CocodagError, match=rf"No space left on device: {out} needs about 2\.\d MiB but"):
+        export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), kinds=("dag", "cityscapes"),
+                                    progress=False, **mc))
+    assert sorted(p.name for p in mnt.iterdir()) == ["l.h5.lock"]
+    # compressed (size unknown up front): the writer stops at the frame that meets the full disk, temp file removed
+    with pytest.raises(CocodagError, match=rf"No space left on device: {out}; free space"):
+        export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), kinds=("dag", "cityscapes"),
+                                    compression="gzip", progress=False, **mc))
+    assert sorted(p.name for p in mnt.iterdir()) == ["l.h5.lock"]
+    # what fits is written
+    export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), limit=2, progress=False, **mc))
+    with LogitsFile(out) as lf:
+        assert len(lf) == 2 and lf.has_mc
+
+
+def test_export_disk_full_inside_hdf5_is_one_line_exit_1(small_fs, setup):
+    """When the disk fills up under HDF5 itself (another job took the space the check saw free), the writer's file
+    object keeps HDF5 from seeing a failed write (after one it cannot close the file and the process crashes at exit:
+    exit 139 after a flood of messages): one line, exit 1, no file."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    mnt, _ = small_fs
+    d, data, ckpt, _ = setup
+    out = mnt / "l.h5"
+    code = textwrap.dedent("""
+        import sys
+        from maxent_train import export
+        export._check_space = lambda *args, **kwargs: None          # simulate space taken after the check
+        from maxent_train.cli import app
+        app(sys.argv[1:])
+    """)
+    root = Path(__file__).resolve().parents[2]
+    for extra in ([], ["--compression", "lzf"], ["--store-images"]):       # MC: ~200 KB a frame, 11 frames
+        res = subprocess.run([sys.executable, "-c", code, "export", "--checkpoint", str(ckpt), "--data", str(data),
+                              "--kinds", "dag,cityscapes", "--out", str(out), "--no-progress", "--mc-samples", "2",
+                              *extra],
+                             capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                               "PYTHONPATH": str(root)})
+        assert res.returncode == 1, (res.returncode, res.stderr[-2000:])
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"error: No space left on device: {out}"), res.stderr[-2000:]
+        assert sorted(p.name for p in mnt.iterdir()) == ["l.h5.lock"]

@@ -135,3 +135,91 @@ def test_fit_then_export_and_models(data_dir, tmp_path):
         assert f["mc/mean"].dtype.name == "float16" and f.attrs["model"] == "tiny_segnet"
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0 and "tiny_segnet" in res.output
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nothing can be written in: a read-only tmpfs as root (root writes through permissions), else
+    chmod 0500; skips when neither works."""
+    import os
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        ro.chmod(0o500)
+        yield ro
+        ro.chmod(0o700)
+        return
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield ro
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
+def test_odd_out_paths_are_refused_before_any_work(tmp_path, read_only_dir):
+    # --data / --checkpoint do not exist: the --out check must come first, so the error is about --out
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    (tmp_path / "folder.h5").mkdir()
+    fit_args = ["fit", "--data", str(tmp_path / "no-data"), "--model", "tiny_segnet", "--no-progress", "--out"]
+    for out, needle in ((afile, "is an existing file, expected a folder"), (afile / "run", "is a file, so nothing"),
+                        (read_only_dir / "run", "cannot")):
+        _one_line_error(runner.invoke(app, [*fit_args, str(out)]), f"--out {out}", needle)
+    exp_args = ["export", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tmp_path / "no-data"),
+                "--no-progress", "--out"]
+    for out, needle in ((tmp_path / "folder.h5", "is a folder, expected a file name"),
+                        (afile / "x.h5", "is a file, so nothing"), (read_only_dir / "sub" / "x.h5", "cannot create")):
+        _one_line_error(runner.invoke(app, [*exp_args, str(out)]), f"--out {out}", needle)
+    out = tmp_path / "l.h5"
+    for sml in (out, tmp_path / "l.h5.tmp"):
+        _one_line_error(runner.invoke(app, [*exp_args, str(out), "--sml-stats", str(sml)]),
+                        f"--sml-stats {sml}: is the same file as --out")
+    _one_line_error(runner.invoke(app, [*exp_args, str(out), "--sml-stats", str(afile / "s.json")]),
+                    "--sml-stats", "is a file, so nothing")
+
+
+def test_export_into_an_existing_read_only_folder(tmp_path, read_only_dir):
+    out = read_only_dir / "x.h5"
+    _one_line_error(runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "none.pt"), "--data",
+                                        str(tmp_path / "no-data"), "--no-progress", "--out", str(out)]),
+                    f"--out {out}", "cannot write in")
+
+
+def test_resume_refuses_a_changed_lr_without_config_json(data_dir, tmp_path):
+    common = ["--data", str(data_dir), "--model", "tiny_segnet", "--out", str(tmp_path / "r"), "--batch-size", "4",
+              "--max-steps", "3", "--lr", "1e-3"]
+    _fit(*common)
+    (tmp_path / "r" / "config.json").unlink()
+    res = runner.invoke(app, ["fit", "--no-progress", *common[:-2], "--lr", "0.01", "--resume"])
+    _one_line_error(res, "--resume", "--lr: run 0.001, now 0.01", "checkpoint-last.pt")
+
+
+def test_text_file_as_init_checkpoint_or_resume(data_dir, tmp_path):
+    text = tmp_path / "weights.txt"
+    text.write_text("these are not weights\n")
+    _one_line_error(runner.invoke(app, ["fit", "--data", str(data_dir), "--model", "tiny_segnet", "--init", str(text),
+                                        "--out", str(tmp_path / "r"), "--no-progress"]),
+                    f"{text}: not a torch checkpoint (a text file")
+    _one_line_error(runner.invoke(app, ["export", "--checkpoint", str(text), "--data", str(data_dir),
+                                        "--out", str(tmp_path / "x.h5"), "--no-progress"]),
+                    f"{text}: not a torch checkpoint (a text file")
+    assert not (tmp_path / "x.h5").exists()
+    run = tmp_path / "r2"
+    run.mkdir()
+    (run / "checkpoint-last.pt").write_text("overwritten by an editor\n")
+    _one_line_error(runner.invoke(app, ["fit", "--data", str(data_dir), "--model", "tiny_segnet", "--out", str(run),
+                                        "--resume", "--no-progress"]),
+                    f"{run / 'checkpoint-last.pt'}: not a torch checkpoint")
+
+
+def test_fit_disk_full_is_one_line(small_fs, data_dir):
+    mnt, _ = small_fs
+    run = mnt / "run"
+    res = runner.invoke(app, ["fit", "--data", str(data_dir), "--model", "tiny_segnet", "--out", str(run),
+                              "--batch-size", "4", "--max-steps", "2", "--no-progress"])
+    _one_line_error(res, f"No space left on device: {run / 'checkpoint-last.pt'}")
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json", "log.jsonl"]

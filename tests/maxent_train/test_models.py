@@ -164,6 +164,44 @@ def test_unreadable_checkpoints(tmp_path):
         load_checkpoint(create_model("tiny_segnet"), evil)
 
 
+def test_non_checkpoint_files_are_named_in_one_line(tmp_path):
+    """A text file (or any file torch.save did not write) as a checkpoint: one line naming it, never KeyError: 101."""
+    import zipfile
+
+    import numpy as np
+
+    text = tmp_path / "notes.txt"
+    text.write_text("hello world\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    np.save(tmp_path / "arr.npy", np.zeros(3))
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
+        z.writestr("a.txt", "x")
+    cases = {text: "a text file", tmp_path / "empty.pt": "an empty file", tmp_path / "arr.npy": "a NumPy .npy file",
+             tmp_path / "other.zip": "a zip archive without torch.save's layout"}
+    for path, what in cases.items():
+        with pytest.raises(MaxentError) as ei:
+            load_checkpoint(create_model("tiny_segnet"), path)
+        msg = str(ei.value)
+        assert msg.startswith(f"{path}: not a torch checkpoint ({what}") and "\n" not in msg, msg
+    # a torch checkpoint cut short: damaged, not "not a checkpoint"
+    good = tmp_path / "good.pt"
+    torch.save(create_model("tiny_segnet").state_dict(), good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(MaxentError, match=r"cut.pt: cannot read checkpoint .*damaged or truncated"):
+        load_checkpoint(create_model("tiny_segnet"), cut)
+    with pytest.raises(MaxentError, match="is a folder"):
+        load_checkpoint(create_model("tiny_segnet"), tmp_path)
+    # the existing messages stay: a whole pickled module is refused, a raw pickle is a legacy checkpoint
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+    with pytest.raises(MaxentError, match="refused: not a plain tensor checkpoint"):
+        load_checkpoint(create_model("tiny_segnet"), tmp_path / "module.pt")
+    import pickle
+    (tmp_path / "raw.pkl").write_bytes(pickle.dumps({"w": [1, 2]}, protocol=4))
+    with pytest.raises(MaxentError, match="legacy pickled checkpoints are refused"):
+        load_checkpoint(create_model("tiny_segnet"), tmp_path / "raw.pkl")
+
+
 def test_torchvision_layout_backbone_weights(tmp_path):
     from maxent_train.models.resnet import ResNet
     ref = _randomized(ResNet("resnet18", output_stride=32 // 2))

@@ -18,7 +18,7 @@ from maxent_train import MaxentError
 from maxent_train.data import DeviceAugment, MixPlan, ShardReader
 from maxent_train.loss import maxent_loss
 from maxent_train.models import create_model
-from maxent_train.train import (CHECKPOINT_LAST, MODEL_FINAL, FitConfig, RunDir, fit, read_log,
+from maxent_train.train import (CHECKPOINT_LAST, LOG_NAME, MODEL_FINAL, FitConfig, RunDir, fit, read_log,
                                 setup_distributed)
 
 from _maxent_shards import make_shards
@@ -176,3 +176,117 @@ def test_single_process_context_and_run_dir(tmp_path, monkeypatch):
     with pytest.raises(MaxentError, match="data manifest"):
         run.check_resume({"lr": 1.0}, "other", "data")
     assert run.check_resume({"lr": 1.0}, "h", "data")["step"] == 0
+
+
+def test_resume_compares_the_checkpoints_own_options_without_config_json(data_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "ds"
+    shutil.copytree(data_dir, data)
+    run = tmp_path / "r"
+    fit(_cfg(data, run, max_steps=12))
+    meta = torch.load(run / CHECKPOINT_LAST, weights_only=True)["metadata"]
+    assert meta["options"]["lr"] == 1e-3 and meta["options"]["batch_size"] == 4 and meta["world_size"] == 1
+    assert "out" not in meta["options"] and "max_steps" not in meta["options"]    # those may change on resume
+    (run / "config.json").unlink()
+    for change, needle in (({"lr": 1e-2}, "--lr: run 0.001, now 0.01"),
+                           ({"optim_target": "logit"}, "--optim-target: run 'entropy', now 'logit'"),
+                           ({"batch_size": 8}, "--batch-size: run 4, now 8")):
+        with pytest.raises(MaxentError) as ei:
+            fit(_cfg(data, run, max_steps=20, **change), resume=True)
+        msg = str(ei.value)
+        assert msg.startswith("--resume: options") and str(run / CHECKPOINT_LAST) in msg and "\n" not in msg, msg
+        assert needle in msg, msg
+    assert read_log(run / "log.jsonl")[-1]["step"] == 12       # nothing was touched by the refused resumes
+    assert not (run / "config.json").exists()
+    # the same options resume (and write a new config.json)
+    fit(_cfg(data, run, max_steps=20), resume=True)
+    assert [r["step"] for r in read_log(run / "log.jsonl")] == list(range(1, 21))
+    assert (run / "config.json").is_file()
+    # other data under the same path is refused from the checkpoint's record too
+    (run / "config.json").unlink()
+    shutil.rmtree(data)
+    make_shards(data, {"cityscapes": 24, "coco": 20, "dag": 12}, size=32, shard_size=8, seed=5)
+    with pytest.raises(MaxentError, match=f"data manifest of {data} differs .*recorded in {run / CHECKPOINT_LAST}"):
+        fit(_cfg(data, run, max_steps=24), resume=True)
+
+
+def test_run_dir_lock_and_odd_out_paths(data_dir, tmp_path):
+    from cocodag.lock import OutputLock, OutputLockedError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with OutputLock(run):           # another job holds the run: refused before any work, nothing written
+        with pytest.raises(OutputLockedError, match=r"--out .*: in use by another job \(pid \d+ on "):
+            fit(_cfg(data_dir, run, max_steps=2))
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    # odd --out paths are refused before the data is even opened (--data does not exist here)
+    for out, needle in ((afile, "is an existing file, expected a folder"), (afile / "run", "is a file, so nothing")):
+        with pytest.raises(CocodagError, match=needle):
+            fit(_cfg(tmp_path / "no-such-data", out, max_steps=2))
+
+
+def _fill(folder: Path, leave: int) -> None:
+    """Fill the file system of ``folder`` until about ``leave`` bytes are free."""
+    import shutil as _sh
+
+    free = _sh.disk_usage(folder).free
+    with open(folder / "filler", "wb") as f:
+        f.write(b"\0" * max(0, free - leave))
+
+
+def test_disk_full_run_files_are_one_line_and_never_half_written(small_fs, data_dir, tmp_path):
+    mnt, _ = small_fs
+    # tiny_segnet's training checkpoint (~6 MB) cannot fit on 1 MiB: the first save fails, nothing is left
+    run = mnt / "run"
+    with pytest.raises(CocodagError) as ei:
+        fit(_cfg(data_dir, run, max_steps=3))
+    assert str(ei.value).startswith(f"No space left on device: {run / CHECKPOINT_LAST};"), ei.value
+    assert not (run / CHECKPOINT_LAST).exists() and not (run / (CHECKPOINT_LAST + ".tmp")).exists()
+    assert [r["step"] for r in read_log(run / LOG_NAME)] == [1, 2, 3]
+    # config.json and the log: the old file stays, no temp file, no half line
+    rd = RunDir(mnt / "r2")
+    rd.start({"options": {"lr": 1.0}}, 0, resume=False)
+    before = rd.config.read_bytes()
+    _fill(mnt, 0)
+    with pytest.raises(CocodagError, match=f"No space left on device: {rd.config}"):
+        rd.start({"options": {"lr": 1.0}, "pad": "x" * 10000}, 0, resume=False)
+    assert rd.config.read_bytes() == before and not (mnt / "r2" / "config.json.tmp").exists()
+    with rd.log_writer(True) as write:
+        with pytest.raises(CocodagError, match=f"No space left on device: {rd.log}"):
+            write({"step": 1, "pad": "x" * 10000})
+    assert rd.log.read_bytes() == b""
+
+
+@pytest.mark.slow
+def test_two_fits_into_one_out_one_refused_the_other_equals_a_solo_run(data_dir, tmp_path):
+    steps = 60
+    fit(_cfg(data_dir, tmp_path / "solo", max_steps=steps))
+    solo_losses = [r["loss"] for r in read_log(tmp_path / "solo" / LOG_NAME)]
+    solo = torch.load(tmp_path / "solo" / MODEL_FINAL, weights_only=True)["state_dict"]
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "maxent_train", "fit", "--data", str(data_dir), "--model", "tiny_segnet",
+           "--out", str(run), "--batch-size", "4", "--lr", "1e-3", "--epochs", "50", "--embedding-img-interval", "3",
+           "--seed", "7", "--checkpoint-every", "10", "--max-steps", str(steps), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for attempt in range(3):
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)
+        first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.2)
+        second = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        errs = {p.pid: p.communicate(timeout=300)[1] for p in (first, second)}
+        codes = {p.pid: p.returncode for p in (first, second)}
+        assert sorted(codes.values()) == [0, 1], (attempt, codes, errs)
+        winner = next(pid for pid, rc in codes.items() if rc == 0)
+        loser = next(pid for pid, rc in codes.items() if rc == 1)
+        lines = [ln for ln in errs[loser].splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"error: --out {run}: in use by another job (pid {winner} "), \
+            (attempt, errs[loser])
+        assert [r["loss"] for r in read_log(run / LOG_NAME)] == solo_losses, attempt
+        final = torch.load(run / MODEL_FINAL, weights_only=True)["state_dict"]
+        assert all(torch.equal(final[k], solo[k]) for k in solo), attempt
