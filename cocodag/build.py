@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -645,13 +644,12 @@ class _TaskLocks:
     def claim(self, index: int) -> bool:
         if not self.enabled:
             return True
-        lock = OutputLock(self.out_dir, option=f"--shard-range (task {index})",
-                          lock_file=self.out_dir / PROGRESS_DIR / f"task-{index:05d}.lock")
-        with contextlib.redirect_stderr(io.StringIO()):    # one summary note (`report`) instead of one per task
-            try:
-                lock.acquire()
-            except OutputLockedError:
-                return False
+        lock = OutputLock(self.out_dir, option=f"--shard-range (task {index})", quiet=True,     # one summary note
+                          lock_file=self.out_dir / PROGRESS_DIR / f"task-{index:05d}.lock")        # (`report`)
+        try:
+            lock.acquire()
+        except OutputLockedError:
+            return False
         if lock.took_over_:
             key = (lock.took_over_.get("pid", "?"), lock.took_over_.get("host", "?"))
             self.took_over[key] = self.took_over.get(key, 0) + 1
@@ -782,7 +780,7 @@ def _check_existing(out_dir: Path, plan: _Plan, overwrite: bool) -> None:
         return
     if other:
         raise CocodagError(f"--out {out_dir}: holds a dataset built with another config or inputs "
-                           f"(config hash {sorted(map(str, other))[0]} != {plan.config_hash}); use --overwrite to "
+                           f"(config hash {min(map(str, other))} != {plan.config_hash}); use --overwrite to "
                            f"replace it, or another --out")
     if broken is not None and plan.config_hash not in records:
         raise CocodagError(f"--out {out_dir}: its {MANIFEST_NAME} cannot be read ({broken.split(': ', 1)[-1].split('; ')[0]}) "
@@ -875,7 +873,7 @@ def build_dataset(cityscapes: Path | str | None, coco: Path | str | None, out_di
 def _lock_out_dir(out_dir: Path, shared: bool):
     """Hold ``--out``'s lock: exclusive, or shared for a range job, which retries for ``_SHARED_GRACE_S`` (another
     range job may hold it exclusively for a moment, to write the manifest)."""
-    lock = OutputLock(out_dir, option="--out", shared=shared)
+    lock = OutputLock(out_dir, option="--out", shared=shared, kind="dir")
     deadline = time.monotonic() + (_SHARED_GRACE_S if shared else 0.0)
     while True:
         try:
@@ -940,7 +938,7 @@ def _merge(plan: _Plan, state: _OutDir) -> dict[str, Any] | None:
 
 def _merge_if_alone(plan: _Plan, out_dir: Path) -> dict[str, Any] | None:
     """After a range job: act as the merge step when no other job holds ``--out`` and every task is done."""
-    lock = OutputLock(out_dir, option="--out")
+    lock = OutputLock(out_dir, option="--out", kind="dir")
     try:
         lock.acquire()
     except OutputLockedError:

@@ -12,7 +12,9 @@ _COMPRESSION_HELP = "HDF5 compression of image/label: none | lzf | gzip (level 1
 
 
 def build(
-    out: Annotated[Path, typer.Option(help="Output dataset directory (shards + manifest.json); required.")],
+    out: Annotated[Path, typer.Option(
+        help="Output dataset directory (shards + manifest.json); required. One build at a time holds it (a second "
+             "one is refused, naming the holder); a rerun of the same command resumes and repairs it.")],
     cityscapes: Annotated[Optional[Path], typer.Option(
         help="Cityscapes root (holds leftImg8bit/ and gtFine/).")] = None,
     coco: Annotated[Optional[Path], typer.Option(
@@ -52,10 +54,14 @@ def build(
     label_source: Annotated[str, typer.Option(
         help="Cityscapes labels: auto (labelTrainIds if present), labelIds, labelTrainIds.")] = "auto",
     shard_range: Annotated[Optional[str], typer.Option(
-        help="Build only shard tasks A..B-1 (A:B) and write manifest.part-A-B.json.")] = None,
+        help="Build only shard tasks A..B-1 (A:B) and write manifest.part-A-B.json. Range jobs may fill one --out at "
+             "once (each locks the tasks it builds and waits for those another job holds); manifest.json is written "
+             "by a run without --shard-range (the merge step), or by the last range job.")] = None,
     skip_bad: Annotated[bool, typer.Option(
-        help="Skip corrupt/truncated/missing input files and list them in the manifest.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a dataset in --out built with another config.")] = False,
+        help="Skip corrupt/truncated/missing input files and COCO annotations that give no mask (degenerate "
+             "polygons, polygons outside the image), and list them in the manifest.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace a dataset in --out built with another config (not with --shard-range).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Build the COCO-DAG dataset: pasted crops (dag), Cityscapes crops, COCO proxy crops -> HDF5 shards."""

@@ -67,6 +67,7 @@ class OutputLock:
     option : the command-line option that named ``path`` (used in the message), e.g. ``"--out"``.
     shared : take a shared lock (see the module docstring).
     kind : ``"dir"`` or ``"file"``: what ``path`` is (default: a folder if one exists there, else a file).
+    quiet : do not print the take-over note (the caller reports :attr:`took_over_` itself, e.g. once for many locks).
     lock_file : use this lock file instead of the default one.
 
     Raises
@@ -76,10 +77,11 @@ class OutputLock:
     """
 
     def __init__(self, path: Path | str, *, option: str = "--out", shared: bool = False, kind: str | None = None,
-                 lock_file: Path | str | None = None):
+                 quiet: bool = False, lock_file: Path | str | None = None):
         self.path = Path(path)
         self.option = option
         self.shared = shared
+        self.quiet = quiet
         self.lock_file = Path(lock_file) if lock_file is not None else lock_path_for(self.path, kind)
         self._fd: int | None = None
         self.took_over_: dict | None = None
@@ -110,8 +112,9 @@ class OutputLock:
             old = _read_info(fd)
             if old:          # the lock was free but its file names a holder: that job died without releasing
                 self.took_over_ = old
-                print(f"note: {self.option} {self.path}: the job that held it ({_holder_text(old)}) is gone; "
-                      "taking over", file=sys.stderr)
+                if not self.quiet:
+                    print(f"note: {self.option} {self.path}: the job that held it ({_holder_text(old)}) is "
+                          "gone; taking over", file=sys.stderr)
             _write_info(fd, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""})
         return self

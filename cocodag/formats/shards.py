@@ -125,7 +125,7 @@ def write_shard(
     data = buf.getbuffer()
     digest = hashlib.sha256(data).hexdigest()
     commit_bytes(path, data, before_commit)
-    return {"file": path.name, "kind": kind, "num_samples": int(len(meta)), "sha256": digest, "bytes": int(data.nbytes)}
+    return {"file": path.name, "kind": kind, "num_samples": int(len(meta)), "sha256": digest, "bytes": data.nbytes}
 
 
 def _check_shard_arrays(path: Path, kind: str, images, labels, meta: list[SampleMeta]) -> None:

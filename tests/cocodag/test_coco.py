@@ -150,3 +150,76 @@ def test_load_image_checks_json_size(tmp_path):
     wrong = CocoImage(src.images[0].id, src.images[0].path, src.images[0].width + 1, src.images[0].height)
     with pytest.raises(CocodagError, match="but the COCO JSON says"):
         load_image(wrong)
+
+
+# ------------------------------------------------------------------------------------------------ bad annotations
+def _with_extra_annotations(tmp_path, segs, image_id=100, iscrowd=0):
+    jp = make_coco(tmp_path)
+    d = json.loads(jp.read_text())
+    ids = []
+    for seg in segs:
+        ids.append(max(a["id"] for a in d["annotations"]) + 1)
+        d["annotations"].append({"id": ids[-1], "image_id": image_id, "category_id": 17, "segmentation": seg,
+                                 "area": 10.0, "iscrowd": iscrowd})
+    jp.write_text(json.dumps(d))
+    return jp, ids
+
+
+@pytest.mark.parametrize("seg,why", [
+    ([[10.0, 10.0, 40.0, 12.0]], "degenerate polygon"),            # 2 points: pycocotools reads it as a box
+    ([[]], "degenerate polygon"),
+    ([], "degenerate polygon"),
+    ([[1.0, 2.0]], "degenerate polygon"),
+    ([["a", "b", "c", "d", "e", "f"]], "non-numeric coordinates"),
+    ("polygon", "segmentation is a str"),
+    ({"counts": [10], "size": [5, 5]}, "RLE size [5, 5] differs from the image size [80, 96]"),
+])
+def test_unrasterizable_annotation_is_named_or_skipped(tmp_path, seg, why):
+    jp, (aid,) = _with_extra_annotations(tmp_path, [seg])
+    with pytest.raises(CocodagError) as e:
+        load_coco(jp, tmp_path / "train2017", min_size=64, min_object_area=200)
+    msg = str(e.value)
+    assert msg.startswith(f"{jp}: annotation {aid} (image 100): ") and why in msg and "--skip-bad" in msg, msg
+    src = load_coco(jp, tmp_path / "train2017", min_size=64, min_object_area=200, skip_bad=True)
+    assert src.stats["bad_annotations"] == 1 and src.stats["skipped"][0]["file"] == str(jp)
+    assert src.stats["skipped"][0]["reason"].startswith(f"annotation {aid} (image 100): ")
+    assert [im.id for im in src.images] == [100, 101, 102, 103]
+    assert aid not in {a["id"] for a in src.images[0].anns}
+    image_masks(src.images[0])                                      # the proxy crop's masks: no pycocotools error
+
+
+def test_degenerate_parts_are_dropped_without_changing_the_mask(tmp_path):
+    tri = [10.0, 12.0, 40.0, 14.0, 30.0, 40.0]
+    segs = [[[10.0, 10.0, 40.0, 12.0], tri], [tri, [5.0, 5.0]], [tri, [1.0, 2.0, 70.0, 60.0, 3.0]]]
+    jp, ids = _with_extra_annotations(tmp_path, segs)
+    src = load_coco(jp, tmp_path / "train2017", min_size=64, min_object_area=200)
+    ref = COCO(str(jp))
+    img = src.images[0]
+    want = ref.annToMask({**ref.anns[ids[0]], "segmentation": [tri]})
+    for aid in ids:
+        ann = next(a for a in img.anns if a["id"] == aid)
+        assert ann["segmentation"] == [tri] and np.array_equal(ann_to_mask(img, ann), want)
+    for aid in ids[1:]:                                             # what stock pycocotools gives for the originals
+        assert np.array_equal(ref.annToMask(ref.anns[aid]), want)
+
+
+def test_object_outside_its_image_is_named_or_skipped(tmp_path):
+    jp, (aid,) = _with_extra_annotations(tmp_path, [[[200.0, 10.0, 230.0, 10.0, 230.0, 40.0]]])
+    d = json.loads(jp.read_text())
+    d["annotations"][-1]["area"] = 900.0
+    jp.write_text(json.dumps(d))
+    with pytest.raises(CocodagError, match=rf"annotation {aid} \(image 100\): its polygon lies outside the 96x80"):
+        load_coco(jp, tmp_path / "train2017", min_size=64, min_object_area=200)
+    src = load_coco(jp, tmp_path / "train2017", min_size=64, min_object_area=200, skip_bad=True)
+    assert aid not in {o.ann_id for o in src.objects} and src.stats["bad_annotations"] == 1
+
+
+@pytest.mark.parametrize("where,key,value", [("annotations", "area", "big"), ("annotations", "id", "x"),
+                                             ("images", "width", "wide"), ("categories", "id", None)])
+def test_non_number_fields_are_named(tmp_path, where, key, value):
+    jp = make_coco(tmp_path)
+    d = json.loads(jp.read_text())
+    d[where][1][key] = value
+    jp.write_text(json.dumps(d))
+    with pytest.raises(CocodagError, match=rf"{where}\[1\].*: '{key}' must be a number, got {value!r}; fix the file"):
+        load_coco(jp, tmp_path / "train2017", min_size=64)

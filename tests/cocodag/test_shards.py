@@ -1,5 +1,6 @@
 import json
 
+import h5py
 import numpy as np
 import pytest
 
@@ -74,3 +75,34 @@ def test_write_shard_entry_hash_and_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(TypeError):      # an attribute h5py cannot store: fails half-way through the write
         write_shard(q, "coco", imgs, labs, [SampleMeta("a")] * 3, extra_attrs={"bad": object()})
     assert not q.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_shard_built_in_memory_commit_hook_and_refused_commit(tmp_path):
+    rng = np.random.default_rng(3)
+    imgs, labs = _samples(rng, 3, 8)
+    p = tmp_path / "dag-00000.h5"
+    calls = []
+    e = write_shard(p, "dag", imgs, labs, [SampleMeta(f"f{i}") for i in range(3)], compression="gzip",
+                    before_commit=lambda: calls.append(p.exists()))
+    assert calls == [False]                       # the hook runs once, right before the rename
+    with h5py.File(p) as f:                       # a complete, closed HDF5 file
+        assert np.array_equal(f["image"][()], imgs) and np.array_equal(f["label"][()], labs)
+        assert f["image"].compression == "gzip" and f.attrs["num_samples"] == 3
+    assert e["bytes"] == p.stat().st_size and e["sha256"] == sha256_file(p)
+
+    def refuse():
+        raise RuntimeError("build is gone")
+
+    q = tmp_path / "dag-00001.h5"
+    with pytest.raises(RuntimeError):
+        write_shard(q, "dag", imgs, labs, [SampleMeta("a")] * 3, before_commit=refuse)
+    assert not q.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_manifest_with_bad_version_or_type_is_one_line(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "cocodag-dataset", "version": "x"}))
+    with pytest.raises(CocodagError, match="manifest version 'x' not supported"):
+        open_dataset(tmp_path)
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(CocodagError, match="corrupt manifest \\(a JSON list, expected an object\\)"):
+        open_dataset(tmp_path)
