@@ -17,16 +17,35 @@ from .. import MaxentError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _MODULE_OF: dict[str, str] = {}
+#: name -> checkpoint_filter(state_dict, model) -> state_dict: a family's own unwrapping / renaming of the keys of
+#: its upstream release before a strict load (timm's ``checkpoint_filter_fn``)
+_FILTERS: dict[str, Callable[[dict, nn.Module], dict]] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register ``fn`` under its own ``__name__`` (the variant name) and return it unchanged."""
-    name = fn.__name__
-    if name in _MODELS and _MODELS[name] is not fn:
-        raise MaxentError(f"model name {name!r} registered twice ({_MODULE_OF[name]} and {fn.__module__})")
-    _MODELS[name] = fn
-    _MODULE_OF[name] = fn.__module__
-    return fn
+def register_model(fn: Callable[..., nn.Module] | None = None, *,
+                   checkpoint_filter: Callable[[dict, nn.Module], dict] | None = None):
+    """Decorator: register ``fn`` under its own ``__name__`` (the variant name) and return it unchanged.
+
+    ``@register_model`` or ``@register_model(checkpoint_filter=f)``: ``f(state_dict, model)`` receives the state_dict
+    of a released upstream file (wrappers and the ``module.`` prefix already removed) and returns it with this
+    model's key names, so that the load that follows can stay strict.
+    """
+    def deco(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = f.__name__
+        if name in _MODELS and _MODELS[name] is not f:
+            raise MaxentError(f"model name {name!r} registered twice ({_MODULE_OF[name]} and {f.__module__})")
+        _MODELS[name] = f
+        _MODULE_OF[name] = f.__module__
+        if checkpoint_filter is not None:
+            _FILTERS[name] = checkpoint_filter
+        return f
+
+    return deco(fn) if fn is not None else deco
+
+
+def checkpoint_filter_for(name: str) -> Callable[[dict, nn.Module], dict] | None:
+    """The registered checkpoint filter of model ``name`` (None for plug-ins and models without one)."""
+    return _FILTERS.get(name)
 
 
 def list_models(pattern: str = "*") -> list[str]:
