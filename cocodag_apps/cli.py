@@ -58,8 +58,12 @@ def demo_cmd(
 
 def predict(
     inputs: Annotated[Path, typer.Argument(help="An image file or a folder of images.")],
-    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (model-final.pt).")],
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (model-final.pt, or a released file with "
+                                                  "--model).")],
     out: Annotated[Path, typer.Option(help="Output folder for heat maps, masks and overlays.")],
+    model: Annotated[Optional[str], typer.Option(help=maxent_cli.MODEL_HELP)] = None,
+    model_kwargs: Annotated[Optional[str], typer.Option(help=maxent_cli.MODEL_KWARGS_HELP)] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Classes when the checkpoint has no metadata.")] = None,
     method: Annotated[str, typer.Option(help="Score: any method of `oodscore evaluate` that works on logits (entropy, msp, maxlogit, sml, vde, ...).")] = "entropy",
     sml_stats: Annotated[Optional[Path], typer.Option(help="SML statistics JSON (needed by sml and vde).")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Mask threshold (score >= t is anomalous).")] = None,
@@ -75,12 +79,15 @@ def predict(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Anomaly heat map (with colour bar), binary mask at the recommended threshold, and overlay per image."""
+    from maxent_train.models import parse_model_kwargs
+
     from .predict import predict_images
 
     with user_errors():
         res = predict_images(checkpoint, inputs, out, method=method, sml_stats=sml_stats, threshold=threshold,
                              threshold_from=threshold_from, threshold_kind=threshold_kind, device=device.value,
-                             window=window, stride=stride, save_scores=save_scores, progress=progress)
+                             window=window, stride=stride, save_scores=save_scores, progress=progress, model=model,
+                             model_kwargs=parse_model_kwargs(model_kwargs), num_classes=num_classes)
         if res["threshold"] is None:
             typer.echo("note: no threshold given (--threshold or --threshold-from): masks were not written", err=True)
         typer.echo(f"{len(res['images'])} images -> {res['out']}", err=True)

@@ -121,8 +121,13 @@ def predict_images(checkpoint: str | Path, inputs: str | Path, out: str | Path, 
                    sml_stats: str | Path | None = None, threshold: float | None = None,
                    threshold_from: str | Path | None = None, threshold_kind: str = "f1", device: str = "auto",
                    window: int | None = None, stride: int | None = None, save_scores: bool = False,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, model: str | None = None, model_kwargs: dict | None = None,
+                   num_classes: int | None = None) -> dict[str, Any]:
     """Score every image of ``inputs`` with ``method`` and write heat map, mask and overlay PNGs to ``out``.
+
+    The network is the one the checkpoint's metadata names (``model``, ``num_classes``, ``model_kwargs``); ``model``
+    / ``model_kwargs`` / ``num_classes`` (``--model``, ...) build it for a released file without metadata, or
+    override it, as in ``maxent-train export``.
 
     The mask threshold is ``threshold`` if given, else ``threshold_from``'s (a ``thresholds.json`` written by
     ``oodscore evaluate`` on a validation set) for this method and ``threshold_kind`` (``f1`` or ``tpr95``).
@@ -138,15 +143,16 @@ def predict_images(checkpoint: str | Path, inputs: str | Path, out: str | Path, 
     out.mkdir(parents=True, exist_ok=True)
     scorer, threshold = _scorer_and_threshold(method, sml_stats, threshold, threshold_from, threshold_kind)
     dev = resolve_device(device)
-    model, _ = load_model_for_export(checkpoint, device=dev)
+    net, meta = load_model_for_export(checkpoint, model, num_classes, dev, model_kwargs)
     threshold_name = f"{threshold_kind}" if threshold_from else "given"
     written = []
     for f in tqdm(files, desc="predict", unit="img", disable=not progress):
         rgb = read_rgb(f)
         x = normalize(torch.from_numpy(rgb)[None].to(dev))
-        logits = predict_logits(model, x, window, stride)
+        logits = predict_logits(net, x, window, stride)
         score = scorer.score(logits[0].cpu().numpy())
         _write_outputs(out, f.stem, rgb, score, method=method, threshold=threshold, threshold_name=threshold_name,
                        save_scores=save_scores)
         written.append(f.stem)
-    return {"images": written, "out": str(out), "method": method, "threshold": threshold}
+    return {"images": written, "out": str(out), "method": method, "threshold": threshold,
+            "model": str(meta["model"])}

@@ -44,6 +44,12 @@ class Compression(str, enum.Enum):
     gzip = "gzip"
 
 
+MODEL_KWARGS_HELP = ("Model options passed to its factory: KEY=VALUE[,KEY=VALUE...] (int/float/bool/str, e.g. "
+                     "output_stride=16,dropout=0.1) or a JSON object; recorded in the checkpoint's metadata.")
+MODEL_HELP = ("Model name (`maxent-train models`) when the checkpoint has no metadata (a released file, e.g. "
+              "deeplabv3plus_wrn38 for NVIDIA's cityscapes_best.pth), or to override it.")
+
+
 # CLI parameter name -> FitConfig field (only where they differ)
 _FIT_RENAMES = {"lambda_": "lam"}
 
@@ -53,10 +59,12 @@ def fit(
     data: Annotated[Optional[Path], typer.Option(help="cocodag dataset directory (with manifest.json).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model name (`maxent-train models`) or pkg.module:factory.")]
     = None,
+    model_kwargs: Annotated[Optional[str], typer.Option(help=MODEL_KWARGS_HELP)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory: config.json, log.jsonl, checkpoints (locked "
                                                     "while the run goes: OUT/.lock).")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="Initial weights (state_dict or {'state_dict':...}; "
-                                                     "'module.' stripped; strict key check).")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Initial weights: a released checkpoint as it is (NVIDIA/meta-ood, "
+                                                     "SML, VainF, PEBAL; see the README) or one of ours; strict key "
+                                                     "check.")] = None,
     num_classes: Annotated[int, typer.Option(help="Number of in-distribution classes.")] = 19,
     epochs: Annotated[int, typer.Option(help="Epochs over the original stream (meta-ood: 4).")] = 4,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps in total.")] = None,
@@ -87,6 +95,7 @@ def fit(
                                                         "given explicitly override it.")] = None,
 ) -> None:
     """Fine-tune a segmentation network with MaxEnt on cocodag shards (resumable; DDP under torchrun)."""
+    from .models import parse_model_kwargs
     from .train import FitConfig, fit as run_fit, load_config_file
 
     with user_errors():
@@ -106,6 +115,7 @@ def fit(
         for k in ("data", "out", "init"):
             if merged.get(k) is not None:
                 merged[k] = str(merged[k])
+        merged["model_kwargs"] = parse_model_kwargs(merged.get("model_kwargs"))
         cfg = FitConfig(**{k: v for k, v in merged.items() if k in FitConfig.field_names()})
         summary = run_fit(cfg, resume=resume)
         if summary.get("is_main", True):
@@ -122,14 +132,19 @@ def export(
     kinds: Annotated[str, typer.Option(help="Shard kinds to export from --data, comma-separated.")] = "dag",
     images: Annotated[Optional[Path], typer.Option(help="An evaluation-set root as input (with --preset).")] = None,
     preset: Annotated[str, typer.Option(help="Evaluation-set preset of --images (cocodag.formats.evalsets).")] = "standard",
-    model: Annotated[Optional[str], typer.Option(help="Model name when the checkpoint has no metadata.")] = None,
+    model: Annotated[Optional[str], typer.Option(help=MODEL_HELP)] = None,
+    model_kwargs: Annotated[Optional[str], typer.Option(help=MODEL_KWARGS_HELP)] = None,
     num_classes: Annotated[Optional[int], typer.Option(help="Classes when the checkpoint has no metadata.")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples read per shard access (--data only).")] = 4,
     sliding_window: Annotated[bool, typer.Option("--sliding-window", help="Full-resolution inference in windows.")]
     = False,
     window: Annotated[int, typer.Option(help="Sliding-window size (pixels).")] = 1024,
     stride: Annotated[int, typer.Option(help="Sliding-window stride (pixels).")] = 512,
-    mc_samples: Annotated[int, typer.Option(help="MC-dropout passes T (0 = no mc/* block).")] = 0,
+    mc_samples: Annotated[int, typer.Option(help="MC-dropout passes T (0 = no mc/* block; 1 is refused: no "
+                                                 "moments). Refused when no dropout reaches the logits.")] = 0,
+    mc_dropout: Annotated[Optional[float], typer.Option(
+        help="Insert test-time Dropout2d(P) before the final classifier, for models without dropout on their output "
+             "path (e.g. SML's); a deviation from the trained network, recorded in mc/ attrs.")] = None,
     moment_order: Annotated[int, typer.Option(help="Highest central moment K (orders 2..K stored).")] = 4,
     moments_of: Annotated[MomentsOf, typer.Option(help="Moments of logits (paper) or softmax probs (seed code).")]
     = MomentsOf.logits,
@@ -146,13 +161,15 @@ def export(
 ) -> None:
     """Write logits (and optional MC-dropout moments / SML stats) for a dataset or an evaluation set."""
     from .export import ExportOptions, export_logits
+    from .models import parse_model_kwargs
 
     with user_errors():
         opts = ExportOptions(
             checkpoint=str(checkpoint), out=str(out), data=str(data) if data else None,
             kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), images=str(images) if images else None,
-            preset=preset, model=model, num_classes=num_classes, batch_size=batch_size,
-            sliding_window=sliding_window, window=window, stride=stride, mc_samples=mc_samples,
+            preset=preset, model=model, num_classes=num_classes, model_kwargs=parse_model_kwargs(model_kwargs),
+            batch_size=batch_size, sliding_window=sliding_window, window=window, stride=stride,
+            mc_samples=mc_samples, mc_dropout=mc_dropout,
             moment_order=moment_order, moments_of=moments_of.value, mc_dtype=mc_dtype.value,
             store_images=store_images, image_max_side=image_max_side, limit=limit, compression=compression.value,
             sml_stats=str(sml_stats) if sml_stats else None, device=device.value, seed=seed, progress=progress)
@@ -173,6 +190,9 @@ def miou(
     checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (model-final.pt or a state_dict with --model).")],
     cityscapes: Annotated[Path, typer.Option(help="Cityscapes-layout root (leftImg8bit/, gtFine/).")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    model: Annotated[Optional[str], typer.Option(help=MODEL_HELP)] = None,
+    model_kwargs: Annotated[Optional[str], typer.Option(help=MODEL_KWARGS_HELP)] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Classes when the checkpoint has no metadata.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Also write the result as JSON here.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate at most N frames.")] = None,
     device: Annotated[DeviceName, typer.Option(help="auto picks cuda when available.")] = DeviceName.auto,
@@ -181,15 +201,17 @@ def miou(
     """Closed-set segmentation quality: mIoU and pixel accuracy on a Cityscapes-layout split."""
     import json
 
+    from .models import parse_model_kwargs
     from .segeval import evaluate_segmentation
 
     with user_errors():
+        kwargs = parse_model_kwargs(model_kwargs)
         if out is not None:
             from cocodag.outputs import prepare_output
 
             prepare_output(out, kind="file", option="--out")
         res = evaluate_segmentation(checkpoint, cityscapes, split=split, device=device.value, limit=limit,
-                                    progress=progress)
+                                    progress=progress, model=model, model_kwargs=kwargs, num_classes=num_classes)
         if out is not None:
             from cocodag.atomic import atomic_write_json
             from cocodag.outputs import disk_errors

@@ -7,7 +7,14 @@ sliding windows). The file is written frame by frame through the one writer,
 exceed RAM.
 
 The optional MC block calls :func:`maxent_train.mc.mc_moments` once per frame with ``seed = seed + frame index``
-(independent of batching), head-only when the model has ``forward_features``/``forward_head``.
+(independent of batching), head-only when the model has ``forward_features``/``forward_head``. Before it samples,
+:func:`maxent_train.mc.prepare_mc_dropout` checks on the first frame that some dropout layer reaches the logits and
+refuses otherwise (the moments would be all zero); ``mc_dropout=P`` (``--mc-dropout P``) first inserts test-time
+``nn.Dropout2d(P)`` before the final classifier, a deviation from the trained network recorded in the ``mc`` group's
+attributes (``mc_dropout``, ``mc_dropout_at``). ``--mc-samples 1`` is refused (no moments exist).
+
+The model comes from the checkpoint's metadata (``model``, ``num_classes``, ``model_kwargs``) or, for a released file
+without it, from ``model`` / ``num_classes`` / ``model_kwargs`` (``--model``, ``--num-classes``, ``--model-kwargs``).
 
 The job locks ``--out`` (``F.h5.lock``) and ``--sml-stats`` for its whole run, checks both paths before any work,
 and checks the free space up front (uncompressed size) and before every frame, so that a full disk ends in one line
@@ -52,11 +59,13 @@ class ExportOptions:
     preset: str = "standard"
     model: str | None = None
     num_classes: int | None = None
+    model_kwargs: dict | None = None
     batch_size: int = 4
     sliding_window: bool = False
     window: int = 1024
     stride: int = 512
     mc_samples: int = 0
+    mc_dropout: float | None = None
     moment_order: int = 4
     moments_of: str = "logits"
     mc_dtype: str = "float32"
@@ -81,6 +90,14 @@ class ExportOptions:
             raise MaxentError("give exactly one input: --data DIR (cocodag dataset) or --images DIR --preset P")
         if self.mc_samples < 0:
             raise MaxentError(f"--mc-samples must be >= 0, got {self.mc_samples}")
+        if self.mc_samples == 1:
+            raise MaxentError("--mc-samples 1: one pass has no spread, so no central moments exist; use 2 or more "
+                              "(e.g. 32), or 0 for no MC block")
+        if self.mc_dropout is not None and not self.mc_samples:
+            raise MaxentError(f"--mc-dropout {self.mc_dropout} needs --mc-samples T (T >= 2): it only acts on the MC "
+                              "block")
+        if self.mc_dropout is not None and not 0.0 < self.mc_dropout < 1.0:
+            raise MaxentError(f"--mc-dropout must be in (0, 1), got {self.mc_dropout}")
         if self.mc_samples and self.moment_order < 2:
             raise MaxentError(f"--moment-order must be >= 2, got {self.moment_order}")
         if self.mc_samples and self.sliding_window:
@@ -115,29 +132,33 @@ class _Source:
 
 # --------------------------------------------------------------------------------------------------------- model
 def load_model_for_export(checkpoint: str | Path, model: str | None = None, num_classes: int | None = None,
-                          device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+                          device: torch.device | str = "cpu", model_kwargs: dict | None = None,
+                          option: str = "--checkpoint") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the model named in the checkpoint's metadata (or ``model``) and load its weights strictly.
 
-    Returns ``(model in eval mode on device, metadata)``.
+    The model's options are the checkpoint's recorded ``model_kwargs`` (when it names the same model) updated by
+    ``model_kwargs``. A raw released file (no metadata) needs ``model`` (``--model``); its class count is
+    ``num_classes`` or 19. Returns ``(model in eval mode on device, metadata)``; the metadata's ``model``,
+    ``num_classes`` and ``model_kwargs`` are what was built.
     """
-    from .models import create_model, load_checkpoint
-    from .models._helpers import load_file
+    from .models import create_model, load_state, read_checkpoint
 
     path = Path(checkpoint)
     if not path.is_file():
-        raise MaxentError(f"--checkpoint {path}: file does not exist")
-    obj = load_file(path)
-    meta = dict(obj.get("metadata") or {}) if isinstance(obj, dict) else {}
+        raise MaxentError(f"{option} {path}: file does not exist")
+    state, meta = read_checkpoint(path)
     name = model or meta.get("model")
     if not name:
-        raise MaxentError(f"--checkpoint {path}: has no metadata naming the model; pass --model NAME")
+        raise MaxentError(f"{option} {path}: has no metadata naming the model; pass --model NAME (see "
+                          f"`maxent-train models`; e.g. deeplabv3plus_wrn38 for NVIDIA's cityscapes_best.pth)")
     if num_classes is not None and meta.get("num_classes") not in (None, num_classes):
         raise MaxentError(f"--num-classes {num_classes} differs from the checkpoint's {meta['num_classes']}")
     nc = int(num_classes or meta.get("num_classes") or NUM_CLASSES)
     kwargs = dict(meta.get("model_kwargs") or {}) if name == meta.get("model") else {}
+    kwargs.update(model_kwargs or {})
     net = create_model(name, num_classes=nc, **kwargs)     # e.g. a dropout rate: not part of the state_dict
-    load_checkpoint(net, path, strict=True)
-    meta.update(model=name, num_classes=nc)
+    load_state(net, state, path, strict=True, name=name)
+    meta.update(model=name, num_classes=nc, model_kwargs=kwargs)
     return net.to(device).eval(), meta
 
 
@@ -258,6 +279,29 @@ def _mc_block(model: torch.nn.Module, x: torch.Tensor, opts: ExportOptions, inde
     return arrays, bool(mom.get("head_only", head_only))
 
 
+def _file_attrs(meta: dict[str, Any]) -> dict[str, Any]:
+    """Root attributes export adds: our version, and the model options when there are any (JSON)."""
+    import json
+
+    attrs: dict[str, Any] = {"maxent_train": __version__}
+    if meta.get("model_kwargs"):
+        attrs["model_kwargs"] = json.dumps(meta["model_kwargs"], sort_keys=True)
+    return attrs
+
+
+def _prepare_mc(model: torch.nn.Module, first: _Frame, opts: ExportOptions, name: str,
+                device: torch.device) -> dict[str, Any]:
+    """Before any sampling: check on the first frame that dropout reaches the logits (or insert ``--mc-dropout``
+    test-time dropout first); returns the extra mc attrs (``mc_dropout``, ``mc_dropout_at``) when inserted."""
+    from .mc import prepare_mc_dropout
+
+    x = normalize(torch.from_numpy(np.ascontiguousarray(first.image))[None].to(device))
+    where = prepare_mc_dropout(model, x, opts.mc_dropout, name=name)
+    if where is None:
+        return {}
+    return {"mc_dropout": float(opts.mc_dropout), "mc_dropout_at": where}
+
+
 def _downsize(image: np.ndarray, max_side: int) -> np.ndarray:
     import cv2
 
@@ -338,7 +382,7 @@ def export_logits(opts: ExportOptions) -> dict[str, Any]:
 def _export_locked(opts: ExportOptions, out: Path, sml_path: Path | None) -> dict[str, Any]:
     """The export itself, once its outputs are checked and locked: model, frames, free space, then the file."""
     device = resolve_device(opts.device)
-    model, meta = load_model_for_export(opts.checkpoint, opts.model, opts.num_classes, device)
+    model, meta = load_model_for_export(opts.checkpoint, opts.model, opts.num_classes, device, opts.model_kwargs)
     num_classes = int(meta["num_classes"])
     source = _open_source(opts)
     n = min(source.total, opts.limit) if opts.limit is not None else source.total
@@ -351,10 +395,12 @@ def _export_locked(opts: ExportOptions, out: Path, sml_path: Path | None) -> dic
     head_only = hasattr(model, "forward_features") and hasattr(model, "forward_head")
     mc_attrs = dict(moments_of=opts.moments_of, mc_samples=opts.mc_samples, moment_order=opts.moment_order,
                     head_only=bool(head_only), seed=opts.seed)
+    if opts.mc_samples:
+        mc_attrs.update(_prepare_mc(model, first, opts, str(meta["model"]), device))
     sml = SMLStats(num_classes, source=f"maxent-train export {out.name}") if sml_path is not None else None
     with _progress(opts.progress, n) as pbar, LogitsWriter(
             out, num_classes, dataset=source.dataset, model=str(meta["model"]), checkpoint=str(opts.checkpoint),
-            attrs={"maxent_train": __version__}, compression=opts.compression, mc_attrs=mc_attrs,
+            attrs=_file_attrs(meta), compression=opts.compression, mc_attrs=mc_attrs,
             mc_dtype=opts.mc_dtype) as writer:
         hw = _write_frames(writer, itertools.chain([first], frames), model, device, opts, head_only, sml, pbar)
     if sml is not None:

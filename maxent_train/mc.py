@@ -12,6 +12,11 @@
   is untouched): with ``sample_batch=1`` pass t draws exactly the dropout masks of the t-th of T plain
   ``model(x)`` calls after ``torch.manual_seed(seed)``. ``sample_batch=b > 1`` runs b passes as one batch (faster on
   a GPU); the result is then deterministic for that (seed, b) and statistically equivalent, not bitwise equal.
+* ``prepare_mc_dropout`` (run by export before sampling) refuses a model none of whose dropout layers reaches the
+  logits (zeroing their outputs leaves the logits unchanged: SML's only dropout is in its unused ``dsn`` head), which
+  would otherwise give all-zero central moments; with ``p`` it first inserts test-time ``nn.Dropout2d(p)`` on the
+  input of the final classifier (``insert_mc_dropout``; the protocol a model follows for it is in
+  ``maxent_train.models._registry``).
 """
 from __future__ import annotations
 
@@ -252,3 +257,143 @@ def _sample_passes(model: nn.Module, x: torch.Tensor, feats: Any, samples: int, 
             for pb in probs:
                 prob_sum.add_(pb)
     return ps, prob_sum
+
+
+# --------------------------------------------------------------------------------------------------------- checks
+def _fire_recorder(modules: dict[str, nn.Module], fired: list[str], zero: bool) -> list:
+    """Forward hooks on ``modules`` that record which ran (and, with ``zero``, replace their output by zeros)."""
+    def hook_for(name: str):
+        def hook(_mod, _args, out):
+            fired.append(name)
+            return torch.zeros_like(out) if zero and isinstance(out, torch.Tensor) else None
+        return hook
+    return [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
+
+
+def _forward_fn(model: nn.Module, x: torch.Tensor, modules: dict[str, nn.Module]):
+    """A deterministic (eval-mode) forward of ``x``: ``forward_head`` on features computed once when the model has the
+    split and none of ``modules`` runs inside ``forward_features``, else a full ``model(x)``."""
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        fired: list[str] = []
+        hooks = _fire_recorder(modules, fired, zero=False)
+        try:
+            feats = model.forward_features(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        if not fired:
+            size = tuple(x.shape[-2:])
+            return lambda: model.forward_head(feats, size)
+    return lambda: model(x)
+
+
+@torch.no_grad()
+def output_depends_on(model: nn.Module, x: torch.Tensor, modules: dict[str, nn.Module]) -> tuple[list[str], bool]:
+    """Whether zeroing the outputs of ``modules`` (name -> module) changes the model's logits on ``x``, in eval mode.
+
+    Returns ``(names of the modules that ran, changed)``; the model's train/eval flags are restored.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        run = _forward_fn(model, x, modules)
+        base = run()
+        fired: list[str] = []
+        hooks = _fire_recorder(modules, fired, zero=True)
+        try:
+            perturbed = run()
+        finally:
+            for h in hooks:
+                h.remove()
+    finally:
+        for m, f in flags:
+            m.training = f
+    return list(dict.fromkeys(fired)), not torch.equal(base, perturbed)
+
+
+def dropout_on_output_path(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Names of the dropout layers (``p > 0``) whose output reaches the logits on ``x`` (empty when none does: MC
+    dropout would then repeat one pass and write all-zero central moments)."""
+    layers = {n: m for n, m in model.named_modules() if _is_dropout(m) and float(getattr(m, "p", 0.0)) > 0}
+    if not layers:
+        return []
+    fired, changed = output_depends_on(model, x, layers)
+    return fired if changed else []
+
+
+def _no_dropout_detail(model: nn.Module) -> str:
+    """Why no dropout reaches the output, for the error message."""
+    all_drop = [n for n, m in model.named_modules() if _is_dropout(m)]
+    live = [n for n, m in model.named_modules() if _is_dropout(m) and float(getattr(m, "p", 0.0)) > 0]
+    if not all_drop:
+        return "it has no dropout layer"
+    if not live:
+        return f"its dropout layers ({', '.join(all_drop[:3])}) have p = 0"
+    return f"its dropout ({', '.join(live[:3])}) is off the path to the logits"
+
+
+def final_classifier(model: nn.Module, x: torch.Tensor, name: str = "model") -> str:
+    """The dotted name of the module producing the logits: ``model.final_classifier`` (or ``final_classifier_name``)
+    when set, else the last ``Conv2d`` with ``num_classes`` outputs that runs and whose output reaches the logits."""
+    named = dict(model.named_modules())
+    explicit = getattr(model, "final_classifier", None) or getattr(model, "final_classifier_name", None)
+    if isinstance(explicit, str):
+        if explicit not in named:
+            raise MaxentError(f"model {name}: final_classifier {explicit!r} is not one of its modules")
+        return explicit
+    nc = getattr(model, "num_classes", None)
+    convs = {n: m for n, m in named.items() if isinstance(m, nn.Conv2d) and m.out_channels == nc}
+    ran, _ = output_depends_on(model, x, convs) if convs else ([], False)
+    for n in reversed(ran):
+        if output_depends_on(model, x, {n: convs[n]})[1]:
+            return n
+    raise MaxentError(f"model {name}: cannot find its final classifier (no Conv2d with {nc} outputs reaches the "
+                      f"logits); give the model a `final_classifier` attribute naming that module")
+
+
+def _apply_mc_dropout(mod: nn.Module, args: tuple) -> tuple:
+    return (mod.mc_dropout(args[0]), *args[1:])
+
+
+def insert_mc_dropout(model: nn.Module, p: float, x: torch.Tensor, name: str = "model") -> str:
+    """Insert test-time ``nn.Dropout2d(p)`` on the input of the model's final classifier; returns where.
+
+    A model's own ``insert_mc_dropout(p)`` takes precedence. Otherwise the dropout becomes the child ``mc_dropout`` of
+    the classifier (no parameters: the state_dict is unchanged), applied by a forward pre-hook: identity in eval
+    mode, active in MC mode (:func:`enable_mc_dropout`).
+    """
+    if hasattr(model, "insert_mc_dropout"):
+        return str(model.insert_mc_dropout(p))
+    target = final_classifier(model, x, name)
+    mod = dict(model.named_modules())[target]
+    if hasattr(mod, "mc_dropout"):
+        raise MaxentError(f"model {name}: test-time dropout already inserted before {target}")
+    mod.add_module("mc_dropout", nn.Dropout2d(p))
+    mod.register_forward_pre_hook(_apply_mc_dropout)
+    return f"Dropout2d(p={p}) on the input of {target}"
+
+
+def prepare_mc_dropout(model: nn.Module, x: torch.Tensor, p: float | None = None, name: str = "model") -> str | None:
+    """Make sure MC sampling of ``model`` cannot be silently empty; run before sampling, on one frame ``x``.
+
+    Without ``p``: refuse (one line naming the model and ``--mc-dropout P``) when no dropout layer reaches the logits.
+    With ``p``: insert test-time dropout before the final classifier (:func:`insert_mc_dropout`; refused when the
+    model already has dropout on its output path) and check that it reaches the logits. Returns where the dropout
+    was inserted (None without ``p``).
+    """
+    active = dropout_on_output_path(model, x)
+    if p is None:
+        if not active:
+            raise MaxentError(f"model {name}: no dropout layer with p > 0 is on the path to its output "
+                              f"({_no_dropout_detail(model)}), so MC dropout would write all-zero central moments; "
+                              f"pass --mc-dropout P (e.g. 0.1) to insert test-time dropout before its final "
+                              f"classifier (a deviation: the network was not trained with it there)")
+        return None
+    if active:
+        raise MaxentError(f"--mc-dropout {p}: model {name} already has dropout on its output path "
+                          f"({', '.join(active[:3])}); drop --mc-dropout (its own dropout is sampled)")
+    where = insert_mc_dropout(model, p, x, name)
+    if not dropout_on_output_path(model, x):
+        raise MaxentError(f"--mc-dropout {p}: the inserted dropout ({where}) does not reach model {name}'s logits; "
+                          f"give the model a `final_classifier` attribute naming its last layer")
+    return where

@@ -42,20 +42,26 @@ def iou_from_confusion(conf: np.ndarray) -> dict[str, Any]:
 @torch.no_grad()
 def evaluate_segmentation(checkpoint: str | Path, cityscapes: str | Path, *, split: str = "val",
                           device: str = "auto", limit: int | None = None, window: int | None = None,
-                          stride: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """mIoU / pixel accuracy of ``checkpoint`` on ``cityscapes/leftImg8bit/<split>`` at full resolution."""
+                          stride: int | None = None, progress: bool = True, model: str | None = None,
+                          model_kwargs: dict | None = None, num_classes: int | None = None) -> dict[str, Any]:
+    """mIoU / pixel accuracy of ``checkpoint`` on ``cityscapes/leftImg8bit/<split>`` at full resolution.
+
+    ``model`` / ``model_kwargs`` / ``num_classes`` build the network when the checkpoint has no metadata (a released
+    file), or override it (see :func:`maxent_train.export.load_model_for_export`).
+    """
     from cocodag.cityscapes import find_frames, load_frame_rgb
 
     dev = resolve_device(device)
-    model, meta = load_model_for_export(checkpoint, device=dev)
+    net, meta = load_model_for_export(checkpoint, model, num_classes, dev, model_kwargs)
     nc = int(meta["num_classes"])
     frames = find_frames(cityscapes, split)[: limit or None]
     conf = np.zeros((nc, nc), np.int64)
     for fr in tqdm(frames, desc="mIoU", unit="img", disable=not progress, leave=False):
         rgb, lab = load_frame_rgb(fr)
         x = normalize(torch.from_numpy(rgb)[None].to(dev))
-        pred = predict_logits(model, x, window, stride).argmax(1)[0].cpu().numpy()
+        pred = predict_logits(net, x, window, stride).argmax(1)[0].cpu().numpy()
         conf += confusion_matrix(pred, lab, nc)
     out = iou_from_confusion(conf)
-    out.update(n_frames=len(frames), split=split, checkpoint=str(checkpoint), ignore_id=IGNORE_ID)
+    out.update(n_frames=len(frames), split=split, checkpoint=str(checkpoint), ignore_id=IGNORE_ID,
+               model=str(meta["model"]), model_kwargs=dict(meta.get("model_kwargs") or {}))
     return out

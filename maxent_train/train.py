@@ -8,7 +8,8 @@
 * ``checkpoint-last.pt`` – model, optimizer, AMP scaler, RNG states, data position ``(epoch, batch)`` and step,
   written atomically (:func:`cocodag.atomic.atomic_write`) every ``checkpoint_every`` steps and at the end of each
   epoch.
-* ``model-final.pt`` – ``{"state_dict": ..., "metadata": {"model", "num_classes", ...}}`` (what ``export`` reads).
+* ``model-final.pt`` – ``{"state_dict": ..., "metadata": {"model", "num_classes", "model_kwargs", ...}}`` (what
+  ``export``, ``predict`` and ``miou`` read: they need no ``--model`` / ``--model-kwargs`` then).
 * ``.lock`` – the job's exclusive lock (:class:`cocodag.lock.OutputLock`), held from before the first check to the end:
   a second job on the same ``out`` is refused with one line naming the holder; under torchrun rank 0 holds it.
 
@@ -67,6 +68,7 @@ class FitConfig:
     out: str = ""
     init: str | None = None
     num_classes: int = NUM_CLASSES
+    model_kwargs: dict = dataclasses.field(default_factory=dict)
     epochs: int = 4
     max_steps: int | None = None
     batch_size: int = 8
@@ -97,6 +99,9 @@ class FitConfig:
             raise MaxentError("--model is required (see `maxent-train models`)")
         if not self.out:
             raise MaxentError("--out is required (the run directory)")
+        from .models import parse_model_kwargs
+
+        self.model_kwargs = parse_model_kwargs(self.model_kwargs)     # a config file may hold the CLI's string form
         if self.optim_target not in ("entropy", "logit"):
             raise MaxentError(f"--optim-target: expected entropy or logit, got {self.optim_target!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -469,9 +474,9 @@ def _check_same_data(where: Path, recorded: str | None, manifest_hash: str, data
 def _build_model(cfg: FitConfig) -> torch.nn.Module:
     from .models import create_model, load_checkpoint
 
-    model = create_model(cfg.model, num_classes=cfg.num_classes)
+    model = create_model(cfg.model, num_classes=cfg.num_classes, **cfg.model_kwargs)
     if cfg.init:
-        load_checkpoint(model, cfg.init, strict=True)
+        load_checkpoint(model, cfg.init, strict=True, name=cfg.model)   # the model's checkpoint_filter applies
     return model
 
 
@@ -649,7 +654,8 @@ def _prepare_job(cfg: FitConfig, ctx: DistContext, run: RunDir, resume: bool) ->
               "amp_active": use_amp,
               "loss_reduction": "mean over all pixels (and classes for entropy target); see maxent_train.loss"}
     # What --resume compares, kept in every checkpoint itself (plain types: loads with weights_only=True)
-    metadata = {"model": cfg.model, "num_classes": cfg.num_classes, "model_kwargs": {}, "seed": cfg.seed,
+    metadata = {"model": cfg.model, "num_classes": cfg.num_classes, "model_kwargs": dict(cfg.model_kwargs),
+                "seed": cfg.seed,
                 "lam": cfg.lam, "optim_target": cfg.optim_target, "embedding_img_interval": cfg.embedding_img_interval,
                 "data_manifest_hash": dataset.manifest_hash, "maxent_train": __version__,
                 "world_size": ctx.world_size,

@@ -3,6 +3,34 @@
 A name of the form ``"pkg.module:factory"`` is a plug-in: the module is imported and ``factory(num_classes=..., **kw)``
 must return an ``nn.Module`` whose ``forward(x)`` gives logits ``(N, C, H, W)`` at input resolution. Plug-ins that also
 define ``forward_features(x)`` / ``forward_head(feats, size)`` get head-only MC dropout (see ``maxent_train.mc``).
+``create_model`` sets ``model.registry_name`` (the name it was built from) and ``model.num_classes`` when missing.
+
+Model options (``--model-kwargs``): the factory's keyword arguments, parsed by :func:`parse_model_kwargs` from
+``output_stride=16,dropout=0.1`` or a JSON object and recorded in checkpoint metadata (``model_kwargs``).
+
+MC-dropout protocol (what ``maxent-train export --mc-samples T [--mc-dropout P]`` relies on)
+-------------------------------------------------------------------------------------------
+* **Dropout layers** are ``nn.Dropout`` / ``nn.Dropout2d`` / ... (subclasses of ``nn.modules.dropout._DropoutNd``):
+  MC mode switches exactly those to train mode and keeps everything else (BatchNorm) in eval.
+* **Head split** (optional): ``forward_features(x)`` deterministic and ``forward_head(feats, size)`` holding every
+  dropout on the output path -> the trunk runs once per frame and only the head T times. A model whose dropout sits
+  in its trunk (WRN38) either omits the split or is detected (a dropout firing in ``forward_features``): T full passes.
+* **Before sampling** export checks that a dropout layer with ``p > 0`` is on the path to the output (zeroing the
+  dropout layers' outputs must change the logits); if none is (SML: its only dropout is in the unused ``dsn`` head),
+  it refuses in one line, naming the model and ``--mc-dropout P``.
+* ``--mc-dropout P`` inserts test-time dropout, ``nn.Dropout2d(P)`` (channel dropout, as in our DeepLabV3+ heads),
+  on the **input of the final classifier**; identity in eval mode, so plain logits do not change. A deviation: the
+  network was not trained with it there (logits.h5 records ``mc_dropout`` and ``mc_dropout_at``). Where it goes:
+
+  1. ``model.insert_mc_dropout(p) -> str``, when the model defines it: the model adds a ``_DropoutNd`` module on its
+     output path itself and returns where (e.g. ``"Dropout2d(0.1) before final2.0"``);
+  2. else ``model.final_classifier`` (alias ``final_classifier_name``): the dotted ``named_modules()`` name of the
+     module that produces the logits (e.g. ``"classifier"``, ``"final2.0"``); the dropout becomes its child
+     ``mc_dropout`` applied by a forward pre-hook (no state_dict key changes);
+  3. else the last ``nn.Conv2d`` with ``num_classes`` output channels that runs in ``forward`` and whose output
+     reaches the logits.
+
+  ``--mc-dropout`` is refused for a model that already has dropout on its output path.
 """
 from __future__ import annotations
 
@@ -111,4 +139,62 @@ def create_model(name: str, num_classes: int = 19, **kwargs) -> nn.Module:
         raise MaxentError(f"model {name!r}: factory returned {type(model).__name__}, expected torch.nn.Module")
     if not hasattr(model, "num_classes"):
         model.num_classes = num_classes  # plug-ins may not set it; our code reads it
+    model.registry_name = name   # load_checkpoint finds the model's checkpoint_filter by it (the outermost name wins)
     return model
+
+
+def _parse_value(text: str):
+    """``16`` -> int, ``0.1`` / ``1e-3`` -> float, ``true``/``false`` -> bool, ``none``/``null`` -> None, else str
+    (surrounding quotes removed)."""
+    t = text.strip()
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for conv in (int, float):
+        try:
+            return conv(t)
+        except ValueError:
+            pass
+    if len(t) >= 2 and t[0] == t[-1] and t[0] in "'\"":
+        return t[1:-1]
+    return t
+
+
+def parse_model_kwargs(value, option: str = "--model-kwargs") -> dict:
+    """Model options as a dict: ``None``/``""`` -> ``{}``; a dict (from a config file) is checked; a string is
+    ``KEY=VALUE[,KEY=VALUE...]`` (values int, float, bool, none or str) or a JSON object.
+
+    Raises
+    ------
+    MaxentError
+        One line naming ``option``, what it got and the expected syntax.
+    """
+    import json
+
+    usage = "expected KEY=VALUE[,KEY=VALUE...] (e.g. output_stride=16,dropout=0.1) or a JSON object"
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return {}
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise MaxentError(f"{option} {value!r}: not valid JSON ({str(e).splitlines()[0]}); {usage}") from None
+    if isinstance(value, dict):
+        bad = [k for k in value if not (isinstance(k, str) and k.isidentifier())]
+        if bad:
+            raise MaxentError(f"{option}: option names must be identifiers, got {bad}; {usage}")
+        return dict(value)
+    if not isinstance(value, str):
+        raise MaxentError(f"{option}: expected a string or a table of options, got {type(value).__name__}; {usage}")
+    out = {}
+    for item in value.split(","):
+        key, eq, val = item.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier():
+            raise MaxentError(f"{option} {value!r}: cannot parse {item.strip()!r}; {usage}")
+        if key in out:
+            raise MaxentError(f"{option} {value!r}: {key} given twice")
+        out[key] = _parse_value(val)
+    return out

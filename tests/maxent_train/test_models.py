@@ -6,16 +6,19 @@ import pytest
 import torch
 
 from maxent_train import MaxentError
-from maxent_train.models import clean_state_dict, create_model, list_models, load_checkpoint
+from maxent_train.models import clean_state_dict, create_model, list_models, load_checkpoint, register_model
 
 torch.set_num_threads(1)
 
 ALL = ["deeplabv3plus_resnet18", "deeplabv3plus_resnet50", "deeplabv3plus_resnet101", "tiny_segnet"]
+#: the field's released networks (issue 12), each in its own model file
+FIELD = ["deeplabv3plus_wrn38", "deeplabv3plus_resnet101_sml", "deeplabv3plus_resnet101_vainf",
+         "deeplabv3plus_mobilenetv2_vainf"]
 
 
 def test_registry_names_and_patterns():
-    assert set(ALL) <= set(list_models())
-    assert list_models("deeplab*") == sorted(n for n in ALL if n.startswith("deeplab"))
+    assert set(ALL) | set(FIELD) <= set(list_models())
+    assert list_models("deeplab*") == sorted(n for n in ALL + FIELD if n.startswith("deeplab"))
     assert list_models("nope*") == []
 
 
@@ -216,3 +219,208 @@ def test_torchvision_layout_backbone_weights(tmp_path):
     torch.save(sd, path)
     with pytest.raises(MaxentError, match="layer1.0.conv1.weight"):
         create_model("deeplabv3plus_resnet18", backbone_weights=str(path))
+
+
+# ------------------------------------------------------------------------------------ released checkpoints (issue 12)
+def _save(obj, path, legacy=False):
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def _assert_loaded(dst, src):
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+@pytest.mark.parametrize("layout", ["state_dict", "model_state", "model", "net", "nested", "branch1", "plain"])
+def test_released_wrappers_and_prefixes_load_strictly(tmp_path, layout, legacy):
+    """Each wrapper / prefix of the field's releases, in the zip and the pre-1.6 ("legacy") format."""
+    import numpy as np
+
+    src = _randomized(create_model("tiny_segnet", num_classes=5, width=8))
+    sd = src.state_dict()
+    dp = {"module." + k: v for k, v in sd.items()}
+    obj = {
+        "state_dict": {"state_dict": dp, "epoch": 3, "mean_iu": np.float64(0.71), "command": "train.py --x"},
+        "model_state": {"model_state": sd, "cur_itrs": 30000, "best_score": np.float64(0.76),
+                        "optimizer_state": {"state": {}, "param_groups": []}},
+        "model": {"model": dp},
+        "net": {"net": sd, "acc": np.float32(0.5), "step": np.int64(7)},
+        "nested": {"model": {"state_dict": dp}, "epoch": 1},
+        "branch1": {"model": {"module.branch1." + k: v for k, v in sd.items()}},      # PEBAL's Network wrapper
+        "plain": dp,
+    }[layout]
+    path = _save(obj, tmp_path / f"{layout}.pth", legacy)
+    dst = create_model("tiny_segnet", num_classes=5, width=8)
+    rep = load_checkpoint(dst, path)
+    assert rep.ok and rep.loaded == len(sd)
+    _assert_loaded(dst, src)
+
+
+def test_nvidia_style_file_numpy_scalars_legacy_format_and_criterion(tmp_path, capsys):
+    """NVIDIA's trainer: {'state_dict' of a DataParallel model incl. module.criterion.nll_loss.weight,
+    'mean_iu': numpy.float64, 'epoch', 'command', 'optimizer'} in the pre-zip format, written by numpy 1.x (whose
+    scalars pickle as numpy.core.multiarray.scalar): loads, the loss weight dropped with a one-line note."""
+    import numpy as np
+
+    src = _randomized(create_model("deeplabv3plus_resnet18", num_classes=19))
+    sd = {"module." + k: v for k, v in src.state_dict().items()}
+    sd["module.criterion.nll_loss.weight"] = torch.ones(19)
+    obj = {"state_dict": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 0.01, "params": [0, 1]}]},
+           "epoch": 175, "mean_iu": np.float64(0.8), "command": "python train.py --arch network.deepv3.DeepWV3Plus"}
+    path = _save(obj, tmp_path / "cityscapes_best.pth", legacy=True)
+    data = path.read_bytes()
+    assert b"numpy._core.multiarray\nscalar" in data or b"numpy.core.multiarray\nscalar" in data
+    path.write_bytes(data.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar"))
+    dst = create_model("deeplabv3plus_resnet18", num_classes=19)
+    capsys.readouterr()
+    rep = load_checkpoint(dst, path)
+    assert rep.ok and rep.loaded == len(src.state_dict())
+    _assert_loaded(dst, src)
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "criterion.nll_loss.weight" in err[0] and "training-only" in err[0], err
+    from maxent_train.models import read_checkpoint
+
+    state, meta = read_checkpoint(path)
+    assert meta == {} and "criterion.nll_loss.weight" in state      # reading keeps it; loading drops it
+
+
+def test_numpy_scalar_pickles_load_with_weights_only_and_arrays_stay_refused(tmp_path):
+    import numpy as np
+
+    from maxent_train.models._helpers import load_file
+
+    vals = {"f64": np.float64(0.5), "f32": np.float32(1.5), "f16": np.float16(2), "i64": np.int64(3),
+            "u8": np.uint8(4), "b": np.bool_(True)}
+    for legacy in (False, True):
+        got = load_file(_save({"state_dict": {"w": torch.zeros(1)}, **vals}, tmp_path / f"n{legacy}.pt", legacy))
+        assert {k: (type(v), v) for k, v in got.items() if k in vals} == {k: (type(v), v) for k, v in vals.items()}
+    # a numpy array needs numpy's array reconstruction: not on our allow-list, refused by name, not as "legacy"
+    path = _save({"state_dict": {"w": torch.zeros(1)}, "iou": np.zeros(3)}, tmp_path / "arr.pt")
+    with pytest.raises(MaxentError) as ei:
+        load_file(path)
+    msg = str(ei.value)
+    assert "refused" in msg and "multiarray._reconstruct" in msg and "legacy" not in msg and "\n" not in msg
+
+
+class _RunsCode:
+    """Unpickling this calls ``open(marker, "w")``: it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "pickle"])
+def test_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, kind):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    obj = {"state_dict": {"w": torch.zeros(1)}, "x": _RunsCode(marker)}
+    path = tmp_path / f"evil-{kind}.pth"
+    if kind == "pickle":
+        path.write_bytes(pickle.dumps({"x": obj["x"]}, protocol=2))
+    else:
+        _save(obj, path, legacy=kind == "legacy")
+    assert not marker.exists()
+    with pytest.raises(MaxentError) as ei:
+        load_checkpoint(create_model("tiny_segnet"), path)
+    msg = str(ei.value)
+    assert not marker.exists()
+    assert msg.startswith(f"{path}: refused") and "open" in msg and "nothing was executed" in msg, msg
+    assert "legacy" not in msg[len(str(path)):] and "\n" not in msg
+
+
+def test_json_and_hdf5_as_checkpoint_are_one_line(tmp_path):
+    import h5py
+
+    js = tmp_path / "weights.json"
+    js.write_text('{"state_dict": {"w": [1, 2]}}')
+    with h5py.File(tmp_path / "weights.h5", "w") as f:
+        f["w"] = [1, 2]
+    for path, what in ((js, "a text file"), (tmp_path / "weights.h5", "an HDF5 file")):
+        with pytest.raises(MaxentError) as ei:
+            load_checkpoint(create_model("tiny_segnet"), path)
+        assert str(ei.value).startswith(f"{path}: not a torch checkpoint ({what}") and "\n" not in str(ei.value)
+
+
+def test_other_family_is_named_in_one_line(tmp_path):
+    from maxent_train.models import guess_family
+
+    z = torch.zeros(1)
+    families = {
+        "deeplabv3plus_wrn38": ["mod1.conv1.weight", "mod2.block1.convs.conv1.weight", "aspp.features.0.0.weight",
+                                "bot_fine.weight", "final.6.weight"],
+        "deeplabv3plus_resnet101_sml": ["layer0.0.weight", "layer1.0.conv1.weight", "aspp.features.0.0.weight",
+                                        "dsn.0.weight", "final2.0.weight"],
+        "deeplabv3plus_resnet101_vainf": ["backbone.conv1.weight", "backbone.layer1.0.conv1.weight",
+                                          "classifier.aspp.convs.0.0.weight", "classifier.classifier.3.weight"],
+        "deeplabv3plus_mobilenetv2_vainf": ["backbone.low_level_features.0.0.weight",
+                                            "backbone.high_level_features.4.conv.0.0.weight",
+                                            "classifier.aspp.convs.0.0.weight", "classifier.classifier.3.weight"],
+    }
+    for name, keys in families.items():
+        assert guess_family(keys)[1] == name, name
+    assert guess_family(create_model("tiny_segnet").state_dict())[1] == "tiny_segnet"
+    assert guess_family(create_model("deeplabv3plus_resnet18").state_dict())[1] == "deeplabv3plus_resnet18"
+    assert guess_family(["a.weight", "b.bias"]) is None
+    # through a load: the first mismatched keys and the family, in one line
+    path = _save({"state_dict": {"module." + k: z for k in families["deeplabv3plus_wrn38"]}, "mean_iu": 0.8},
+                 tmp_path / "cityscapes_best.pth", legacy=True)
+    with pytest.raises(MaxentError) as ei:
+        load_checkpoint(create_model("tiny_segnet"), path)
+    msg = str(ei.value)
+    assert msg.startswith(f"{path}: checkpoint does not match the model tiny_segnet: ") and "\n" not in msg
+    assert "mod1.conv1.weight" in msg and "stem.0.0.weight" in msg
+    assert "looks like an NVIDIA DeepWV3Plus" in msg and "use --model deeplabv3plus_wrn38" in msg
+    tiny = _save(create_model("tiny_segnet").state_dict(), tmp_path / "tiny.pt")
+    with pytest.raises(MaxentError, match="looks like a tiny_segnet checkpoint of ours: use --model tiny_segnet"):
+        load_checkpoint(create_model("deeplabv3plus_resnet18"), tiny)
+
+
+def _swap_prefix(state_dict, model):
+    """A test family's checkpoint filter: its upstream calls our ``classifier`` ``cls_head``."""
+    return {("classifier." + k[len("cls_head."):] if k.startswith("cls_head.") else k): v
+            for k, v in state_dict.items()}
+
+
+@register_model(checkpoint_filter=_swap_prefix)
+def _issue12_filtered_tiny(num_classes: int = 19, **kwargs):
+    return create_model("tiny_segnet", num_classes=num_classes, **kwargs)
+
+
+def test_registered_checkpoint_filter_runs_before_the_strict_load(tmp_path):
+    src = _randomized(create_model("tiny_segnet", num_classes=5, width=8))
+    upstream = {("cls_head." + k[len("classifier."):] if k.startswith("classifier.") else k): v
+                for k, v in src.state_dict().items()}
+    path = _save({"model_state": {"module." + k: v for k, v in upstream.items()}}, tmp_path / "up.pth")
+    dst = create_model("_issue12_filtered_tiny", num_classes=5, width=8)
+    assert dst.registry_name == "_issue12_filtered_tiny"
+    assert load_checkpoint(dst, path).ok                        # name found on the model (create_model set it)
+    _assert_loaded(dst, src)
+    with pytest.raises(MaxentError, match="cls_head.weight"):   # without the filter: a strict mismatch
+        load_checkpoint(create_model("tiny_segnet", num_classes=5, width=8), path)
+    # our own key names (a fine-tuned model-final.pt) load as they are
+    ours = _save({"state_dict": src.state_dict(), "metadata": {}}, tmp_path / "ours.pt")
+    assert load_checkpoint(create_model("_issue12_filtered_tiny", num_classes=5, width=8), ours).ok
+
+
+def test_parse_model_kwargs():
+    from maxent_train.models import parse_model_kwargs
+
+    assert parse_model_kwargs(None) == parse_model_kwargs("") == {}
+    got = parse_model_kwargs("output_stride=16, dropout=0.1,flag=true,off=False,name=abc,q='x y',n=none,e=1e-3")
+    assert got == {"output_stride": 16, "dropout": 0.1, "flag": True, "off": False, "name": "abc", "q": "x y",
+                   "n": None, "e": 1e-3}
+    assert type(got["output_stride"]) is int and type(got["dropout"]) is float
+    assert parse_model_kwargs('{"output_stride": 16, "dropout": 0.5}') == {"output_stride": 16, "dropout": 0.5}
+    assert parse_model_kwargs({"output_stride": 8}) == {"output_stride": 8}
+    for bad, needle in (("output_stride", "cannot parse 'output_stride'"), ("a=1,,b=2", "cannot parse ''"),
+                        ("1x=2", "cannot parse"), ('{"a": 1', "not valid JSON"), ("[1, 2]", "cannot parse"),
+                        ("a=1,a=2", "a given twice"), ('{"a b": 1}', "identifiers")):
+        with pytest.raises(MaxentError, match="--model-kwargs") as ei:
+            parse_model_kwargs(bad)
+        assert needle in str(ei.value) and "\n" not in str(ei.value), (bad, str(ei.value))
