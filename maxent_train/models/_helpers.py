@@ -275,16 +275,19 @@ def _family_hint(keys, name: str | None) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def _drop_training_keys(state: dict[str, torch.Tensor], own: Mapping, path) -> dict[str, torch.Tensor]:
-    """Drop training-only entries (``criterion*``: loss weights saved inside the network) the model does not have,
-    with a one-line note on stderr."""
+def _drop_training_keys(state: dict[str, torch.Tensor], own: Mapping) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Drop training-only entries (``criterion*``: loss weights saved inside the network) the model does not have;
+    returns ``(state, dropped keys)``."""
     drop = [k for k in state if _is_training_only(k) and k not in own]
-    if not drop:
-        return state
-    few = ", ".join(drop[:3]) + (", ..." if len(drop) > 3 else "")
-    print(f"note: {path}: dropped {len(drop)} training-only entr{'y' if len(drop) == 1 else 'ies'} ({few}): the "
-          "loss module saved with the network, not part of it", file=sys.stderr)
-    return {k: v for k, v in state.items() if k not in drop}
+    return {k: v for k, v in state.items() if k not in drop}, drop
+
+
+def _note_dropped(path, dropped: list[str]) -> None:
+    """The one-line note on stderr for the training-only entries a successful load left out."""
+    if dropped:
+        few = ", ".join(dropped[:3]) + (", ..." if len(dropped) > 3 else "")
+        print(f"note: {path}: dropped {len(dropped)} training-only entr{'y' if len(dropped) == 1 else 'ies'} "
+              f"({few}): the loss module saved with the network, not part of it", file=sys.stderr)
 
 
 def _apply_filter(state: dict[str, torch.Tensor], model: nn.Module, path, name: str | None) -> dict:
@@ -312,7 +315,7 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | 
     ``checkpoint_filter`` applied, then a strict (or reported) load. See :func:`load_checkpoint`."""
     name = name or getattr(model, "registry_name", None)
     own = model.state_dict()
-    raw = _drop_training_keys(dict(state), own, path)
+    raw, dropped = _drop_training_keys(dict(state), own)
     state = _apply_filter(raw, model, path, name)
     report = LoadReport(path=str(path))
     report.missing = [k for k in own if k not in state]
@@ -326,6 +329,7 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | 
     usable = {k: v for k, v in state.items() if k in own and k not in bad}
     model.load_state_dict(usable, strict=False)
     report.loaded = len(usable)
+    _note_dropped(path, dropped)
     return report
 
 

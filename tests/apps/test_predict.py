@@ -62,3 +62,28 @@ def test_predict_bad_inputs_are_one_line_errors(tmp_path, ckpt):
     assert r.exit_code == 1 and "--sml-stats" in r.output and "Traceback" not in r.output
     r = run(app, ["predict", str(img), "--checkpoint", str(path), "--out", str(tmp_path / "o"), "--method", "bogus"])
     assert r.exit_code == 1 and "--method" in r.output
+
+
+def test_predict_a_raw_released_checkpoint_with_model_and_model_kwargs(tmp_path):
+    """A released file (VainF's layout: {'model_state', 'best_score': numpy}, no metadata) is looked at before any
+    fine-tuning: --model and --model-kwargs build the network, scores equal the model's own."""
+    torch.manual_seed(1)
+    model = create_model("tiny_segnet", num_classes=19, width=16).eval()
+    raw = tmp_path / "best_tiny_cityscapes_os16.pth"
+    torch.save({"model_state": model.state_dict(), "cur_itrs": 10, "best_score": np.float64(0.5)}, raw)
+    img = tmp_path / "a.png"
+    rgb = np.random.default_rng(1).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    cv2.imwrite(str(img), rgb[..., ::-1])
+    run = CliRunner().invoke
+    base = ["predict", str(img), "--checkpoint", str(raw), "--out", str(tmp_path / "o"), "--device", "cpu",
+            "--no-progress"]
+    r = run(app, base)
+    assert r.exit_code == 1 and "pass --model NAME" in r.output and "Traceback" not in r.output
+    r = run(app, [*base, "--model", "tiny_segnet", "--model-kwargs", "width"])
+    assert r.exit_code == 1 and "--model-kwargs" in r.output and "Traceback" not in r.output
+    r = run(app, [*base, "--model", "tiny_segnet", "--model-kwargs", "width=16", "--method", "maxlogit",
+                  "--save-scores"])
+    assert r.exit_code == 0, r.output
+    with torch.no_grad():
+        logits = model(normalize(torch.from_numpy(rgb)[None]))[0].numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "o" / "scores" / "a.npy"), -logits.max(0), atol=1e-4)

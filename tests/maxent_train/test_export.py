@@ -302,3 +302,128 @@ def test_export_disk_full_inside_hdf5_is_one_line_exit_1(small_fs, setup):
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith(f"error: No space left on device: {out}"), res.stderr[-2000:]
         assert sorted(p.name for p in mnt.iterdir()) == ["l.h5.lock"]
+
+
+# ------------------------------------------------------------------------------------------- issue 12: MC dropout
+_SML_LIKE_PLUGIN = '''
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SMLLike(nn.Module):
+    """Dropout only in an auxiliary head (SML's dsn) that the output never uses."""
+
+    def __init__(self, num_classes=19):
+        super().__init__()
+        self.num_classes = num_classes
+        self.trunk = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                   nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.final2 = nn.Sequential(nn.Conv2d(16, num_classes, 1))
+        self.dsn = nn.Sequential(nn.Conv2d(16, 16, 1), nn.Dropout2d(0.1), nn.Conv2d(16, num_classes, 1))
+
+    def forward_features(self, x):
+        return self.trunk(x)
+
+    def forward_head(self, feats, size):
+        return F.interpolate(self.final2(feats), size=tuple(size), mode="bilinear", align_corners=True)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x), x.shape[-2:])
+
+
+def build(num_classes=19):
+    return SMLLike(num_classes)
+'''
+
+
+@pytest.fixture
+def sml_like(tmp_path, monkeypatch):
+    """A checkpoint (with metadata) of an SML-shaped plug-in model: dropout only off the output path."""
+    import sys
+
+    (tmp_path / "sml_like_plugin.py").write_text(_SML_LIKE_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.manual_seed(0)
+    model = create_model("sml_like_plugin:build")
+    ckpt = tmp_path / "sml.pt"
+    torch.save({"state_dict": model.state_dict(), "metadata": {"model": "sml_like_plugin:build", "num_classes": 19}},
+               ckpt)
+    yield ckpt
+    sys.modules.pop("sml_like_plugin", None)
+
+
+def test_mc_export_refuses_a_model_without_dropout_on_its_output_path(setup, sml_like, tmp_path):
+    _, data, _, _ = setup
+    out = tmp_path / "mc.h5"
+    with pytest.raises(MaxentError) as ei:
+        export_logits(ExportOptions(checkpoint=str(sml_like), out=str(out), data=str(data), limit=2, mc_samples=4,
+                                    progress=False))
+    msg = str(ei.value)
+    assert "model sml_like_plugin:build" in msg and "dsn.1" in msg and "--mc-dropout P" in msg and "\n" not in msg
+    assert not out.exists() and not out.with_name("mc.h5.tmp").exists()
+    # the explicit deviation: test-time Dropout2d(0.1) before final2.0 -> real spread, recorded in the file
+    export_logits(ExportOptions(checkpoint=str(sml_like), out=str(out), data=str(data), limit=2, mc_samples=4,
+                                mc_dropout=0.1, moment_order=3, progress=False))
+    plain = tmp_path / "plain.h5"
+    export_logits(ExportOptions(checkpoint=str(sml_like), out=str(plain), data=str(data), limit=2, progress=False))
+    with LogitsFile(out) as lf, LogitsFile(plain) as ref:
+        assert lf.mc_attrs["mc_dropout"] == pytest.approx(0.1)
+        assert lf.mc_attrs["mc_dropout_at"] == "Dropout2d(p=0.1) on the input of final2.0"
+        assert lf.mc_attrs["head_only"]
+        for i in range(2):
+            central = lf.mc(i)["central"]
+            assert central.shape == (2, 19, 24, 24) and central[0].min() >= 0 and central[0].max() > 1e-4
+            # the inserted dropout is identity for the plain logits
+            np.testing.assert_array_equal(lf.frame(i).logits, ref.frame(i).logits)
+
+
+def test_mc_options_are_checked(setup, tmp_path):
+    d, data, ckpt, _ = setup
+    out = tmp_path / "x.h5"
+    for kw, needle in ((dict(mc_samples=1), "--mc-samples 1: one pass has no spread"),
+                       (dict(mc_dropout=0.1), "--mc-dropout 0.1 needs --mc-samples"),
+                       (dict(mc_samples=4, mc_dropout=1.5), "--mc-dropout must be in (0, 1)"),
+                       (dict(mc_samples=4, mc_dropout=0.1), "model tiny_segnet already has dropout on its output "
+                                                            "path (dropout)")):
+        with pytest.raises(MaxentError) as ei:
+            export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), limit=1, progress=False,
+                                        **kw))
+        assert needle in str(ei.value), str(ei.value)
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------- issue 12: model options
+def test_raw_checkpoint_with_model_and_model_kwargs(setup, tmp_path):
+    """A released-style file (no metadata; VainF's wrapper and numpy best_score) exports with --model and
+    --model-kwargs; options recorded in the checkpoint are used, and explicit ones override them."""
+    from maxent_train.export import load_model_for_export
+
+    d, data, _, _ = setup
+    torch.manual_seed(3)
+    src = create_model("tiny_segnet", num_classes=19, width=16, dropout=0.2).eval()
+    raw = tmp_path / "best_tiny_cityscapes_os16.pth"
+    torch.save({"model_state": src.state_dict(), "cur_itrs": 100, "best_score": np.float64(0.7)}, raw)
+    with pytest.raises(MaxentError, match=r"has no metadata naming the model; pass --model NAME"):
+        load_model_for_export(raw)
+    with pytest.raises(MaxentError, match="shape mismatch"):      # width is not in the file: the option is needed
+        load_model_for_export(raw, model="tiny_segnet")
+    net, meta = load_model_for_export(raw, model="tiny_segnet", model_kwargs={"width": 16, "dropout": 0.2})
+    assert meta["model_kwargs"] == {"width": 16, "dropout": 0.2} and net.dropout.p == 0.2
+    out = tmp_path / "raw.h5"
+    export_logits(ExportOptions(checkpoint=str(raw), out=str(out), data=str(data), limit=2, model="tiny_segnet",
+                                model_kwargs={"width": 16}, progress=False))
+    imgs, _ = _shard_reference(data)
+    with LogitsFile(out) as lf:
+        assert lf.attrs["model"] == "tiny_segnet" and json.loads(lf.attrs["model_kwargs"]) == {"width": 16}
+        with torch.no_grad():
+            expect = src(normalize(torch.from_numpy(imgs[:2]))).numpy()
+        np.testing.assert_allclose(np.stack([lf.frame(i).logits for i in range(2)]).astype(np.float32), expect,
+                                   atol=2e-3, rtol=1e-3)
+    # metadata's options, overridden by explicit ones
+    ours = tmp_path / "model-final.pt"
+    torch.save({"state_dict": src.state_dict(), "metadata": {"model": "tiny_segnet", "num_classes": 19,
+                                                             "model_kwargs": {"width": 16, "dropout": 0.2}}}, ours)
+    net, meta = load_model_for_export(ours)
+    assert net.dropout.p == 0.2 and meta["model_kwargs"] == {"width": 16, "dropout": 0.2}
+    net, meta = load_model_for_export(ours, model_kwargs={"dropout": 0.5})
+    assert net.dropout.p == 0.5 and meta["model_kwargs"] == {"width": 16, "dropout": 0.5}

@@ -223,3 +223,99 @@ def test_fit_disk_full_is_one_line(small_fs, data_dir):
                               "--batch-size", "4", "--max-steps", "2", "--no-progress"])
     _one_line_error(res, f"No space left on device: {run / 'checkpoint-last.pt'}")
     assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json", "log.jsonl"]
+
+
+# ------------------------------------------------------------------------------------------- issue 12: model options
+def _nvidia_style(model, path):
+    """A checkpoint saved as NVIDIA's trainer saves it: DataParallel keys plus its loss weight, numpy mean_iu, the
+    pre-zip format."""
+    import numpy as np
+
+    sd = {"module." + k: v for k, v in model.state_dict().items()}
+    sd["module.criterion.nll_loss.weight"] = torch.ones(model.num_classes)
+    torch.save({"state_dict": sd, "epoch": 175, "mean_iu": np.float64(0.8), "command": "train.py"}, path,
+               _use_new_zipfile_serialization=False)
+    return path
+
+
+def test_model_kwargs_are_used_and_recorded_so_later_commands_need_neither(data_dir, tmp_path):
+    torch.manual_seed(0)
+    init = _nvidia_style(create_model("tiny_segnet", width=16, dropout=0.2), tmp_path / "cityscapes_best.pth")
+    run = tmp_path / "run"
+    common = ["--data", str(data_dir), "--model", "tiny_segnet", "--batch-size", "4", "--max-steps", "2",
+              "--out", str(run)]
+    # the raw file needs the model's options: without them one line naming the mismatch
+    _one_line_error(runner.invoke(app, ["fit", "--no-progress", *common, "--init", str(init)]), "cityscapes_best.pth",
+                    "shape mismatch")
+    res = _fit(*common, "--init", str(init), "--model-kwargs", "width=16,dropout=0.2")
+    assert "training-only" in res.output and "criterion.nll_loss.weight" in res.output
+    final = torch.load(run / "model-final.pt", weights_only=True)
+    assert final["metadata"]["model"] == "tiny_segnet"
+    assert final["metadata"]["model_kwargs"] == {"width": 16, "dropout": 0.2}
+    assert json.loads((run / "config.json").read_text())["options"]["model_kwargs"] == {"width": 16, "dropout": 0.2}
+    # export: no --model, no --model-kwargs
+    res = runner.invoke(app, ["export", "--checkpoint", str(run / "model-final.pt"), "--data", str(data_dir),
+                              "--limit", "1", "--out", str(tmp_path / "l.h5"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "l.h5", "r") as f:
+        assert json.loads(f.attrs["model_kwargs"]) == {"width": 16, "dropout": 0.2}
+    # a resume with other model options is refused, naming the flag
+    _one_line_error(runner.invoke(app, ["fit", "--no-progress", *common, "--resume", "--model-kwargs",
+                                        '{"width": 16, "dropout": 0.5}']), "--model-kwargs: run")
+    # the raw released file itself: export with --model and --model-kwargs
+    res = runner.invoke(app, ["export", "--checkpoint", str(init), "--model", "tiny_segnet", "--model-kwargs",
+                              '{"width": 16}', "--data", str(data_dir), "--limit", "1", "--out",
+                              str(tmp_path / "raw.h5"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+
+
+def test_bad_model_kwargs_are_one_line(data_dir, tmp_path):
+    torch.save(create_model("tiny_segnet").state_dict(), tmp_path / "ok.pt")
+    for cmd in (["fit", "--data", str(data_dir), "--model", "tiny_segnet", "--out", str(tmp_path / "r"),
+                 "--no-progress"],
+                ["export", "--checkpoint", str(tmp_path / "ok.pt"), "--model", "tiny_segnet", "--data", str(data_dir),
+                 "--out", str(tmp_path / "x.h5"), "--no-progress"],
+                ["miou", "--checkpoint", str(tmp_path / "ok.pt"), "--model", "tiny_segnet", "--cityscapes",
+                 str(tmp_path / "cs")]):
+        _one_line_error(runner.invoke(app, [*cmd, "--model-kwargs", "output_stride"]),
+                        "--model-kwargs 'output_stride': cannot parse", "KEY=VALUE")
+        _one_line_error(runner.invoke(app, [*cmd, "--model-kwargs", "no_such_option=1"]),
+                        "model 'tiny_segnet': bad arguments ['no_such_option']")
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "r" / "checkpoint-last.pt").exists()
+    _one_line_error(runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "ok.pt"), "--data", str(data_dir),
+                                        "--out", str(tmp_path / "x.h5"), "--mc-samples", "1", "--no-progress"]),
+                    "--mc-samples 1")
+
+
+def _cityscapes_tree(root, model, n=2, h=24, w=40):
+    """A Cityscapes-layout val split whose labels are ``model``'s own predictions (so its mIoU is exactly 1)."""
+    import cv2
+    import numpy as np
+
+    from maxent_train.data import normalize
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        with torch.no_grad():
+            pred = model.eval()(normalize(torch.from_numpy(rgb)[None])).argmax(1)[0].numpy().astype(np.uint8)
+        for sub, name, img in (("leftImg8bit", f"c_{i:06d}_000019_leftImg8bit.png", rgb[..., ::-1]),
+                               ("gtFine", f"c_{i:06d}_000019_gtFine_labelTrainIds.png", pred)):
+            (root / sub / "val" / "c").mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / sub / "val" / "c" / name), img)
+    return root
+
+
+def test_miou_on_a_raw_checkpoint_with_model(tmp_path):
+    torch.manual_seed(2)
+    model = create_model("tiny_segnet", width=16)
+    raw = _nvidia_style(model, tmp_path / "cityscapes_best.pth")
+    cs = _cityscapes_tree(tmp_path / "cs", model)
+    _one_line_error(runner.invoke(app, ["miou", "--checkpoint", str(raw), "--cityscapes", str(cs)]),
+                    "has no metadata naming the model; pass --model NAME")
+    res = runner.invoke(app, ["miou", "--checkpoint", str(raw), "--cityscapes", str(cs), "--model", "tiny_segnet",
+                              "--model-kwargs", "width=16", "--out", str(tmp_path / "m.json"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert got["miou"] == 1.0 and got["pixel_acc"] == 1.0 and got["n_frames"] == 2
+    assert got["model"] == "tiny_segnet" and got["model_kwargs"] == {"width": 16}

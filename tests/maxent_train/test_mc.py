@@ -174,3 +174,136 @@ def test_model_without_head_split_or_dropout():
         mc_moments(Plain(with_dropout=False), x, samples=2)
     with pytest.raises(MaxentError, match="moments_of"):
         mc_moments(m, x, moments_of="features")
+
+
+# ------------------------------------------------------------------------ dropout that reaches the output (issue 12)
+class _SMLLike(nn.Module):
+    """SML's shape: dropout only in an auxiliary ``dsn`` head off the output path (``run_dsn``: computed in forward
+    and discarded, so a hook alone would see it fire)."""
+
+    def __init__(self, num_classes=4, run_dsn=False, with_attr=False):
+        super().__init__()
+        self.num_classes = num_classes
+        self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.final = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, num_classes, 1))
+        self.dsn = nn.Sequential(nn.Conv2d(8, 8, 1), nn.Dropout2d(0.5), nn.Conv2d(8, num_classes, 1))
+        self.run_dsn = run_dsn
+        if with_attr:
+            self.final_classifier = "final.2"
+
+    def forward_features(self, x):
+        return self.final[1](self.final[0](self.trunk(x)))
+
+    def forward_head(self, feats, size):
+        return nn.functional.interpolate(self.final[2](feats), size=tuple(size), mode="bilinear")
+
+    def forward(self, x):
+        feats = self.trunk(x)
+        out = self.forward_head(self.final[1](self.final[0](feats)), x.shape[-2:])
+        if self.run_dsn:
+            self.dsn(feats)                 # an auxiliary output nobody uses, computed after the main one
+        return out
+
+
+@pytest.mark.parametrize("run_dsn", [False, True])
+@pytest.mark.parametrize("with_attr", [False, True])
+def test_dropout_off_the_output_path_is_refused_and_mc_dropout_inserts_one(run_dsn, with_attr):
+    from maxent_train.mc import dropout_on_output_path, prepare_mc_dropout
+
+    torch.manual_seed(0)
+    m = _SMLLike(run_dsn=run_dsn, with_attr=with_attr).eval()
+    x = torch.randn(1, 3, 12, 16)
+    with torch.no_grad():
+        plain = m(x)
+    assert dropout_on_output_path(m, x) == []
+    # what the check prevents: sampling gives all-zero central moments
+    assert mc_moments(m, x, samples=4, order=2)["central"].abs().max() == 0
+    with pytest.raises(MaxentError) as ei:
+        prepare_mc_dropout(m, x, name="sml_like")
+    msg = str(ei.value)
+    assert "model sml_like" in msg and "--mc-dropout P" in msg and "dsn.1" in msg and "\n" not in msg
+    keys = list(m.state_dict())
+    where = prepare_mc_dropout(m, x, p=0.2, name="sml_like")
+    assert where == "Dropout2d(p=0.2) on the input of final.2"     # the output path's classifier, never dsn.2
+    assert dropout_on_output_path(m, x) == ["final.2.mc_dropout"]
+    assert list(m.state_dict()) == keys                             # no new state: checkpoints unaffected
+    with torch.no_grad():
+        assert torch.equal(m.eval()(x), plain)                      # identity in eval mode: plain logits unchanged
+    got = mc_moments(m, x, samples=6, order=3, seed=1)
+    assert got["head_only"] is True and got["central"][:, 0].max() > 1e-3
+    with pytest.raises(MaxentError, match="already has dropout on its output path"):
+        prepare_mc_dropout(m, x, p=0.2, name="sml_like")
+
+
+def test_mc_dropout_check_on_models_with_their_own_dropout():
+    from maxent_train.mc import prepare_mc_dropout
+
+    x = torch.randn(1, 3, 16, 16)
+    assert prepare_mc_dropout(_model(dropout=0.3), x, name="tiny_segnet") is None
+    with pytest.raises(MaxentError, match=r"--mc-dropout 0.1: model tiny_segnet already has dropout on its output "
+                                          r"path \(dropout\)"):
+        prepare_mc_dropout(_model(dropout=0.3), x, p=0.1, name="tiny_segnet")
+    with pytest.raises(MaxentError, match=r"its dropout layers \(dropout\) have p = 0"):
+        prepare_mc_dropout(_model(dropout=0.0), x, name="tiny_segnet")
+    m = _model(dropout=0.0)                                         # p = 0 is no dropout: insertion allowed
+    assert prepare_mc_dropout(m, x, p=0.1) == "Dropout2d(p=0.1) on the input of classifier"
+
+    class Plain(nn.Module):
+        num_classes = 4
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    with pytest.raises(MaxentError, match="it has no dropout layer"):
+        prepare_mc_dropout(Plain(), x, name="plain")
+
+
+def test_a_model_may_insert_its_own_mc_dropout():
+    from maxent_train.mc import prepare_mc_dropout
+
+    class Own(_SMLLike):
+        def insert_mc_dropout(self, p):
+            self.final[1] = nn.Sequential(nn.ReLU(), nn.Dropout(p))
+            return f"Dropout({p}) after final.1"
+
+    m = Own()
+    assert prepare_mc_dropout(m, torch.randn(1, 3, 8, 8), p=0.3) == "Dropout(0.3) after final.1"
+
+    class Broken(_SMLLike):
+        def insert_mc_dropout(self, p):
+            self.dsn[1].p = p          # stays off the output path: the check after the insertion catches it
+            return "dsn"
+
+    with pytest.raises(MaxentError, match="does not reach model broken's logits"):
+        prepare_mc_dropout(Broken(), torch.randn(1, 3, 8, 8), p=0.3, name="broken")
+
+
+def test_dropout_that_runs_but_is_discarded_is_not_on_the_output_path():
+    """No head split: full passes, and the dsn dropout really runs in forward (a forward hook fires) yet changes
+    nothing in the logits: still refused; the inserted dropout goes before the last classifier that matters."""
+    from maxent_train.mc import dropout_on_output_path, output_depends_on, prepare_mc_dropout
+
+    class NoSplit(nn.Module):
+        num_classes = 4
+
+        def __init__(self):
+            super().__init__()
+            self.inner = _SMLLike(run_dsn=True)
+
+        def forward(self, x):
+            return self.inner(x)
+
+    torch.manual_seed(0)
+    m, x = NoSplit(), torch.randn(1, 3, 12, 12)
+    fired, changed = output_depends_on(m, x, {"inner.dsn.1": m.inner.dsn[1]})
+    assert fired == ["inner.dsn.1"] and not changed
+    assert dropout_on_output_path(m, x) == []
+    with pytest.raises(MaxentError, match=r"its dropout \(inner.dsn.1\) is off the path to the logits"):
+        prepare_mc_dropout(m, x, name="nosplit")
+    assert prepare_mc_dropout(m, x, p=0.5) == "Dropout2d(p=0.5) on the input of inner.final.2"
+    got = mc_moments(m, x, samples=4, order=2, seed=0)
+    assert got["head_only"] is False and got["central"].abs().max() > 1e-3
