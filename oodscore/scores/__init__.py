@@ -8,7 +8,8 @@ other method list derive from it. ``SCORERS`` maps each name to its class, :func
     get_scorer("oodmc").fit(frames).score(mc_dict)        # MC-dropout moments, not logits
 
 Every scorer follows the :class:`~oodscore.scores.base.Scorer` protocol; ``SCORERS[name].requires`` says which
-per-frame input its ``score`` takes (``"logits"`` or ``"mc"``).
+per-frame input its ``score`` takes (``"logits"`` or ``"mc"``), ``SCORERS[name].definition`` its formula and
+reference in one line (:func:`definitions` lists them all, e.g. for ``oodscore methods``).
 
 The scorer classes (and torch) are imported on first use, so that reading :data:`METHODS` (e.g. for
 ``oodscore --help``) stays cheap.
@@ -23,12 +24,16 @@ from oodscore import OodscoreError
 
 #: method name -> "module:Class" under oodscore.scores; the order is the display order
 _REGISTRY = {
-    "msp": "baseline:MSP",
-    "maxlogit": "baseline:MaxLogit",
-    "entropy": "baseline:Entropy",
-    "sml": "sml:SML",
-    "vde": "vde:VDE",
-    "oodmc": "oodmc:OODMC",
+    "msp": "baseline:MSP",            # 1 - max softmax
+    "maxlogit": "baseline:MaxLogit",  # -max logit
+    "entropy": "baseline:Entropy",    # softmax entropy / log C
+    "sml": "sml:SML",                 # standardized max logit, boundary-suppressed + smoothed
+    "vde": "vde:VDE",                 # SML restricted to the drivable region
+    "oodmc": "oodmc:OODMC",           # classifier on MC-dropout moments
+    "energy": "baseline:Energy",      # -T logsumexp(z/T)
+    "msp-t": "baseline:MSPT",         # 1 - max softmax(z/T)
+    "gen": "baseline:GEN",            # generalized entropy of the top-M probabilities
+    "mc-entropy": "baseline:MCEntropy",  # entropy of the MC-dropout mean softmax / log C
 }
 #: the registered method names, in display order
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
@@ -36,7 +41,8 @@ METHODS: tuple[str, ...] = tuple(_REGISTRY)
 #: other public names, imported on first access: name -> module under oodscore.scores
 _LAZY = {
     "Scorer": "base", "INPUT_KINDS": "base",
-    "MSP": "baseline", "MaxLogit": "baseline", "Entropy": "baseline",
+    "MSP": "baseline", "MaxLogit": "baseline", "Entropy": "baseline", "Energy": "baseline", "MSPT": "baseline",
+    "GEN": "baseline", "MCEntropy": "baseline",
     "SML": "sml", "SMLStats": "sml",
     "VDE": "vde", "drivable_region": "vde",
     "OODMC": "oodmc", "mc_features": "oodmc",
@@ -44,7 +50,7 @@ _LAZY = {
 
 if TYPE_CHECKING:  # the names __getattr__ provides, for linters and type checkers
     from oodscore.scores.base import INPUT_KINDS, Scorer
-    from oodscore.scores.baseline import MSP, Entropy, MaxLogit
+    from oodscore.scores.baseline import GEN, MSP, MSPT, Energy, Entropy, MaxLogit, MCEntropy
     from oodscore.scores.oodmc import OODMC, mc_features
     from oodscore.scores.sml import SML, SMLStats
     from oodscore.scores.vde import VDE, drivable_region
@@ -100,6 +106,19 @@ def get_scorer(name: str, **params) -> Scorer:
         raise OodscoreError(f"method {str(name).strip().lower()!r}: bad parameters {sorted(kwargs)}: {e}") from e
 
 
+def definitions() -> dict[str, str]:
+    """``{method: one-line definition with its reference}`` in registry order (imports the scorer classes).
+
+    A class without its own ``definition`` falls back to the first line of its docstring.
+    """
+    out = {}
+    for m in METHODS:
+        cls = scorer_class(m)
+        text = cls.definition or (cls.__doc__ or "").strip().split("\n")[0]
+        out[m] = " ".join(text.split())
+    return out
+
+
 def __getattr__(name: str):
     if name == "SCORERS":
         value = {m: scorer_class(m) for m in METHODS}
@@ -111,5 +130,6 @@ def __getattr__(name: str):
     return value
 
 
-__all__ = ["METHODS", "SCORERS", "check_methods", "scorer_class", "get_scorer", "Scorer", "INPUT_KINDS", "MSP",
-           "MaxLogit", "Entropy", "SML", "SMLStats", "VDE", "OODMC", "drivable_region", "mc_features"]
+__all__ = ["METHODS", "SCORERS", "check_methods", "scorer_class", "get_scorer", "definitions", "Scorer",
+           "INPUT_KINDS", "MSP", "MaxLogit", "Entropy", "Energy", "MSPT", "GEN", "MCEntropy", "SML", "SMLStats", "VDE",
+           "OODMC", "drivable_region", "mc_features"]

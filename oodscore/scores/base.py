@@ -13,6 +13,7 @@ The protocol (scikit-learn style)
 - ``requires`` (class attribute) names the input ``score`` takes, one of :data:`INPUT_KINDS`: ``"logits"``
   (``(N, C, h, w)`` / ``(C, h, w)`` logits) or ``"mc"`` (one frame's MC-dropout moment dict, as
   ``cocodag.formats.logits.LogitsFile.mc(i)`` returns it). Callers ask the scorer what to feed it.
+- ``definition`` (class attribute): the score's formula and reference in one line (``oodscore methods`` lists it).
 - ``requires_fit`` (class attribute): whether fitted state (``fit``, or state loaded from a file) is needed first.
   Learned state lives in attributes ending with ``_``.
 - ``score(x, size=None)``: ``size`` = (H, W) label size; logits are upsampled bilinearly to it.
@@ -158,6 +159,8 @@ class Scorer:
     requires = "logits"
     #: whether ``fit`` must be called (or state loaded) before ``score``
     requires_fit = False
+    #: the score's formula and reference, one line (empty: the registry falls back to the docstring's first line)
+    definition = ""
     #: ``{param: [allowed, ...]}``, checked by ``_validate_params`` (see :func:`validate_params`)
     _parameter_constraints: dict = {}
 
@@ -218,8 +221,9 @@ def check_size(size) -> tuple[int, int] | None:
 
 
 def upsample(t: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear resize of ``(N, C, h, w)`` to ``size`` = (H, W) (``align_corners=False``, as the SML code's
-    ``Upsample``); no-op when ``size`` is None or already equal."""
+    """Bilinear resize of ``(N, C, h, w)`` to ``size`` = (H, W) (``align_corners=False``; note that the SML code's
+    ``network/mynn.py`` ``Upsample`` uses ``align_corners=True``, the rule sml-r101 logits files record and
+    ``LogitsFile`` applies before a scorer sees them); no-op when ``size`` is None or already equal."""
     return upsample_rule(t, check_size(size))
 
 

@@ -6,6 +6,19 @@
 * :class:`SML` — ``s = (L_max - mu_c) / sigma_c``, then iterative boundary suppression and dilated smoothing, all
   vectorized with torch (``conv2d`` / ``max_pool2d``) so it runs batched on CPU and CUDA. Score = ``-s``.
 
+Two fidelity switches (DESIGN §4.4 and issue 11 item 3), both off by default:
+
+* ``border``: ``"geodesic"`` (ours: the image edge is no boundary) or ``"official-2021"`` — the boundary mask as the
+  official code computed it with its pinned kornia (commit ``af948c5``, whose ``kornia/morphology/basic_operators.py``
+  is byte-identical to the kornia 0.5.0 release): ``erosion`` pads with the constant 1, so every pixel on the image's
+  outer ring predicted as a class >= 2 is a boundary (classes 0 and 1 are unaffected: the padded 1 never changes
+  their 3x3 minimum's comparison with the dilation).
+* ``boundary_width``: the official radius schedule of ``BoundarySuppressionWithSmoothing.forward`` (``network/
+  deepv3.py``) — iteration i of ``boundary_iters`` dilates by ``width - (width // iters) * i - 1``, the last one by 0.
+  With the defaults (width 4, 4 iterations) it is today's 3, 2, 1, 0; ``None`` keeps today's meaning of
+  ``boundary_iters`` (the first k radii of 3, 2, 1, 0) under the geodesic border and means the official width 4 under
+  ``border="official-2021"``.
+
 Classes that were never predicted on the training data (or predicted once, so no variance, or with zero variance)
 have no usable statistics; pixels predicted as such a class are standardized with the global statistics of all
 fitted pixels instead, and the fallback is announced with a ``UserWarning`` and recorded in
@@ -23,11 +36,17 @@ import torch.nn.functional as F
 
 from cocodag.formats.sml_stats import SMLStats
 from oodscore import OodscoreError
-from oodscore.scores.base import (BOOLEAN, DEVICE, Interval, Scorer, as_logits_tensor, to_output,
-                                  upsample)
+from oodscore.scores.base import (BOOLEAN, DEVICE, Interval, Options, Scorer, as_logits_tensor, to_output, upsample,
+                                  validate_params)
 
 #: radii of the L1-diamond dilation of the boundary at iterations 0..3 (DESIGN §4.4; official defaults)
 BOUNDARY_RADII = (3, 2, 1, 0)
+#: border rules of the boundary mask: ours (first, the default) and the official code's as it ran in 2021
+BORDERS = ("geodesic", "official-2021")
+#: the official ``--boundary_width`` default (the SML code's ``config.py``); with 4 iterations: radii 3, 2, 1, 0
+OFFICIAL_BOUNDARY_WIDTH = 4
+#: the value kornia 0.5.0 (= commit af948c5) pads ``erosion``'s input with
+_OFFICIAL_EROSION_PAD = 1
 #: dilated smoothing: replicate pad 18, 7x7 Gaussian sigma=1, dilation 6 (3 * 6 = 18 -> same output size)
 SMOOTH_KERNEL_SIZE = 7
 SMOOTH_SIGMA = 1.0
@@ -75,16 +94,54 @@ def _dilate_cross_labels(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(out, p[..., 1:-1, 2:], out=out)
 
 
-def boundary_mask(pred: torch.Tensor) -> torch.Tensor:
+def _check_border(border) -> str:
+    if not (isinstance(border, str) and border in BORDERS):
+        raise OodscoreError(f"border: expected one of {', '.join(map(repr, BORDERS))}, got {border!r}")
+    return border
+
+
+def boundary_mask(pred: torch.Tensor, border: str = "geodesic") -> torch.Tensor:
     """``B0 = dilate(pred, 3x3 cross) != erode(pred, 3x3 square)`` of class maps ``(..., H, W)`` (bool).
 
-    Borders are geodesic: pixels outside the image never take part, so the image edge is not an artificial
-    boundary (the pinned old kornia of the official code padded with zeros and produced one).
+    ``border="geodesic"`` (default): pixels outside the image never take part, so the image edge is no boundary.
+    ``border="official-2021"``: as ``find_boundaries`` of the official ``network/deepv3.py`` computed it with its
+    pinned kornia (af948c5 = 0.5.0): ``dilation`` there pads with 0 (the same as geodesic for class ids >= 0), but
+    ``erosion`` pads with the constant 1 (``F.pad(..., value=1.)`` in ``kornia/morphology/basic_operators.py``), so
+    the erosion of an outer-ring pixel is ``min(its 3x3 minimum, 1)``: every ring pixel of a class >= 2 becomes a
+    boundary, and nothing changes for classes 0 and 1.
     """
     if pred.is_floating_point() or pred.dtype == torch.bool or int(pred.min()) < 0:
         raise OodscoreError(f"pred: expected non-negative integer class ids, got {pred.dtype}")
-    big = 255 if pred.dtype == torch.uint8 else int(pred.max()) + 1
-    return _dilate_cross_labels(pred) != _erode_square(pred, big)
+    if _check_border(border) == "official-2021":
+        pad = _OFFICIAL_EROSION_PAD
+    else:
+        pad = 255 if pred.dtype == torch.uint8 else int(pred.max()) + 1  # >= every label: never the minimum
+    return _dilate_cross_labels(pred) != _erode_square(pred, pad)
+
+
+def official_radii(width: int, iterations: int) -> tuple[int, ...]:
+    """Dilation radius of each boundary-suppression iteration in the official width/iterations schedule.
+
+    Mirrors the ``expansion_width`` rule of ``BoundarySuppressionWithSmoothing.forward`` (``network/deepv3.py``):
+    ``diff = width // iterations`` (the code asserts ``width % iterations == 0``); iteration i uses
+    ``width - diff * i - 1``, except the last one and every one when ``width == 0``, which use 0 (no expansion).
+    The official code only built the diamond kernels of radius 1..9 (``d_ks``), so it ran with ``width <= 10``;
+    larger widths here extend the same rule.
+
+    Raises
+    ------
+    OodscoreError
+        A negative value, or ``width`` not a multiple of ``iterations`` (the official assertion).
+    """
+    if width < 0 or iterations < 0:
+        raise OodscoreError(f"boundary_width / boundary_iters: expected ints >= 0, got {width} / {iterations}")
+    if iterations == 0:
+        return ()
+    if width % iterations:
+        raise OodscoreError(f"boundary_width: expected a multiple of boundary_iters={iterations} (the official "
+                            f"width/iterations schedule), got {width}")
+    diff = width // iterations
+    return tuple(0 if width == 0 or i == iterations - 1 else width - diff * i - 1 for i in range(iterations))
 
 
 def _box3(x: torch.Tensor) -> torch.Tensor:
@@ -92,22 +149,29 @@ def _box3(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel_size=3, stride=1) * 9.0
 
 
-def boundary_suppression(s: torch.Tensor, pred: torch.Tensor, iterations: int = 4) -> torch.Tensor:
+def boundary_suppression(s: torch.Tensor, pred: torch.Tensor, iterations: int = 4, *,
+                         radii: tuple[int, ...] | None = None, border: str = "geodesic") -> torch.Tensor:
     """SML's iterative boundary suppression (DESIGN §4.4) of ``s`` ``(N, 1, H, W)`` given integer ``pred`` (same
     shape).
 
-    For iteration i with radius r = (3, 2, 1, 0)[i]: ``B = dilate(B0, L1 diamond r)``, ``M = 1 - B``,
-    ``avg = box3(s*M) / box3(M)`` (replicate padding; where no neighbour is outside the boundary, s is kept) and
-    ``s = where(B, avg, s)``.
+    Iteration i dilates ``B0 = boundary_mask(pred, border)`` by radius ``r = radii[i]`` (default: the first
+    ``iterations`` of 3, 2, 1, 0; :func:`official_radii` gives the official width/iterations schedule):
+    ``B = dilate(B0, L1 diamond r)``, ``M = 1 - B``, ``avg = box3(s*M) / box3(M)`` (replicate padding; where no
+    neighbour is outside the boundary, s is kept) and ``s = where(B, avg, s)`` — the loop body of the official
+    ``BoundarySuppressionWithSmoothing.forward`` (``expand_boundaries``, ``first_conv`` on ``ReplicationPad2d(1)``
+    inputs, the count-0 rule).
     """
-    if iterations <= 0:
+    radii = BOUNDARY_RADII[:iterations] if radii is None else tuple(int(r) for r in radii)
+    if not radii:
         return s
+    if min(radii) < 0:
+        raise OodscoreError(f"radii: expected radii >= 0, got {radii}")
     # small integer labels: min/max on 1-byte (or 4-byte) ints instead of floats
     labels = pred.to(torch.uint8) if int(pred.max()) < 255 else pred
-    b0 = boundary_mask(labels)
-    # diamond dilations of radius 0..3 = repeated 3x3-cross dilations (geodesic: a diamond clipped to a rectangle
-    # is reached by steps that stay inside it)
-    radii = BOUNDARY_RADII[:iterations]
+    b0 = boundary_mask(labels, border)
+    # diamond dilations of radius 0..max = repeated 3x3-cross dilations (geodesic: a diamond clipped to a rectangle
+    # is reached by steps that stay inside it; the official ``expand_boundaries`` dilates the 0/1 map with a
+    # zero-padded diamond kernel, which is the same thing)
     diamonds = [b0]
     for _ in range(max(radii)):
         diamonds.append(_dilate_cross(diamonds[-1]))
@@ -155,11 +219,22 @@ class SML(Scorer):
     ----------
     stats : SMLStats or path to its JSON
     boundary_iters : int, default=4
-        Boundary-suppression iterations, 0..4 (radii 3, 2, 1, 0 of the first ``boundary_iters``); 0 disables it.
+        Boundary-suppression iterations; 0 disables it. With ``boundary_width=None`` and the geodesic border: 0..4,
+        the radii 3, 2, 1, 0 of the first ``boundary_iters`` (today's meaning). Under the official schedule
+        (``boundary_width`` given, or ``border="official-2021"``): the official ``boundary_iteration``, any count
+        dividing the width.
     smoothing : bool, default=True
         Dilated Gaussian smoothing after boundary suppression.
     device : str or torch.device, optional
         Where to compute (default: the input's device).
+    border : {"geodesic", "official-2021"}, default="geodesic"
+        Border rule of the boundary mask (see :func:`boundary_mask`): ``"official-2021"`` reproduces the official
+        pipeline as it ran with its pinned kornia (every outer-ring pixel of a class >= 2 is a boundary).
+    boundary_width : int >= 0, optional
+        The official ``boundary_width``: radii from :func:`official_radii` (``width`` a multiple of
+        ``boundary_iters``). None: today's radii under ``"geodesic"``, the official default 4 under
+        ``"official-2021"``. ``border="official-2021"`` with the other defaults is the official default
+        configuration (width 4, 4 iterations, smoothing 7x7 / dilation 6).
 
     Attributes
     ----------
@@ -174,22 +249,65 @@ class SML(Scorer):
     >>> z = np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype("float32")
     >>> SML(SMLStats().partial_fit(z)).score(z).shape
     (1, 16, 16)
+    >>> SML(SMLStats(), boundary_width=6, boundary_iters=3).boundary_radii()
+    (5, 3, 0)
     """
 
     requires = "logits"
     requires_fit = True
+    definition = ("-(L_max - mu_c) / sigma_c per predicted class c, boundary-suppressed and dilation-smoothed "
+                  "(Jung et al., ICCV 2021)")
     _parameter_constraints = {
         "stats": [SMLStats, str, os.PathLike],
         "boundary_iters": [Interval(numbers.Integral, 0, len(BOUNDARY_RADII))],
         "smoothing": [BOOLEAN],
         "device": DEVICE,
     }
+    #: the fidelity switches, checked apart from ``_parameter_constraints`` (VDE spreads that table into its own
+    #: and has no such parameters); under the official schedule ``boundary_iters`` is any int >= 0
+    _schedule_constraints = {
+        "border": [Options(*BORDERS)],
+        "boundary_width": [None, Interval(numbers.Integral, 0, None)],
+    }
 
-    def __init__(self, stats, boundary_iters: int = 4, smoothing: bool = True, device=None):
+    def __init__(self, stats, boundary_iters: int = 4, smoothing: bool = True, device=None,
+                 border: str = "geodesic", boundary_width: int | None = None):
         self.stats = stats
         self.boundary_iters = boundary_iters
         self.smoothing = smoothing
         self.device = device
+        self.border = border
+        self.boundary_width = boundary_width
+
+    def _official_schedule(self) -> bool:
+        return self.boundary_width is not None or (isinstance(self.border, str) and self.border == "official-2021")
+
+    def _validate_params(self) -> None:
+        """The common checks, then the schedule's: ``boundary_iters`` in 0..4 for today's radii, else any int >= 0
+        with the width a multiple of it (the official assertion)."""
+        constraints = {**self._parameter_constraints, **self._schedule_constraints}
+        if self._official_schedule():
+            constraints["boundary_iters"] = [Interval(numbers.Integral, 0, None)]
+        validate_params(constraints, self.get_params(), type(self).__name__)
+        self._radii = self._schedule()
+
+    def _schedule(self) -> tuple[int, ...]:
+        iters = int(self.boundary_iters)
+        if not self._official_schedule():
+            return BOUNDARY_RADII[:iters]
+        width = OFFICIAL_BOUNDARY_WIDTH if self.boundary_width is None else int(self.boundary_width)
+        if iters and width % iters:
+            name, value = (("boundary_iters", iters) if self.boundary_width is None else ("boundary_width", width))
+            expected = (f"a divisor of the official default boundary_width={width}" if self.boundary_width is None
+                        else f"a multiple of boundary_iters={iters}")
+            raise OodscoreError(f"{type(self).__name__} {name}: expected {expected} (the official width/iterations "
+                                f"schedule), got {value}")
+        return official_radii(width, iters)
+
+    def boundary_radii(self) -> tuple[int, ...]:
+        """The dilation radius of each boundary-suppression iteration, as configured (parameters are checked)."""
+        self._validate_params()
+        return self._radii
 
     def _prepare(self) -> None:
         """Check the parameters, read the stats (once per distinct path) and build the per-class tables."""
@@ -228,7 +346,7 @@ class SML(Scorer):
         """Boundary suppression then dilated smoothing of ``s`` ``(N, H, W)`` (as configured)."""
         with torch.no_grad():
             x = s.unsqueeze(1)
-            x = boundary_suppression(x, pred.unsqueeze(1), int(self.boundary_iters))
+            x = boundary_suppression(x, pred.unsqueeze(1), radii=self.boundary_radii(), border=self.border)
             if self.smoothing:
                 x = dilated_smoothing(x)
             return x.squeeze(1)

@@ -1,10 +1,13 @@
 """Baseline scores against direct float64 numpy formulas; the scorer registry."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from oodscore import OodscoreError
-from oodscore.scores import SCORERS, SML, VDE, Entropy, MaxLogit, MSP, OODMC, SMLStats, get_scorer
+from oodscore.scores import (GEN, MSP, MSPT, OODMC, SCORERS, SML, VDE, Energy, Entropy, MaxLogit, MCEntropy, SMLStats,
+                             definitions, get_scorer)
 
 torch.set_num_threads(1)
 
@@ -65,7 +68,10 @@ def test_bad_logits():
 
 
 def test_registry():
-    assert list(SCORERS) == ["msp", "maxlogit", "entropy", "sml", "vde", "oodmc"]
+    assert list(SCORERS) == ["msp", "maxlogit", "entropy", "sml", "vde", "oodmc", "energy", "msp-t", "gen",
+                             "mc-entropy"]
+    assert SCORERS["energy"] is Energy and SCORERS["msp-t"] is MSPT and SCORERS["gen"] is GEN
+    assert SCORERS["mc-entropy"] is MCEntropy
     assert SCORERS["sml"] is SML and SCORERS["vde"] is VDE and SCORERS["oodmc"] is OODMC
     assert isinstance(get_scorer("MSP"), MSP)
     st = SMLStats().partial_fit(np.random.default_rng(0).normal(size=(1, 3, 5, 5)))
@@ -95,7 +101,8 @@ def test_every_registered_scorer_follows_the_protocol():
         assert issubclass(cls, Scorer), name
         assert cls.requires in INPUT_KINDS, name
         assert set(cls._parameter_constraints) <= set(cls.param_names()), name
-    assert OODMC.requires == "mc" and MSP.requires == SML.requires == VDE.requires == "logits"
+    assert OODMC.requires == MCEntropy.requires == "mc"
+    assert MSP.requires == SML.requires == VDE.requires == Energy.requires == MSPT.requires == GEN.requires == "logits"
     assert OODMC.param_names() == ["moment_weight", "svm_points_num", "svm_eval_subsize", "classifier",
                                    "moments_of", "random_state"]
 
@@ -146,3 +153,155 @@ def test_method_names_come_from_the_registry_without_importing_scorers():
 
     with pytest.raises(OodscoreError, match="method 'sml' given twice"):
         check_methods(["sml", "SML"])
+
+
+# ------------------------------------------------------------------------------------------ more post-hoc scores
+def _logsumexp64(z, axis=1):
+    z = z.astype(np.float64)
+    m = z.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def _probs_and_complements64(z):
+    """float64 softmax p and 1 - p, the latter summed over the other classes (no cancellation near p = 1)."""
+    p = _softmax64(z)
+    q = np.stack([np.delete(p, k, axis=1).sum(axis=1) for k in range(p.shape[1])], axis=1)
+    return p, q
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 7.3])
+def test_energy(logits, temperature):
+    ref = -temperature * _logsumexp64(logits / np.float64(temperature))
+    out = Energy(temperature=temperature).score(logits)
+    assert out.dtype == np.float32 and out.shape == (3, 9, 11)
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+    if temperature == 1.0:  # the issue's check: energy == -logsumexp(logits), the default T
+        np.testing.assert_allclose(Energy().score(logits), -_logsumexp64(logits), rtol=1e-6, atol=1e-6)
+    z = np.zeros((1, 4, 2, 2), np.float32)  # higher = more anomalous: a flat pixel beats a confident one
+    z[0, 0, 0, 0] = 20.0
+    e = Energy().score(z)[0]
+    assert e[0, 1] == pytest.approx(-math.log(4)) and e[0, 0] < e[0, 1]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0, 1000.0])
+def test_msp_t(logits, temperature):
+    _, q = _probs_and_complements64(logits / np.float64(temperature))
+    ref = np.take_along_axis(q, logits.argmax(axis=1)[:, None], axis=1)[:, 0]     # 1 - max softmax(z/T)
+    out = MSPT(temperature=temperature).score(logits)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=0)   # relative: no cancellation near p_max = 1
+    assert MSPT().temperature == 1000.0
+    np.testing.assert_allclose(MSPT().score(logits), MSPT(temperature=1000.0).score(logits), rtol=0, atol=0)
+    if temperature == 1.0:
+        np.testing.assert_allclose(out, MSP().score(logits), atol=1e-6)
+
+
+def test_msp_t_keeps_confident_pixels_apart():
+    z = np.zeros((3, 1, 2), np.float32)
+    z[0, 0] = [30.0, 31.0]
+    out = MSPT(temperature=1.0).score(z)
+    ref = 2 * np.exp(-np.array([30.0, 31.0]))   # 1 - p_max = 2 e^-z / (1 + 2 e^-z)
+    np.testing.assert_allclose(out[0], ref / (1 + ref), rtol=1e-6)
+    assert MSP().score(z)[0, 0] == MSP().score(z)[0, 1] == 0.0   # float32 1 - p ties them
+
+
+@pytest.mark.parametrize("gamma,top_m", [(0.1, 100), (0.5, 3), (1.0, 1)])
+def test_gen(logits, gamma, top_m):
+    p, q = _probs_and_complements64(logits)
+    terms = p ** gamma * q ** gamma
+    order = np.argsort(-p, axis=1, kind="stable")[:, :min(top_m, p.shape[1])]
+    ref = np.take_along_axis(terms, order, axis=1).sum(axis=1)
+    out = GEN(gamma=gamma, top_m=top_m).score(logits)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def _mc_samples(rng, t, c, h, w):
+    base = rng.normal(scale=3.0, size=(c, h, w))
+    return base + rng.normal(scale=1.0, size=(t, c, h, w))   # (T, C, h, w) float64 logits of T passes
+
+
+def _mc_dict(samples, moments_of):
+    """The MC block as maxent-train export stores it (float32), from explicit samples (float64)."""
+    e = np.exp(samples - samples.max(axis=1, keepdims=True))
+    probs = e / e.sum(axis=1, keepdims=True)
+    p_mean = probs.mean(axis=0)
+    x = samples if moments_of == "logits" else probs
+    mean = x.mean(axis=0)
+    central = np.stack([((x - mean) ** k).mean(axis=0) for k in (2, 3)])
+    entropy = -(p_mean * np.log(p_mean)).sum(axis=0)
+    return ({"mean": mean.astype(np.float32), "central": central.astype(np.float32),
+             "entropy": entropy.astype(np.float32), "moments_of": moments_of}, p_mean)
+
+
+@pytest.mark.parametrize("moments_of", ["logits", "probs"])
+def test_mc_entropy(moments_of):
+    samples = _mc_samples(np.random.default_rng(4), 16, 5, 6, 7)
+    mc, p_mean = _mc_dict(samples, moments_of)
+    ref = -(p_mean * np.log(p_mean)).sum(axis=0) / np.log(5)
+    out = MCEntropy().score(mc)
+    assert out.dtype == np.float32 and out.shape == (6, 7)
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-7)
+    assert get_scorer("mc-entropy").score({**mc, "entropy": torch.from_numpy(mc["entropy"])}).shape == (6, 7)
+
+
+def test_mc_entropy_of_the_exporter_is_that_of_the_mean_softmax():
+    """maxent-train's MC block: with moments_of="probs", the stored entropy is H(mean) (so MCEntropy may use it)."""
+    from maxent_train.mc import mc_moments
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Dropout(0.5))
+    x = torch.randn(1, 3, 5, 6)
+    got = mc_moments(model, x, samples=8, order=2, moments_of="probs", head_only=False, seed=1)
+    p = got["mean"][0].double().numpy()
+    ref = -(p * np.log(p)).sum(axis=0) / np.log(4)
+    mc = {"mean": got["mean"][0], "central": got["central"][0], "entropy": got["entropy"][0]}
+    np.testing.assert_allclose(MCEntropy().score(mc), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_mc_entropy_native_resolution(align_corners):
+    mc, _ = _mc_dict(_mc_samples(np.random.default_rng(5), 8, 4, 5, 6), "logits")
+    rule = {"mode": "bilinear", "align_corners": align_corners}
+    out = MCEntropy().score({**mc, "upsample": rule, "size": (11, 13)}, size=(11, 13))
+    ref = torch.nn.functional.interpolate(torch.from_numpy(mc["entropy"] / np.float32(np.log(4)))[None, None],
+                                          size=(11, 13), mode="bilinear", align_corners=align_corners)[0, 0].numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-7)
+    with pytest.raises(OodscoreError, match="names no upsampling rule"):
+        MCEntropy().score(mc, size=(11, 13))
+
+
+def test_definitions_one_line_each():
+    defs = definitions()
+    assert list(defs) == list(SCORERS)
+    for name, text in defs.items():
+        assert text and "\n" not in text, name
+    for name in ("msp", "maxlogit", "entropy", "sml", "energy", "msp-t", "gen", "mc-entropy"):
+        assert SCORERS[name].definition == defs[name]
+        assert any(str(y) in defs[name] for y in range(2014, 2025)), name   # cites its reference
+
+
+def test_new_score_parameters():
+    assert get_scorer("energy", temperature=None).temperature == 1.0
+    assert get_scorer("msp-t", temperature=2.5).temperature == 2.5
+    assert get_scorer("gen").get_params() == {"gamma": 0.1, "top_m": 100, "device": None}
+    z = np.zeros((3, 4, 4), np.float32)
+    mc = {"mean": np.zeros((3, 2, 2), np.float32), "central": np.zeros((1, 3, 2, 2), np.float32),
+          "entropy": np.zeros((2, 2), np.float32)}
+    cases = [
+        (lambda: Energy(temperature=0).score(z), "Energy temperature: expected a finite number > 0, got 0"),
+        (lambda: Energy(temperature=True).score(z), "Energy temperature: expected a finite number > 0, got True"),
+        (lambda: MSPT(temperature=-1.0).score(z), "MSPT temperature: expected a finite number > 0, got -1.0"),
+        (lambda: MSPT(temperature=float("inf")).score(z), "MSPT temperature: expected a finite number > 0"),
+        (lambda: GEN(gamma=0).score(z), "GEN gamma: expected a finite number in (0, 1], got 0"),
+        (lambda: GEN(gamma=1.5).score(z), "GEN gamma: expected a finite number in (0, 1], got 1.5"),
+        (lambda: GEN(top_m=0).score(z), "GEN top_m: expected an int >= 1, got 0"),
+        (lambda: MCEntropy().score(z), "mc: expected a dict with keys mean, central, entropy; got ndarray"),
+        (lambda: MCEntropy().score({"mean": mc["mean"]}), "mc: missing key 'entropy'"),
+        (lambda: MCEntropy().score({**mc, "entropy": np.zeros((3, 3))}), "mc: expected mean (C >= 2, h, w)"),
+        (lambda: MCEntropy().score({**mc, "entropy": np.full((2, 2), np.nan)}), "mc['entropy']: 4 non-finite"),
+        (lambda: MCEntropy().score({**mc, "upsample": {"mode": "area"}}, size=(4, 4)), "mc['upsample']: "),
+    ]
+    for call, msg in cases:
+        with pytest.raises(OodscoreError) as e:
+            call()
+        assert msg in str(e.value) and "\n" not in str(e.value), (msg, str(e.value))
