@@ -92,8 +92,8 @@ class VDE(Scorer):
         (i.e. SML anomaly score ``<= -threshold``).
     margin : float or None, default=None
         How much to lower the score outside the region; None = per frame, below every in-region score.
-    boundary_iters, smoothing, device
-        As in :class:`~oodscore.scores.sml.SML` (the SML map that VDE restricts).
+    boundary_iters, smoothing, device, border, boundary_width
+        As in :class:`~oodscore.scores.sml.SML` (the SML map that VDE restricts; checked by SML).
     road_class : int, default=0
         trainId of road.
     """
@@ -108,7 +108,8 @@ class VDE(Scorer):
     }
 
     def __init__(self, stats, threshold: float = DEFAULT_THRESHOLD, margin: float | None = None,
-                 boundary_iters: int = 4, smoothing: bool = True, device=None, road_class: int = ROAD_CLASS):
+                 boundary_iters: int = 4, smoothing: bool = True, device=None, road_class: int = ROAD_CLASS,
+                 border: str = "geodesic", boundary_width: int | None = None):
         self.stats = stats
         self.threshold = threshold
         self.margin = margin
@@ -116,6 +117,8 @@ class VDE(Scorer):
         self.smoothing = smoothing
         self.device = device
         self.road_class = road_class
+        self.border = border
+        self.boundary_width = boundary_width
 
     def region(self, pred: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Drivable region ``(N, H, W)`` bool from the prediction and the post-processed SML map ``s``."""
@@ -130,10 +133,11 @@ class VDE(Scorer):
         (N, H, W) or (H, W) float32 ndarray, higher = more anomalous.
         """
         self._validate_params()
-        key = (id(self.stats), self.boundary_iters, self.smoothing, str(self.device))
+        key = (id(self.stats), self.boundary_iters, self.smoothing, str(self.device), self.border,
+               self.boundary_width)
         if getattr(self, "_sml_key", None) != key:  # one SML per configuration: stats files are read once
             self._sml = SML(self.stats, boundary_iters=self.boundary_iters, smoothing=self.smoothing,
-                            device=self.device)
+                            device=self.device, border=self.border, boundary_width=self.boundary_width)
             self._sml_key = key
         sml = self._sml
         s, pred, batched = sml.sml_map(logits, size)

@@ -130,3 +130,19 @@ def test_vde_bad_params(setup):
         VDE(stats, threshold=float("nan")).score(z[0])
     with pytest.raises(OodscoreError, match="margin"):
         VDE(stats, margin=-1.0).score(z[0])
+
+
+def test_vde_passes_the_sml_border_through(setup):
+    """VDE restricts the SML map it is configured with: `border` / `boundary_width` reach its SML."""
+    stats, z = setup
+    tau = 0.5
+    for border, width in (("official-2021", None), ("geodesic", 8)):
+        sml = SML(stats, border=border, boundary_width=width).score(z)
+        out = VDE(stats, threshold=tau, border=border, boundary_width=width).score(z)
+        pred = z.argmax(axis=1)
+        for i in range(z.shape[0]):
+            region = literal_region((pred[i] == 0) & (-sml[i] >= tau))
+            np.testing.assert_array_equal(out[i][region], sml[i][region])
+    geo = VDE(stats, threshold=tau).score(z)
+    off = VDE(stats, threshold=tau, border="official-2021").score(z)
+    assert not np.array_equal(geo, off)       # the border rule changes the map near the image edge
