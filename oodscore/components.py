@@ -2,8 +2,9 @@
 
 Per frame (labels 0 = ID, 1 = anomaly, anything else void):
 
-1. Prediction ``P = score >= threshold`` (the pixel metrics' convention, so the F1-optimal pixel threshold means the
-   same thing here; ``strict=True`` gives the SMIYC code's ``score > threshold``), with void pixels set to 0.
+1. Prediction ``P = score >= threshold`` (``rule="ge"``, the pixel metrics' convention, so the F1-optimal pixel
+   threshold means the same thing here; ``rule="gt"``, alias ``strict=True``, gives the SMIYC code's
+   ``score > threshold``), with void pixels set to 0.
 2. 8-connected components (``cv2.connectedComponentsWithStats``) of ``P`` and of the ground truth ``label == 1``.
    Predicted components smaller than ``min_pred_size`` pixels are dropped; ground-truth components smaller than
    ``min_gt_size`` pixels become void. Presets: anomaly track 500 / 100, obstacle track 50 / 10.
@@ -19,7 +20,8 @@ Per frame (labels 0 = ID, 1 = anomaly, anything else void):
 Deviations from the SMIYC code, on purpose: its size filter loop also treats the background (label 0 of the
 component map) as a "component", which voids the whole background of images with fewer than ``min_gt_size``
 background pixels; we do not. With no predicted component in the whole data set, ``ppv`` is 0.0 (sklearn's
-zero-division convention) instead of a division by zero.
+zero-division convention) instead of a division by zero. ``oodscore.protocols.smiyc`` reproduces the SMIYC code
+with its quirks, on top of :func:`region_values`.
 """
 from __future__ import annotations
 
@@ -28,16 +30,20 @@ import numpy as np
 
 from oodscore import OodscoreError
 
-__all__ = ["ComponentMetrics", "component_metrics", "TRACKS", "TAUS"]
+__all__ = ["ComponentMetrics", "component_metrics", "frame_components", "region_values", "check_rule", "TRACKS", "TAUS",
+           "RULES"]
 
 #: track -> (min predicted component size, min ground-truth component size), SMIYC's published settings
 TRACKS = {"anomaly": (500, 100), "obstacle": (50, 10)}
 TAUS = np.linspace(0.25, 0.75, 11)
+#: comparison of a score with the threshold: "ge" = ``score >= t`` (ours, default), "gt" = ``score > t`` (SMIYC)
+RULES = ("ge", "gt")
 
 
 def _to_numpy(x, name: str) -> np.ndarray:
     if type(x).__module__.startswith("torch"):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        x = (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()   # numpy has no bfloat16
     x = np.asarray(x)
     if x.ndim == 3 and x.shape[0] == 1:
         x = x[0]
@@ -46,18 +52,75 @@ def _to_numpy(x, name: str) -> np.ndarray:
     return x
 
 
+def check_rule(rule: str | None = None, strict: bool = False) -> str:
+    """The comparison rule, ``"ge"`` (``score >= t``) or ``"gt"`` (``score > t``); ``strict=True`` is ``"gt"``."""
+    if rule is None:
+        return "gt" if strict else "ge"
+    if rule not in RULES:
+        raise OodscoreError(f"component rule {rule!r}: expected ge (score >= threshold) or gt (score > threshold)")
+    if strict and rule == "ge":
+        raise OodscoreError("component rule 'ge' contradicts strict=True (strict means 'gt')")
+    return rule
+
+
 def _components(mask: np.ndarray):
     """8-connected components of a boolean mask: (label map int32, areas indexed by label, 0 = background)."""
     n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     return lab, stats[:, cv2.CC_STAT_AREA].astype(np.int64), n
 
 
+def pred_components(pred: np.ndarray, min_pred_size: int) -> tuple[np.ndarray, int]:
+    """Predicted components of a boolean map, those under ``min_pred_size`` px dropped (sizes over the whole map):
+    (label map renumbered 1..n, 0 = none; n)."""
+    plab, parea, pn = _components(pred)
+    keep = parea >= min_pred_size
+    keep[0] = False
+    pmap = np.zeros(pn, np.int64)
+    pmap[keep] = np.arange(1, int(keep.sum()) + 1)
+    return pmap[plab], int(keep.sum())
+
+
+def gt_components(gt: np.ndarray, min_gt_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Ground-truth components of a boolean map: (label map renumbered 1..n over the kept ones, 0 = none;
+    boolean map of the pixels of components under ``min_gt_size`` px, which become void; n)."""
+    glab, garea, gn = _components(gt)
+    small = garea < min_gt_size
+    small[0] = False
+    gmap = np.zeros(gn, np.int64)
+    kept = ~small & (np.arange(gn) > 0)
+    gmap[kept] = np.arange(1, int(kept.sum()) + 1)
+    return gmap[glab], small[glab], int(kept.sum())
+
+
+def region_values(g: np.ndarray, p: np.ndarray, ng: int, npred: int) -> tuple[np.ndarray, np.ndarray]:
+    """sIoU of each GT component and PPV of each predicted component present, from the evaluation region's pixels.
+
+    ``g`` / ``p``: GT / predicted component ids (0 = none) of the region's pixels, ids ``1..ng`` / ``1..npred``.
+    A predicted component with no pixel in the region is not counted (the SMIYC code sees only the region).
+    """
+    psize = np.bincount(p, minlength=npred + 1)            # |j| inside the region
+    pgt = np.bincount(p[g > 0], minlength=npred + 1)       # |j ∩ GT|
+    gsize = np.bincount(g, minlength=ng + 1)               # |k|
+    both = (g > 0) & (p > 0)
+    pair = np.unique(g[both] * (npred + 1) + p[both])      # (k, j) pairs that touch
+    pk, pj = pair // (npred + 1), pair % (npred + 1)
+    inter = np.bincount(g[both], minlength=ng + 1)         # |k ∩ K̂|: pixels of k covered by any prediction
+    # |K̂| - |A| - |k ∩ K̂| = pixels of K̂ outside every GT component (K̂'s pixels on GT are on k or in A)
+    off_gt = np.bincount(pk, weights=(psize - pgt)[pj], minlength=ng + 1)
+    siou = inter[1:] / (gsize[1:] + off_gt[1:])
+    present = psize[1:] > 0
+    ppv = pgt[1:][present] / psize[1:][present]
+    return siou.astype(np.float64), ppv.astype(np.float64)
+
+
 def frame_components(score_map, label_map, threshold: float, min_pred_size: int, min_gt_size: int,
-                     strict: bool = False):
+                     strict: bool = False, rule: str | None = None):
     """One frame's per-component values: (sIoU of each GT component, PPV of each predicted component).
 
+    ``rule``: ``"ge"`` (default) predicts ``score >= threshold``, ``"gt"`` (or ``strict=True``) ``score > threshold``.
     Public so that reports can show per-frame values; ``ComponentMetrics`` aggregates them.
     """
+    rule = check_rule(rule, strict)
     s = _to_numpy(score_map, "score_map")
     y = _to_numpy(label_map, "label_map")
     if s.shape != y.shape:
@@ -66,42 +129,12 @@ def frame_components(score_map, label_map, threshold: float, min_pred_size: int,
     if not np.isfinite(s[valid]).all():
         raise OodscoreError("score_map: non-finite (NaN/inf) values on non-void pixels")
     with np.errstate(invalid="ignore"):  # NaN scores on void pixels are allowed and never predicted
-        pred = (s > threshold) if strict else (s >= threshold)
+        pred = (s > threshold) if rule == "gt" else (s >= threshold)
     pred &= valid
-
-    plab, parea, pn = _components(pred)
-    keep = parea >= min_pred_size
-    keep[0] = False
-    pmap = np.zeros(pn, np.int64)
-    pmap[keep] = np.arange(1, int(keep.sum()) + 1)
-    plab = pmap[plab]
-
-    glab, garea, gn = _components(y == 1)
-    small = garea < min_gt_size
-    small[0] = False
-    region = valid & ~small[glab]
-    gmap = np.zeros(gn, np.int64)
-    gmap[~small & (np.arange(gn) > 0)] = np.arange(1, int((~small[1:]).sum()) + 1)
-    glab = gmap[glab]
-
-    g = glab[region]
-    p = plab[region]
-    ng = int(gmap.max()) if gn > 1 else 0
-    npred = int(pmap.max()) if pn > 1 else 0
-    psize = np.bincount(p, minlength=npred + 1)            # |j| inside the region
-    pgt = np.bincount(p[g > 0], minlength=npred + 1)       # |j ∩ GT|
-    gsize = np.bincount(g, minlength=ng + 1)               # |k|
-
-    both = (g > 0) & (p > 0)
-    pair = np.unique(g[both] * (npred + 1) + p[both])      # (k, j) pairs that touch
-    pk, pj = pair // (npred + 1), pair % (npred + 1)
-    inter = np.bincount(g[both], minlength=ng + 1)         # |k ∩ K̂|: pixels of k covered by any prediction
-    # |K̂| - |A| - |k ∩ K̂| = pixels of K̂ outside every GT component (K̂'s pixels on GT are on k or in A)
-    off_gt = np.bincount(pk, weights=(psize - pgt)[pj], minlength=ng + 1)
-    siou = inter[1:] / (gsize[1:] + off_gt[1:])
-    present = psize[1:] > 0                                # a component entirely on voided GT does not count
-    ppv = pgt[1:][present] / psize[1:][present]
-    return siou.astype(np.float64), ppv.astype(np.float64)
+    plab, npred = pred_components(pred, min_pred_size)
+    glab, small, ng = gt_components(y == 1, min_gt_size)
+    region = valid & ~small
+    return region_values(glab[region], plab[region], ng, npred)
 
 
 class ComponentMetrics:
@@ -116,11 +149,13 @@ class ComponentMetrics:
     min_pred_size, min_gt_size : int, optional
         Override the preset's sizes.
     strict : bool
-        Use ``score > threshold`` (the SMIYC code's comparison) instead of ``>=``.
+        Use ``score > threshold`` (the SMIYC code's comparison) instead of ``>=``; the same as ``rule="gt"``.
+    rule : {"ge", "gt"}, optional
+        ``"ge"`` (default): ``score >= threshold`` is predicted anomalous; ``"gt"``: ``score > threshold``.
     """
 
     def __init__(self, threshold: float, track: str = "anomaly", min_pred_size: int | None = None,
-                 min_gt_size: int | None = None, strict: bool = False):
+                 min_gt_size: int | None = None, strict: bool = False, rule: str | None = None):
         if track not in TRACKS:
             raise OodscoreError(f"track: expected one of {sorted(TRACKS)}, got {track!r}")
         try:
@@ -134,7 +169,8 @@ class ComponentMetrics:
         self.track = track
         self.min_pred_size = dp if min_pred_size is None else int(min_pred_size)
         self.min_gt_size = dg if min_gt_size is None else int(min_gt_size)
-        self.strict = bool(strict)
+        self.rule = check_rule(rule, bool(strict))
+        self.strict = self.rule == "gt"
         self.reset()
 
     def reset(self) -> None:
@@ -150,8 +186,23 @@ class ComponentMetrics:
 
     def update(self, score_map, label_map) -> None:
         """Add one frame: (H, W) score map and (H, W) label map (numpy or torch)."""
-        siou, ppv = frame_components(score_map, label_map, self.threshold, self.min_pred_size, self.min_gt_size,
-                                     self.strict)
+        self.add_frame(*self.frame(score_map, label_map))
+
+    def frame(self, score_map, label_map) -> tuple[np.ndarray, np.ndarray]:
+        """One frame's (sIoU per GT component, PPV per predicted component) with these settings; adds nothing.
+
+        ``update`` is ``add_frame(*frame(...))``: worker processes compute frames, the parent adds them in order.
+        """
+        return frame_components(score_map, label_map, self.threshold, self.min_pred_size, self.min_gt_size,
+                                self.strict)
+
+    def empty_copy(self) -> "ComponentMetrics":
+        """An empty accumulator with these settings (what a worker needs to compute frames for this one)."""
+        return ComponentMetrics(self.threshold, self.track, self.min_pred_size, self.min_gt_size, self.strict)
+
+    def add_frame(self, siou: np.ndarray, ppv: np.ndarray) -> None:
+        """Add one frame's values as :meth:`frame` returns them (the sums are float: add frames in order)."""
+        siou, ppv = np.asarray(siou, np.float64), np.asarray(ppv, np.float64)
         tp = (siou[None, :] >= TAUS[:, None]).sum(axis=1)
         self._tp += tp
         self._fn += siou.size - tp
