@@ -38,6 +38,16 @@ class McDtype(str, enum.Enum):
     float16 = "float16"
 
 
+class LogitsResolution(str, enum.Enum):
+    native = "native"
+    label = "label"
+
+
+class LogitsDtype(str, enum.Enum):
+    float16 = "float16"
+    float32 = "float32"
+
+
 class Compression(str, enum.Enum):
     none = "none"
     lzf = "lzf"
@@ -46,6 +56,9 @@ class Compression(str, enum.Enum):
 
 MODEL_KWARGS_HELP = ("Model options passed to its factory: KEY=VALUE[,KEY=VALUE...] (int/float/bool/str, e.g. "
                      "output_stride=16,dropout=0.1) or a JSON object; recorded in the checkpoint's metadata.")
+RESOLUTION_HELP = ("native: logits and MC block at the network's output resolution, before its final upsampling "
+                   "(the reader upsamples them with the recorded rule); label: upsampled to the label size (the "
+                   "version-1 layout).")
 MODEL_HELP = ("Model name (`maxent-train models`) when the checkpoint has no metadata (a released file, e.g. "
               "deeplabv3plus_wrn38 for NVIDIA's cityscapes_best.pth), or to override it.")
 
@@ -149,6 +162,8 @@ def export(
     moments_of: Annotated[MomentsOf, typer.Option(help="Moments of logits (paper) or softmax probs (seed code).")]
     = MomentsOf.logits,
     mc_dtype: Annotated[McDtype, typer.Option(help="dtype of the mc/* datasets.")] = McDtype.float32,
+    logits_resolution: Annotated[LogitsResolution, typer.Option(help=RESOLUTION_HELP)] = LogitsResolution.native,
+    logits_dtype: Annotated[LogitsDtype, typer.Option(help="dtype of the stored logits.")] = LogitsDtype.float16,
     store_images: Annotated[bool, typer.Option("--store-images", help="Keep downsized RGB for overlays.")] = False,
     image_max_side: Annotated[int, typer.Option(help="Longest side of stored images.")] = 512,
     limit: Annotated[Optional[int], typer.Option(help="Export at most N images.")] = None,
@@ -159,7 +174,8 @@ def export(
     seed: Annotated[int, typer.Option(help="Seed of the MC-dropout masks.")] = 0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
-    """Write logits (and optional MC-dropout moments / SML stats) for a dataset or an evaluation set."""
+    """Write logits (and optional MC-dropout moments / SML stats) for a dataset or an evaluation set; under
+    torchrun the frames are split across the processes (one GPU each) and rank 0 merges them into one file."""
     from .export import ExportOptions, export_logits
     from .models import parse_model_kwargs
 
@@ -171,6 +187,7 @@ def export(
             batch_size=batch_size, sliding_window=sliding_window, window=window, stride=stride,
             mc_samples=mc_samples, mc_dropout=mc_dropout,
             moment_order=moment_order, moments_of=moments_of.value, mc_dtype=mc_dtype.value,
+            logits_resolution=logits_resolution.value, logits_dtype=logits_dtype.value,
             store_images=store_images, image_max_side=image_max_side, limit=limit, compression=compression.value,
             sml_stats=str(sml_stats) if sml_stats else None, device=device.value, seed=seed, progress=progress)
         summary = export_logits(opts)

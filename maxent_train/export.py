@@ -6,38 +6,48 @@ sliding windows). The file is written frame by frame through the one writer,
 :class:`cocodag.formats.logits.LogitsWriter` (one frame per chunk, atomic: it appears only when complete), so it may
 exceed RAM.
 
+Layout (``--logits-resolution``): ``native`` (default) stores what the network computes before its final bilinear
+upsampling (``forward_native``, 1/4 or 1/2 of the input for our models) with the rule (``output_upsample``: mode,
+``align_corners``) and the label size, so the reader gives label-size logits back; ``label`` stores them upsampled to
+the label size (the version-1 layout; also what a plug-in model without the hook, or ``--sliding-window``, gets, with
+a one-line note). ``--logits-dtype`` float16 (default) or float32. Labels and ROI are always gzip-compressed.
+
 The optional MC block calls :func:`maxent_train.mc.mc_moments` once per frame with ``seed = seed + frame index``
-(independent of batching), head-only when the model has ``forward_features``/``forward_head``. Before it samples,
-:func:`maxent_train.mc.prepare_mc_dropout` checks on the first frame that some dropout layer reaches the logits and
-refuses otherwise (the moments would be all zero); ``mc_dropout=P`` (``--mc-dropout P``) first inserts test-time
-``nn.Dropout2d(P)`` before the final classifier, a deviation from the trained network recorded in the ``mc`` group's
-attributes (``mc_dropout``, ``mc_dropout_at``). ``--mc-samples 1`` is refused (no moments exist).
+(independent of batching and of the number of processes), head-only when the model has
+``forward_features``/``forward_head``, at the layout's resolution (natively: power sums of the native samples, so
+memory does not grow with the label size x K). Before it samples, :func:`maxent_train.mc.prepare_mc_dropout` checks
+on the first frame that some dropout layer reaches the logits and refuses otherwise (the moments would be all zero);
+``mc_dropout=P`` (``--mc-dropout P``) first inserts test-time ``nn.Dropout2d(P)`` before the final classifier, a
+deviation from the trained network recorded in the ``mc`` group's attributes (``mc_dropout``, ``mc_dropout_at``).
+``--mc-samples 1`` is refused (no moments exist).
 
 The model comes from the checkpoint's metadata (``model``, ``num_classes``, ``model_kwargs``) or, for a released file
 without it, from ``model`` / ``num_classes`` / ``model_kwargs`` (``--model``, ``--num-classes``, ``--model-kwargs``).
 
 The job locks ``--out`` (``F.h5.lock``) and ``--sml-stats`` for its whole run, checks both paths before any work,
-and checks the free space up front (uncompressed size) and before every frame, so that a full disk ends in one line
-(``No space left on device: F.h5``) with neither ``F.h5`` nor ``F.h5.tmp`` left behind.
+and checks the free space once the first frame is computed (its uncompressed size) and while writing, so that a full
+disk ends in one line (``No space left on device: F.h5``) with neither ``F.h5`` nor ``F.h5.tmp`` left behind.
 
-``sml_stats`` feeds the *stored* (float16) logits of each frame to :class:`cocodag.formats.sml_stats.SMLStats`, so the
-JSON equals what ``oodscore fit-sml`` computes from the written file.
+Several processes (``torchrun --nproc-per-node N -m maxent_train export ...``): see :func:`export_logits`.
+
+``sml_stats`` feeds the logits of each frame *as the reader returns them* (the stored float16 values, native ones
+upsampled with the file's rule) to :class:`cocodag.formats.sml_stats.SMLStats`, so the JSON equals what
+``oodscore fit-sml`` computes from the written file.
 """
 from __future__ import annotations
 
 import itertools
 import os
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from cocodag.atomic import temp_path
-from cocodag.device import resolve_device
-from cocodag.formats.logits import MC_KEYS, LogitsWriter, upsample
+from cocodag.formats.logits import MC_KEYS, LogitsWriter, upsample, upsample_frame
 from cocodag.formats.sml_stats import SMLStats
 from cocodag.labels import IGNORE_ID, NUM_CLASSES, OOD_ID
 from cocodag.lock import OutputLock, lock_path_for
@@ -69,6 +79,8 @@ class ExportOptions:
     moment_order: int = 4
     moments_of: str = "logits"
     mc_dtype: str = "float32"
+    logits_resolution: str = "native"
+    logits_dtype: str = "float16"
     store_images: bool = False
     image_max_side: int = 512
     limit: int | None = None
@@ -107,6 +119,10 @@ class ExportOptions:
             raise MaxentError(f"--moments-of: expected logits or probs, got {self.moments_of!r}")
         if self.mc_dtype not in ("float32", "float16"):
             raise MaxentError(f"--mc-dtype: expected float32 or float16, got {self.mc_dtype!r}")
+        if self.logits_dtype not in ("float16", "float32"):
+            raise MaxentError(f"--logits-dtype: expected float16 or float32, got {self.logits_dtype!r}")
+        if self.logits_resolution not in ("native", "label"):
+            raise MaxentError(f"--logits-resolution: expected native or label, got {self.logits_resolution!r}")
         if self.compression not in ("none", "lzf", "gzip"):
             raise MaxentError(f"--compression: expected none, lzf or gzip, got {self.compression!r}")
         if self.limit is not None and self.limit <= 0:
@@ -126,7 +142,7 @@ class _Frame:
 @dataclass
 class _Source:
     total: int                   # frames available (before --limit)
-    frames: Iterator[_Frame]
+    frames: Callable[[int, int], Iterator[_Frame]]     # frames(start, stop): frames start..stop-1, in order
     dataset: str                 # the file's ``dataset`` attribute
 
 
@@ -182,17 +198,22 @@ def _shard_frames(data: str, kinds: tuple[str, ...], chunk: int) -> _Source:
     lut[: int(ds.manifest.get("num_classes", NUM_CLASSES))] = 0
     lut[int(ds.manifest.get("ood_id", OOD_ID))] = 1
 
-    def gen() -> Iterator[_Frame]:
+    def gen(start: int, stop: int) -> Iterator[_Frame]:
+        offset = 0                                   # global index of the shard's first sample
         for info in shards:
+            lo, hi = max(start - offset, 0), min(stop - offset, info.num_samples)
+            offset += info.num_samples
+            if lo >= hi:
+                continue
             with ds.open_shard(info) as sh:
                 frames = sh.read_meta()["frame"]
-                for a in range(0, info.num_samples, chunk):
-                    images, labels = sh.read(a, min(a + chunk, info.num_samples))
+                for a in range(lo, hi, chunk):
+                    images, labels = sh.read(a, min(a + chunk, hi))
                     for j in range(len(images)):
                         i = a + j
                         yield _Frame(f"{info.path.stem}/{i:05d}/{frames[i]}", images[j], lut[labels[j]])
 
-    return _Source(sum(s.num_samples for s in shards), gen(), "cocodag")
+    return _Source(sum(s.num_samples for s in shards), gen, "cocodag")
 
 
 def _evalset_frames(root: str, preset_name: str) -> _Source:
@@ -205,8 +226,8 @@ def _evalset_frames(root: str, preset_name: str) -> _Source:
     if not items:
         raise MaxentError(f"--images {root}: preset {preset_name} found no frames")
 
-    def gen() -> Iterator[_Frame]:
-        for it in items:
+    def gen(start: int, stop: int) -> Iterator[_Frame]:
+        for it in items[start:stop]:
             rgb = read_rgb(it.image_path)
             h, w = rgb.shape[:2]
             label = (preset.load_label(it.label_path) if it.label_path is not None
@@ -216,7 +237,7 @@ def _evalset_frames(root: str, preset_name: str) -> _Source:
                                   f"{it.image_path.name} is {w}x{h}")
             yield _Frame(it.name, rgb, label, preset.load_roi(it))
 
-    return _Source(len(items), gen(), preset_name)
+    return _Source(len(items), gen, preset_name)
 
 
 # --------------------------------------------------------------------------------------------------------- inference
@@ -265,18 +286,100 @@ def _at_size(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return upsample(t.reshape(1, -1, *t.shape[-2:]).float(), size).reshape(*lead, *size)
 
 
-def _mc_block(model: torch.nn.Module, x: torch.Tensor, opts: ExportOptions, index: int, head_only: bool,
-              size: tuple[int, int]) -> tuple[dict[str, np.ndarray], bool]:
-    """MC-dropout moments of one frame: ``({mean, central, entropy} float32 at ``size``, head_only that ran)``.
+# --------------------------------------------------------------------------------------------------------- layout
+@dataclass
+class _Layout:
+    """How the logits and the MC block are stored: at the network's output resolution (``native``, with the rule
+    that upsamples them) or at the label size (``label``, the version-1 layout)."""
 
-    Seeded with ``opts.seed + index`` so a frame's masks do not depend on batching or on the other frames.
+    resolution: str
+    rule: dict | None = None
+
+    @property
+    def native(self) -> bool:
+        return self.resolution == "native"
+
+
+def _note(msg: str) -> None:
+    import sys
+
+    print(f"note: {msg}", file=sys.stderr)
+
+
+def _choose_layout(model: torch.nn.Module, opts: ExportOptions, name: str, quiet: bool = False) -> _Layout:
+    """``--logits-resolution native`` when the model has the native-output hook (and no sliding window), else the
+    label resolution with a one-line note."""
+    from .models import native_output_rule
+
+    if opts.logits_resolution == "label":
+        return _Layout("label")
+    rule = native_output_rule(model)
+    why = None
+    if rule is None:
+        why = f"model {name} has no native-output hook (forward_native + output_upsample)"
+    elif opts.sliding_window:
+        why = "--sliding-window stitches its tiles at the label size"
+    if why is None:
+        return _Layout("native", rule)
+    if not quiet:
+        _note(f"{why}: logits stored at label resolution (as with --logits-resolution label)")
+    return _Layout("label")
+
+
+@dataclass
+class _Output:
+    """One frame's computed outputs, ready for the writer."""
+
+    frame: _Frame
+    index: int                   # global frame index (MC seed = seed + index)
+    logits: np.ndarray           # (C, h, w) in the storage dtype (native or label resolution)
+    mc: dict[str, np.ndarray] | None
+    head_only: bool              # what the MC block actually ran
+
+
+def _compute(model: torch.nn.Module, fr: _Frame, index: int, opts: ExportOptions, layout: _Layout, head_only: bool,
+             device: torch.device) -> _Output:
+    """Forward one frame: its logits (native, or at the label size) in the storage dtype, and its MC block."""
+    h, w = fr.label.shape
+    x = normalize(torch.from_numpy(np.ascontiguousarray(fr.image))[None].to(device))
+    model.eval()      # mc_moments switches dropout on; plain logits are deterministic
+    if layout.native:
+        with torch.no_grad():
+            t = model.forward_native(x).float()
+    else:
+        window = opts.window if opts.sliding_window else None
+        t = upsample(predict_logits(model, x, window, opts.stride), (h, w))
+    stored = t[0].cpu().numpy().astype(opts.logits_dtype)
+    _check_finite(stored, fr.name, opts.checkpoint)
+    mc, ran = None, head_only
+    if opts.mc_samples:
+        mc, ran = _mc_block(model, x, opts, index, head_only, layout, (h, w))
+    return _Output(fr, index, stored, mc, ran)
+
+
+def _mc_block(model: torch.nn.Module, x: torch.Tensor, opts: ExportOptions, index: int, head_only: bool,
+              layout: _Layout, size: tuple[int, int]) -> tuple[dict[str, np.ndarray], bool]:
+    """MC-dropout moments of one frame: ``({mean, central, entropy} float32, head_only that ran)``, sampled and
+    stored at the native resolution (``layout.native``) or at the label ``size``.
+
+    Seeded with ``opts.seed + index`` so a frame's masks do not depend on batching, on the other frames or on the
+    number of processes.
     """
     from .mc import mc_moments
 
     mom = mc_moments(model, x, samples=opts.mc_samples, order=opts.moment_order, moments_of=opts.moments_of,
-                     head_only=head_only, seed=opts.seed + index)
-    arrays = {k: _at_size(mom[k], size)[0].cpu().numpy() for k in MC_KEYS}
+                     head_only=head_only, seed=opts.seed + index, native=layout.native)
+    arrays = {k: (mom[k] if layout.native else _at_size(mom[k], size))[0].cpu().numpy() for k in MC_KEYS}
     return arrays, bool(mom.get("head_only", head_only))
+
+
+def _sml_summary(sml: SMLStats, out: _Output, layout: _Layout) -> tuple:
+    """What ``oodscore fit-sml`` folds in for this frame: the logits the reader returns (the stored values; native
+    ones upsampled with the file's rule on the CPU, as ``LogitsFile.logits`` does)."""
+    logits = out.logits.astype(np.float32)
+    if layout.native:
+        logits = upsample_frame(logits, out.frame.label.shape, layout.rule)
+    return sml.batch_summary(logits)
 
 
 def _file_attrs(meta: dict[str, Any]) -> dict[str, Any]:
@@ -327,16 +430,17 @@ def _prepare_outputs(opts: ExportOptions) -> tuple[Path, Path | None]:
     return out, prepare_output(sml, kind="file", option="--sml-stats")
 
 
-def _frame_bytes(num_classes: int, first: _Frame, opts: ExportOptions) -> int:
-    """Uncompressed bytes one frame adds to the file."""
-    h, w = first.label.shape
-    nbytes = num_classes * h * w * 2 + h * w + 256          # logits float16, label, image_id
-    if first.roi is not None:
-        nbytes += h * w
+def _frame_bytes(out: _Output, opts: ExportOptions) -> int:
+    """Uncompressed bytes one frame adds to the file (labels and ROI, always compressed, counted uncompressed: an
+    upper bound)."""
+    fr = out.frame
+    nbytes = out.logits.nbytes + fr.label.size + 256          # logits, label, image_id
+    if fr.roi is not None:
+        nbytes += fr.label.size
     if opts.store_images:
-        nbytes += _downsize(first.image, opts.image_max_side).size
-    if opts.mc_samples:      # mean (C), central (K-1 orders x C), entropy (1)
-        nbytes += (num_classes * opts.moment_order + 1) * h * w * (2 if opts.mc_dtype == "float16" else 4)
+        nbytes += _downsize(fr.image, opts.image_max_side).size
+    if out.mc is not None:      # mean (C), central (K-1 orders x C), entropy (1)
+        nbytes += sum(a.size for a in out.mc.values()) * (2 if opts.mc_dtype == "float16" else 4)
     return nbytes
 
 
@@ -352,13 +456,63 @@ def _check_space(out: Path, frames: int, frame_bytes: int, compressed: bool) -> 
         check_free_space(out, frames * frame_bytes + _metadata_reserve(frames), option="--out")
 
 
+# --------------------------------------------------------------------------------------------------------- processes
+def _block(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Frames ``[start, stop)`` of ``rank``: contiguous blocks in frame order, the first ``n % world`` ranks one frame
+    longer (so rank 0 always has frames when there are any)."""
+    q, r = divmod(n, world)
+    start = rank * q + min(rank, r)
+    return start, start + q + (1 if rank < r else 0)
+
+
+def part_path(out: Path, rank: int, world: int) -> Path:
+    """The part file rank ``rank`` of ``world`` writes under torchrun: ``F.h5.part-R-of-N`` beside ``F.h5``."""
+    return out.with_name(f"{out.name}.part-{rank}-of-{world}")
+
+
+def _remove_parts(out: Path) -> None:
+    """Remove every part file of ``out`` (and their temp files): after a merge, or left by a killed job."""
+    import glob
+
+    for p in out.parent.glob(f"{glob.escape(out.name)}.part-*-of-*"):
+        p.unlink(missing_ok=True)
+
+
+def _gather(ctx, obj: Any) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` in one process)."""
+    if not ctx.distributed:
+        return [obj]
+    import torch.distributed as dist
+
+    objs: list = [None] * ctx.world_size
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+@dataclass
+class _RankResult:
+    """What one process exported: its frames' SML summaries (in frame order) and the file layout."""
+
+    num_images: int                          # frames of the whole job
+    num_classes: int
+    layout: _Layout
+    shape: tuple[int, ...] | None = None     # stored logits (C, h, w) of a frame; None when the rank had no frame
+    writer_kwargs: dict = field(default_factory=dict)
+    summaries: list = field(default_factory=list)
+
+
 # --------------------------------------------------------------------------------------------------------- export
 def export_logits(opts: ExportOptions) -> dict[str, Any]:
-    """Run the export described by ``opts``; returns ``{"out", "num_images", "shape"}``.
+    """Run the export described by ``opts``; returns ``{"out", "num_images", "shape", "logits_resolution"}``
+    (``shape``: the stored logits, (N, C, h, w)).
 
     ``--out`` (and ``--sml-stats``) are checked before any work and locked for the whole job (``F.h5.lock``): a
-    second export into the same file is refused with one line naming this one. Under ``torchrun`` only rank 0
-    exports (the others return at once: one job, one writer).
+    second export into the same file is refused with one line naming this one. Under ``torchrun`` (``WORLD_SIZE >
+    1``) the frames are split in contiguous blocks across the ranks (on CUDA one GPU each, ``cuda:LOCAL_RANK``);
+    rank 0 holds the locks, each rank writes ``F.h5.part-R-of-N`` (atomically), then rank 0 copies the parts into
+    ``F.h5`` in frame order, one frame at a time, and removes them; the SML statistics are replayed in frame order,
+    so both equal a one-process export's (up to the forward's last bits between thread counts). Every rank ends with
+    the same outcome (an error on one is the same line on all).
 
     Raises
     ------
@@ -367,55 +521,121 @@ def export_logits(opts: ExportOptions) -> dict[str, Any]:
         non-finite logits (naming the frame), a float16 MC block that overflows, not enough free space
         (``No space left on device: <file>``; nothing is left under ``--out`` or its temp name).
     """
+
     opts.validate()
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and int(os.environ.get("RANK", 0)) != 0:
-        return {"out": str(opts.out), "num_images": 0, "shape": None, "is_main": False}
-    out, sml_path = _prepare_outputs(opts)
+    with _process_group(opts.device) as ctx:
+        return _export_locked(opts, ctx)
+
+
+@contextmanager
+def _process_group(device: str):
+    """The job's :class:`maxent_train.train.DistContext`; under torchrun the process group is joined here and left at
+    the end (on every outcome), unless the caller had joined it already."""
+    import torch.distributed as dist
+
+    from .train import setup_distributed
+
+    owned = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not (dist.is_available() and dist.is_initialized())
+    ctx = setup_distributed(device)
+    try:
+        yield ctx
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()        # gloo's threads otherwise abort the interpreter's exit (SIGABRT)
+
+
+def _export_locked(opts: ExportOptions, ctx) -> dict[str, Any]:
+    """Lock the outputs (rank 0), export, return the summary."""
+    out = Path(opts.out)
+    sml_path = Path(opts.sml_stats) if opts.sml_stats is not None else None
     with ExitStack() as stack:
-        for path, option in ((out, "--out"), (sml_path, "--sml-stats")):
-            if path is not None:
-                with disk_errors(path, option=option):
-                    stack.enter_context(OutputLock(path, option=option))
-        return _export_locked(opts, out, sml_path)
+        with ctx.one_outcome():
+            if ctx.is_main:
+                out, sml_path = _prepare_outputs(opts)
+                for path, option in ((out, "--out"), (sml_path, "--sml-stats")):
+                    if path is not None:
+                        with disk_errors(path, option=option):
+                            stack.enter_context(OutputLock(path, option=option))
+                _remove_parts(out)      # a killed job's (we hold the lock: no running job writes them)
+        res = _export_job(opts, ctx, out, sml_path)
+    summary = {"out": str(out), "num_images": res.num_images, "shape": (res.num_images, *(res.shape or ())),
+               "logits_resolution": res.layout.resolution}
+    return summary if ctx.is_main else {**summary, "is_main": False}
 
 
-def _export_locked(opts: ExportOptions, out: Path, sml_path: Path | None) -> dict[str, Any]:
-    """The export itself, once its outputs are checked and locked: model, frames, free space, then the file."""
-    device = resolve_device(opts.device)
-    model, meta = load_model_for_export(opts.checkpoint, opts.model, opts.num_classes, device, opts.model_kwargs)
-    num_classes = int(meta["num_classes"])
+def _export_job(opts: ExportOptions, ctx, out: Path, sml_path: Path | None) -> _RankResult:
+    """Every rank exports its block; then rank 0 merges the parts (several processes) and writes the SML stats."""
+    try:
+        with ctx.one_outcome():
+            res = _export_rank(opts, ctx, out, with_sml=sml_path is not None)
+        summaries = _gather(ctx, res.summaries)
+        with ctx.one_outcome():
+            if ctx.is_main and ctx.distributed:
+                _merge_parts(out, ctx.world_size, res)
+            if ctx.is_main and sml_path is not None:
+                sml = SMLStats(res.num_classes, source=f"maxent-train export {out.name}")
+                for batch in itertools.chain.from_iterable(summaries):
+                    sml.add_batch(*batch)
+                with disk_errors(sml_path, option="--sml-stats"):
+                    sml.save(sml_path)
+    finally:
+        if ctx.is_main and ctx.distributed:
+            _remove_parts(out)
+    return res
+
+
+def _export_rank(opts: ExportOptions, ctx, out: Path, with_sml: bool) -> _RankResult:
+    """This process's share: model, its block of frames, free space, then its file (``out`` itself in one process,
+    its part file under torchrun)."""
+    model, meta = load_model_for_export(opts.checkpoint, opts.model, opts.num_classes, ctx.device, opts.model_kwargs)
+    num_classes, name = int(meta["num_classes"]), str(meta["model"])
     source = _open_source(opts)
     n = min(source.total, opts.limit) if opts.limit is not None else source.total
     if n == 0:
         raise MaxentError("no frames to export (empty input or --kinds without samples)")
-    frames = _take(source.frames, n)
+    layout = _choose_layout(model, opts, name, quiet=not ctx.is_main)
+    res = _RankResult(n, num_classes, layout)
+    start, stop = _block(n, ctx.rank, ctx.world_size)
+    if start == stop:
+        return res
+    frames = source.frames(start, stop)
     first = next(frames)
-    _check_space(out, n, _frame_bytes(num_classes, first, opts), compressed=opts.compression != "none")
-
     head_only = hasattr(model, "forward_features") and hasattr(model, "forward_head")
     mc_attrs = dict(moments_of=opts.moments_of, mc_samples=opts.mc_samples, moment_order=opts.moment_order,
                     head_only=bool(head_only), seed=opts.seed)
     if opts.mc_samples:
-        mc_attrs.update(_prepare_mc(model, first, opts, str(meta["model"]), device))
-    sml = SMLStats(num_classes, source=f"maxent-train export {out.name}") if sml_path is not None else None
-    with _progress(opts.progress, n) as pbar, LogitsWriter(
-            out, num_classes, dataset=source.dataset, model=str(meta["model"]), checkpoint=str(opts.checkpoint),
-            attrs=_file_attrs(meta), compression=opts.compression, mc_attrs=mc_attrs,
-            mc_dtype=opts.mc_dtype) as writer:
-        hw = _write_frames(writer, itertools.chain([first], frames), model, device, opts, head_only, sml, pbar)
-    if sml is not None:
-        with disk_errors(sml_path, option="--sml-stats"):
-            sml.save(sml_path)
-    return {"out": str(out), "num_images": n, "shape": (n, num_classes, *hw)}
+        mc_attrs.update(_prepare_mc(model, first, opts, name, ctx.device))
+    first_out = _compute(model, first, start, opts, layout, head_only, ctx.device)
+    merged = n if (ctx.is_main and ctx.distributed) else 0       # rank 0 also writes the merged file
+    _check_space(out, stop - start + merged, _frame_bytes(first_out, opts), compressed=opts.compression != "none")
+    res.shape = first_out.logits.shape
+    res.writer_kwargs = dict(dataset=source.dataset, model=name, checkpoint=str(opts.checkpoint),
+                             attrs=_file_attrs(meta), compression=opts.compression, mc_attrs=mc_attrs,
+                             mc_dtype=opts.mc_dtype, logits_dtype=opts.logits_dtype,
+                             logits_resolution=layout.resolution, upsample_rule=layout.rule)
+    target = part_path(out, ctx.rank, ctx.world_size) if ctx.distributed else out
+    rest = (_compute(model, fr, i, opts, layout, head_only, ctx.device) for i, fr in enumerate(frames, start + 1))
+    sml = SMLStats(num_classes) if with_sml else None
+    with _progress(opts.progress and ctx.is_main, stop - start) as pbar, \
+            LogitsWriter(target, num_classes, **res.writer_kwargs) as writer:
+        for o in _checked(itertools.chain([first_out], rest)):
+            if o.mc is not None:
+                writer.set_mc_attrs(head_only=o.head_only)      # what actually ran
+            writer.write(o.logits, o.frame.label, o.frame.name, roi=o.frame.roi, mc=o.mc,
+                         image=_downsize(o.frame.image, opts.image_max_side) if opts.store_images else None)
+            if sml is not None:
+                res.summaries.append(_sml_summary(sml, o, layout))
+            if pbar is not None:
+                pbar.update(1)
+    return res
 
 
-def _write_frames(writer: LogitsWriter, frames: Iterator[_Frame], model: torch.nn.Module, device: torch.device,
-                  opts: ExportOptions, head_only: bool, sml: SMLStats | None, pbar) -> tuple[int, int]:
-    """Forward every frame and append it (logits, label, roi, image, MC block) to ``writer``; returns (H, W)."""
-    window = opts.window if opts.sliding_window else None
+def _checked(outputs: Iterator[_Output]) -> Iterator[_Output]:
+    """The outputs, refused (one line) when a frame's size or its having a ROI differs from the first frame's."""
     hw: tuple[int, int] | None = None
     has_roi: bool | None = None
-    for i, fr in enumerate(frames):
+    for o in outputs:
+        fr = o.frame
         h, w = fr.label.shape
         if hw is None:
             hw, has_roi = (h, w), fr.roi is not None
@@ -424,21 +644,32 @@ def _write_frames(writer: LogitsWriter, frames: Iterator[_Frame], model: torch.n
                               f"logits.h5 holds frames of one size (export each size separately)")
         if (fr.roi is not None) != has_roi:
             raise MaxentError(f"frame {fr.name}: roi present for some frames only")
-        x = normalize(torch.from_numpy(np.ascontiguousarray(fr.image))[None].to(device))
-        model.eval()      # mc_moments switches dropout on; plain logits are deterministic
-        l16 = upsample(predict_logits(model, x, window, opts.stride), (h, w))[0].cpu().numpy().astype(np.float16)
-        _check_finite(l16, fr.name, opts.checkpoint)
-        mc = None
-        if opts.mc_samples:
-            mc, ran_head_only = _mc_block(model, x, opts, i, head_only, (h, w))
-            writer.set_mc_attrs(head_only=ran_head_only)      # what actually ran
-        writer.write(l16, fr.label, fr.name, roi=fr.roi, mc=mc,
-                     image=_downsize(fr.image, opts.image_max_side) if opts.store_images else None)
-        if sml is not None:
-            sml.partial_fit(l16)      # the stored float16 values, as `oodscore fit-sml` reads them
-        if pbar is not None:
-            pbar.update(1)
-    return hw
+        yield o
+
+
+def _merge_parts(out: Path, world: int, res: _RankResult) -> None:
+    """Rank 0, once every rank has written its part: copy the parts into ``out`` in rank order (= frame order), one
+    frame at a time (bounded memory), through the one writer (atomic: ``out`` appears when complete); each part is
+    removed once copied, so the disk holds at most the merged file and the parts not yet copied."""
+    from cocodag.formats.logits import LogitsFile
+
+    blocks = [_block(res.num_images, r, world) for r in range(world)]
+    parts = [part_path(out, r, world) for r, (start, stop) in enumerate(blocks) if start < stop]
+    with LogitsFile(parts[0]) as lf:
+        kwargs = {**res.writer_kwargs, "mc_attrs": lf.mc_attrs or res.writer_kwargs["mc_attrs"]}
+        hw = lf.shape
+    with LogitsWriter(out, res.num_classes, **kwargs) as writer:
+        for part in parts:
+            with LogitsFile(part) as lf:
+                if lf.shape != hw:
+                    raise MaxentError(f"frame {lf.image_ids[0]} is {lf.shape[1]}x{lf.shape[0]} but earlier frames "
+                                      f"are {hw[1]}x{hw[0]}; logits.h5 holds frames of one size (export each size "
+                                      "separately)")
+                for i in range(len(lf)):
+                    mc = lf.mc(i)
+                    writer.write(lf.native_logits(i), lf.label(i), lf.image_ids[i], roi=lf.roi(i),
+                                 image=lf.image(i), mc=None if mc is None else {k: mc[k] for k in MC_KEYS})
+            part.unlink()
 
 
 def _check_finite(l16: np.ndarray, frame: str, checkpoint: str) -> None:
@@ -464,10 +695,3 @@ def _progress(enabled: bool, total: int):
         yield bar
     finally:
         bar.close()
-
-
-def _take(it: Iterator[_Frame], n: int) -> Iterator[_Frame]:
-    for i, fr in enumerate(it):
-        if i >= n:
-            return
-        yield fr

@@ -12,6 +12,8 @@
   is untouched): with ``sample_batch=1`` pass t draws exactly the dropout masks of the t-th of T plain
   ``model(x)`` calls after ``torch.manual_seed(seed)``. ``sample_batch=b > 1`` runs b passes as one batch (faster on
   a GPU); the result is then deterministic for that (seed, b) and statistically equivalent, not bitwise equal.
+  ``native=True`` samples the logits before the network's final upsampling (``forward_head(feats, None)`` /
+  ``forward_native``; head-only, the masks are the same as at the input size): what export stores by default.
 * ``prepare_mc_dropout`` (run by export before sampling) refuses a model none of whose dropout layers reaches the
   logits (zeroing their outputs leaves the logits unchanged: SML's only dropout is in its unused ``dsn`` head), which
   would otherwise give all-zero central moments; with ``p`` it first inserts test-time ``nn.Dropout2d(p)`` on the
@@ -158,7 +160,7 @@ def _features_are_deterministic(model: nn.Module, x: torch.Tensor):
 @torch.no_grad()
 def mc_moments(model: nn.Module, x: torch.Tensor, samples: int = 128, order: int = 4, moments_of: str = "logits",
                head_only: bool = True, seed: int = 0, sample_batch: int = 1,
-               dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+               dtype: torch.dtype = torch.float32, native: bool = False) -> dict[str, Any]:
     """MC-dropout moments of T stochastic passes over a batch of images.
 
     Parameters
@@ -181,11 +183,15 @@ def mc_moments(model: nn.Module, x: torch.Tensor, samples: int = 128, order: int
         Passes run together as one batch (see the module docstring for determinism).
     dtype : torch.dtype, default=torch.float32
         Accumulation dtype of the power sums.
+    native : bool, default=False
+        Sample the logits before the network's final upsampling (``forward_head(feats, None)`` / ``forward_native``),
+        at its output resolution (h, w); only the mean of these moments commutes with that upsampling.
 
     Returns
     -------
     dict
-        ``mean`` (N, C, H, W), ``central`` (N, K-1, C, H, W) population central moments of orders 2..K,
+        ``mean`` (N, C, H, W) (native: (N, C, h, w), likewise below), ``central`` (N, K-1, C, H, W) population
+        central moments of orders 2..K,
         ``entropy`` (N, H, W) natural-log entropy of the mean softmax (unnormalized), all float32 on x's device;
         plus ``head_only`` (bool, what actually ran), ``samples``, ``order``, ``moments_of``, ``seed``.
     """
@@ -205,7 +211,7 @@ def mc_moments(model: nn.Module, x: torch.Tensor, samples: int = 128, order: int
             raise MaxentError(f"model {type(model).__name__} has no dropout layer: MC dropout would repeat one pass")
         feats = _head_features(model, x, samples) if head_only else None
         torch.manual_seed(seed)  # seeded after the features so head-only and full passes draw the same masks
-        ps, prob_sum = _sample_passes(model, x, feats, samples, order, moments_of, sample_batch, dtype)
+        ps, prob_sum = _sample_passes(model, x, feats, samples, order, moments_of, sample_batch, dtype, native)
 
     mean = ps.mean()
     p_mean = mean if moments_of == "probs" else prob_sum / samples
@@ -235,19 +241,24 @@ def _head_features(model: nn.Module, x: torch.Tensor, samples: int) -> Any:
 
 
 def _sample_passes(model: nn.Module, x: torch.Tensor, feats: Any, samples: int, order: int, moments_of: str,
-                   sample_batch: int, dtype: torch.dtype) -> tuple[PowerSums, torch.Tensor | None]:
-    """Run the T stochastic passes (head-only when ``feats`` is given), ``sample_batch`` at a time.
+                   sample_batch: int, dtype: torch.dtype,
+                   native: bool = False) -> tuple[PowerSums, torch.Tensor | None]:
+    """Run the T stochastic passes (head-only when ``feats`` is given), ``sample_batch`` at a time, at the input size
+    or (``native``) at the network's output resolution.
 
     Returns the power sums of the logits or probs, and the sum of the softmax over passes (moments of logits only:
     the entropy needs the mean softmax too).
     """
-    size = tuple(x.shape[-2:])
+    if native and not callable(getattr(model, "forward_native", None)):
+        raise MaxentError(f"model {type(model).__name__} has no forward_native: cannot sample at native resolution")
+    size = None if native else tuple(x.shape[-2:])
+    full = model.forward_native if native else model
     n = x.shape[0]
     ps = PowerSums(order, dtype=dtype)
     prob_sum = None
     for start in range(0, samples, sample_batch):
         b = min(sample_batch, samples - start)
-        out = model.forward_head(_repeat(feats, b), size) if feats is not None else model(_repeat(x, b))
+        out = model.forward_head(_repeat(feats, b), size) if feats is not None else full(_repeat(x, b))
         out = out.float().reshape(b, n, *out.shape[1:])  # (b, N, C, H, W): pass-major, as _repeat stacked them
         probs = F.softmax(out, dim=2)
         ps.update_batch(out if moments_of == "logits" else probs)

@@ -11,7 +11,15 @@ read one at a time, so a file larger than RAM is fine::
         for fr in f.iter_frames():             # Frame(image_id, logits (C,H,W) float32, label, roi, image)
             ...
 
-:func:`upsample` is the one rule for bringing logits to the label size (bilinear, ``align_corners=False``).
+Version 2 files may store the logits (and the MC block) at the network's own output resolution
+(``logits_resolution="native"``, (h, w) smaller than the label's (H, W)) with the rule that brings them to the label
+size (``upsample_mode``, ``upsample_align_corners``); the reader applies that rule one frame at a time, so
+:meth:`LogitsFile.frame` / :meth:`LogitsFile.logits` always return label-size float32 logits, whatever the layout
+(``native=True`` gives the stored ones). Version 1 files (label resolution) still read.
+
+:func:`upsample` is the one rule for bringing logits to the label size (bilinear; ``align_corners`` as the network
+that computed them: ``False`` unless a file or model records otherwise); :func:`upsample_frame` applies it to one
+stored frame on the CPU (what the reader returns, and what export feeds its SML statistics).
 """
 from __future__ import annotations
 
@@ -28,7 +36,12 @@ from ..errors import CocodagError
 from ..outputs import disk_errors
 
 LOGITS_FORMAT = "cocodag-logits"
-LOGITS_VERSION = 1
+LOGITS_VERSION = 2
+READABLE_VERSIONS = (1, 2)      # 1: logits at label resolution, no layout attributes
+RESOLUTIONS = ("native", "label")
+UPSAMPLE_MODES = ("bilinear", "bicubic")
+#: the rule of version-1 files and of models that record none
+DEFAULT_RULE = {"mode": "bilinear", "align_corners": False}
 MC_KEYS = ("mean", "central", "entropy")
 _FLOAT_DTYPES = (np.float16, np.float32)
 _MAX_LISTED = 5
@@ -62,6 +75,15 @@ def label_values_message(label: np.ndarray, bad: Sequence[int]) -> str:
             "0 = in-distribution, 1 = anomaly, 255 = void)")
 
 
+def _plain(v):
+    """An HDF5 attribute as a plain Python value (bytes -> str, numpy scalar -> int/float/bool, array -> tuple)."""
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.ndarray):
+        return tuple(v.tolist())
+    return v.item() if hasattr(v, "item") else v
+
+
 @dataclass
 class Frame:
     """One frame of a ``logits.h5`` file.
@@ -69,7 +91,7 @@ class Frame:
     Attributes
     ----------
     image_id : str
-    logits : (C, H, W) float32
+    logits : (C, H, W) float32 at the label size (``frame(i, native=True)``: as stored, (C, h, w))
     label : (H, W) uint8, 0 = ID, 1 = anomaly, 255 = void
     roi : (H, W) uint8 or None, 1 = inside the evaluated region
     image : (h, w, 3) uint8 RGB or None (downsized, for overlays)
@@ -88,8 +110,9 @@ class LogitsFile:
     Parameters
     ----------
     path : path
-        The file. It is checked at once: ``format``/``version`` attrs, dataset shapes (``logits`` (N,C,H,W),
-        ``label`` (N,H,W), ``image_id`` (N,), optional ``roi``, ``image``, ``mc/*``) and dtypes.
+        The file. It is checked at once: ``format``/``version`` attrs (versions 1 and 2), the layout attributes
+        (``logits_resolution``, ``label_shape``, the upsampling rule), dataset shapes (``logits`` (N,C,h,w),
+        ``label`` (N,H,W), ``image_id`` (N,), optional ``roi`` (N,H,W), ``image``, ``mc/*`` at (h, w)) and dtypes.
 
     Raises
     ------
@@ -132,30 +155,68 @@ class LogitsFile:
                             f"{' or '.join(np.dtype(d).name for d in dtypes)}")
         return ds
 
-    def _validate(self) -> None:
-        f = self._f
-        fmt = f.attrs.get("format")
-        if isinstance(fmt, bytes):
-            fmt = fmt.decode()
+    def _attr(self, name: str):
+        return _plain(self._f.attrs.get(name))
+
+    def _check_header(self) -> int:
+        fmt = self._attr("format")
         if fmt != LOGITS_FORMAT:
             raise self._err(f"format attribute is {fmt!r}, expected {LOGITS_FORMAT!r}")
-        version = f.attrs.get("version")
-        version = version.item() if hasattr(version, "item") else version
-        if not isinstance(version, (int, np.integer)) or int(version) != LOGITS_VERSION:
-            raise self._err(f"format version {version!r} is not supported (expected {LOGITS_VERSION})")
+        version = self._attr("version")
+        if not isinstance(version, (int, np.integer)) or int(version) not in READABLE_VERSIONS:
+            raise self._err(f"format version {version!r} is not supported (expected one of "
+                            f"{', '.join(map(str, READABLE_VERSIONS))})")
+        return int(version)
+
+    def _read_layout(self, version: int, logits_hw: tuple[int, int]) -> None:
+        """``logits_resolution``, the label size and the upsampling rule (version 1: label resolution)."""
+        self._resolution, self._rule, self._label_hw = "label", None, logits_hw
+        if version == 1:
+            return
+        res = self._attr("logits_resolution")
+        if res not in RESOLUTIONS:
+            raise self._err(f"logits_resolution attribute is {res!r}, expected one of {', '.join(RESOLUTIONS)}")
+        self._resolution = res
+        if res == "label":
+            return
+        shape = self._f.attrs.get("label_shape")
+        if shape is None or np.asarray(shape).shape != (2,) or np.asarray(shape).min() <= 0:
+            raise self._err(f"label_shape attribute is {shape!r}, expected (H, W) for native-resolution logits")
+        self._label_hw = tuple(int(v) for v in np.asarray(shape))
+        rule = {"mode": self._attr("upsample_mode"), "align_corners": self._attr("upsample_align_corners")}
+        try:
+            self._rule = check_upsample_rule(rule)
+        except CocodagError as e:
+            raise self._err(f"upsampling rule attributes (upsample_mode, upsample_align_corners): {e}") from None
+
+    def _validate(self) -> None:
+        version = self._check_header()
         self._logits = self._dataset("logits", 4, _FLOAT_DTYPES)
         n, c, h, w = self._logits.shape
         if n == 0:
             raise self._err("holds no frames ('logits' has shape "
                             f"{self._logits.shape}); re-export it (an interrupted or empty export?)")
-        nc = f.attrs.get("num_classes")
+        nc = self._attr("num_classes")
         if nc is not None and int(nc) != c:
             raise self._err(f"num_classes attribute is {int(nc)} but 'logits' has {c} channels")
         if c < 2:
             raise self._err(f"'logits' has {c} class channel(s), expected at least 2")
+        self._read_layout(version, (h, w))
+        lh, lw = self._label_hw
+        what = "to match 'logits'" if self._resolution == "label" else "(the label_shape attribute)"
         self._label = self._dataset("label", 3, (np.uint8,))
-        if self._label.shape != (n, h, w):
-            raise self._err(f"'label' has shape {self._label.shape}, expected {(n, h, w)} to match 'logits'")
+        if self._label.shape != (n, lh, lw):
+            raise self._err(f"'label' has shape {self._label.shape}, expected {(n, lh, lw)} {what}")
+        self._read_ids(n)
+        self._roi = self._dataset("roi", 3, (np.uint8,), required=False)
+        if self._roi is not None and self._roi.shape != (n, lh, lw):
+            raise self._err(f"'roi' has shape {self._roi.shape}, expected {(n, lh, lw)}")
+        self._image = self._dataset("image", 4, (np.uint8,), required=False)
+        if self._image is not None and (self._image.shape[0] != n or self._image.shape[3] != 3):
+            raise self._err(f"'image' has shape {self._image.shape}, expected ({n}, h, w, 3)")
+        self._mc = self._mc_datasets(n, c, h, w) if "mc" in self._f else None
+
+    def _read_ids(self, n: int) -> None:
         ids = self._dataset("image_id", 1, ())
         if ids.shape != (n,):
             raise self._err(f"'image_id' has shape {ids.shape}, expected ({n},)")
@@ -165,24 +226,19 @@ class LogitsFile:
         dup = sorted({i for i in self._ids if self._ids.count(i) > 1}) if len(set(self._ids)) != n else []
         if dup:
             raise self._err(f"{len(dup)} duplicated image_id(s): {_listing(dup)}")
-        self._roi = self._dataset("roi", 3, (np.uint8,), required=False)
-        if self._roi is not None and self._roi.shape != (n, h, w):
-            raise self._err(f"'roi' has shape {self._roi.shape}, expected {(n, h, w)}")
-        self._image = self._dataset("image", 4, (np.uint8,), required=False)
-        if self._image is not None and (self._image.shape[0] != n or self._image.shape[3] != 3):
-            raise self._err(f"'image' has shape {self._image.shape}, expected ({n}, h, w, 3)")
-        self._mc = None
-        if "mc" in f:
-            mean = self._dataset("mc/mean", 4, _FLOAT_DTYPES)
-            central = self._dataset("mc/central", 5, _FLOAT_DTYPES)
-            entropy = self._dataset("mc/entropy", 3, _FLOAT_DTYPES)
-            if mean.shape != (n, c, h, w):
-                raise self._err(f"'mc/mean' has shape {mean.shape}, expected {(n, c, h, w)}")
-            if central.shape[0] != n or central.shape[2:] != (c, h, w):
-                raise self._err(f"'mc/central' has shape {central.shape}, expected ({n}, K-1, {c}, {h}, {w})")
-            if entropy.shape != (n, h, w):
-                raise self._err(f"'mc/entropy' has shape {entropy.shape}, expected {(n, h, w)}")
-            self._mc = (mean, central, entropy)
+
+    def _mc_datasets(self, n: int, c: int, h: int, w: int) -> tuple:
+        """The ``mc/*`` datasets, checked: at the stored logits' resolution (native or label)."""
+        mean = self._dataset("mc/mean", 4, _FLOAT_DTYPES)
+        central = self._dataset("mc/central", 5, _FLOAT_DTYPES)
+        entropy = self._dataset("mc/entropy", 3, _FLOAT_DTYPES)
+        if mean.shape != (n, c, h, w):
+            raise self._err(f"'mc/mean' has shape {mean.shape}, expected {(n, c, h, w)}")
+        if central.shape[0] != n or central.shape[2:] != (c, h, w):
+            raise self._err(f"'mc/central' has shape {central.shape}, expected ({n}, K-1, {c}, {h}, {w})")
+        if entropy.shape != (n, h, w):
+            raise self._err(f"'mc/entropy' has shape {entropy.shape}, expected {(n, h, w)}")
+        return mean, central, entropy
 
     # ------------------------------------------------------------------------------------------- properties
     def __len__(self) -> int:
@@ -194,8 +250,23 @@ class LogitsFile:
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(H, W) of every frame's logits and label."""
+        """(H, W) of every frame's label, and of the logits :meth:`frame` / :meth:`logits` return."""
+        return self._label_hw
+
+    @property
+    def native_shape(self) -> tuple[int, int]:
+        """(h, w) of the stored logits and MC block (equal to :attr:`shape` at label resolution)."""
         return int(self._logits.shape[2]), int(self._logits.shape[3])
+
+    @property
+    def logits_resolution(self) -> str:
+        """``"native"`` (the network's output resolution, upsampled when read) or ``"label"`` (version 1 files)."""
+        return self._resolution
+
+    @property
+    def upsample_rule(self) -> dict | None:
+        """``{"mode", "align_corners"}`` that brings stored logits to :attr:`shape`; None at label resolution."""
+        return None if self._rule is None else dict(self._rule)
 
     @property
     def image_ids(self) -> list[str]:
@@ -216,16 +287,14 @@ class LogitsFile:
     @property
     def attrs(self) -> dict:
         """File attributes (format, version, num_classes, dataset, model, ...) as plain Python values."""
-        return {k: (v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v)
-                for k, v in self._f.attrs.items()}
+        return {k: _plain(v) for k, v in self._f.attrs.items()}
 
     @property
     def mc_attrs(self) -> dict:
         """Attributes of the ``mc`` group (moments_of, mc_samples, moment_order, ...); empty without MC data."""
         if self._mc is None:
             return {}
-        return {k: (v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v)
-                for k, v in self._f["mc"].attrs.items()}
+        return {k: _plain(v) for k, v in self._f["mc"].attrs.items()}
 
     # ----------------------------------------------------------------------------------------------- frames
     def _index(self, i: int) -> int:
@@ -250,8 +319,9 @@ class LogitsFile:
                             "and re-export the file")
         return label
 
-    def frame(self, i: int, *, image: bool = True) -> Frame:
-        """Read frame ``i`` (one chunk of each dataset); logits are returned as float32.
+    def frame(self, i: int, *, image: bool = True, native: bool = False) -> Frame:
+        """Read frame ``i`` (one chunk of each dataset); logits are returned as float32 at the label size (a
+        native-resolution file's logits upsampled with its rule), or as stored with ``native=True``.
 
         Raises
         ------
@@ -261,16 +331,25 @@ class LogitsFile:
         i = self._index(i)
         return Frame(
             image_id=self._ids[i],
-            logits=self.logits(i),
+            logits=self.logits(i, native=native),
             label=self._checked_label(i),
             roi=self._read(self._roi, i, "roi") if self._roi is not None else None,
             image=self._read(self._image, i, "image") if (image and self._image is not None) else None,
         )
 
-    def logits(self, i: int) -> np.ndarray:
-        """Logits of frame ``i`` only, (C, H, W) float32 (no label read, e.g. for statistics over logits)."""
+    def logits(self, i: int, *, native: bool = False) -> np.ndarray:
+        """Logits of frame ``i`` only, (C, H, W) float32 (no label read, e.g. for statistics over logits): at the
+        label size (native-resolution logits upsampled with the file's rule, on the CPU, one frame at a time), or
+        as stored, (C, h, w), with ``native=True``."""
         i = self._index(i)
-        return self._read(self._logits, i, "logits").astype(np.float32, copy=False)
+        stored = self._read(self._logits, i, "logits").astype(np.float32, copy=False)
+        if native or self._rule is None:
+            return stored
+        return upsample_frame(stored, self._label_hw, self._rule)
+
+    def native_logits(self, i: int) -> np.ndarray:
+        """The stored logits of frame ``i``, (C, h, w) float32 (same as ``logits(i, native=True)``)."""
+        return self.logits(i, native=True)
 
     def label(self, i: int) -> np.ndarray:
         """Ground truth of frame ``i`` only (uint8 (H, W), 0/1/255) without reading its logits; other values are
@@ -286,8 +365,9 @@ class LogitsFile:
         return self._read(self._image, self._index(i), "image") if self._image is not None else None
 
     def mc(self, i: int) -> dict | None:
-        """MC-dropout block of frame ``i``: ``dict(mean (C,H,W), central (K-1,C,H,W), entropy (H,W))`` float32,
-        plus ``moments_of`` ("logits" | "probs") when the file records it."""
+        """MC-dropout block of frame ``i`` as stored: ``dict(mean (C,h,w), central (K-1,C,h,w), entropy (h,w))``
+        float32, plus ``moments_of`` ("logits" | "probs") when the file records it; in a native-resolution file
+        also ``upsample`` (the rule) and ``size`` (the label's (H, W)), for a scorer that brings its map there."""
         if self._mc is None:
             return None
         i = self._index(i)
@@ -295,6 +375,8 @@ class LogitsFile:
         moments_of = self.mc_attrs.get("moments_of")
         if moments_of is not None:      # lets OODMC refuse moments of probs when it was fitted on logits
             out["moments_of"] = moments_of
+        if self._rule is not None:
+            out["upsample"], out["size"] = dict(self._rule), self._label_hw
         return out
 
     def iter_frames(self, indices: Sequence[int] | None = None, *, image: bool = True) -> Iterator[Frame]:
@@ -312,8 +394,9 @@ class LogitsFile:
         self.close()
 
     def __repr__(self) -> str:
+        native = f", native_shape={self.native_shape}" if self._resolution == "native" else ""
         return (f"LogitsFile({str(self.path)!r}, frames={len(self)}, num_classes={self.num_classes}, "
-                f"shape={self.shape}, mc={self.has_mc}, images={self.has_images}, roi={self.has_roi})")
+                f"shape={self.shape}{native}, mc={self.has_mc}, images={self.has_images}, roi={self.has_roi})")
 
 
 class LogitsWriter:
@@ -332,7 +415,14 @@ class LogitsWriter:
     attrs : dict, optional
         More file attributes (e.g. the exporting package's version); cannot override the format keys.
     compression : {None, "none", "lzf", "gzip"}
-        ``gzip`` is level 1 (the measured size/speed choice).
+        Of the logits, the MC block and the images; ``gzip`` is level 1 (the measured size/speed choice). Labels
+        and ROI masks are always gzip level 1 (measured: ~15 KiB per 2048x1024 label, smaller and faster to read
+        than lzf's ~29 KiB).
+    logits_resolution : {"label", "native"}
+        ``"label"``: logits (and MC block) at the label size. ``"native"``: at the network's output size (h, w),
+        any size; the label size and ``upsample_rule`` are recorded, and the reader upsamples with them.
+    upsample_rule : dict, optional
+        ``{"mode": "bilinear", "align_corners": bool}``; required with ``logits_resolution="native"``.
     mc_attrs : dict, optional
         Attributes of the ``mc`` group (``moments_of``, ``mc_samples``, ``moment_order``, ``head_only``, ``seed``);
         :meth:`set_mc_attrs` updates them while writing.
@@ -342,11 +432,15 @@ class LogitsWriter:
         float32. A float16 MC block that overflows is refused (the message names the frame and dataset).
     """
 
-    _RESERVED = ("format", "version", "num_classes")
+    _RESERVED = ("format", "version", "num_classes", "logits_resolution", "label_shape", "upsample_mode",
+                 "upsample_align_corners")
+    #: labels and roi: always compressed (mostly constant regions)
+    _LABEL_CK = {"compression": "gzip", "compression_opts": 1}
 
     def __init__(self, path: Path | str, num_classes: int, *, dataset: str = "cocodag", model: str = "",
                  checkpoint: str = "", attrs: dict | None = None, compression: str | None = None,
-                 mc_attrs: dict | None = None, logits_dtype: str = "float16", mc_dtype: str | None = None):
+                 mc_attrs: dict | None = None, logits_dtype: str = "float16", mc_dtype: str | None = None,
+                 logits_resolution: str = "label", upsample_rule: dict | None = None):
         if compression == "none":
             compression = None
         if compression not in (None, "lzf", "gzip"):
@@ -361,7 +455,9 @@ class LogitsWriter:
         self.path = Path(path)
         self.num_classes = int(num_classes)
         self._attrs = {"format": LOGITS_FORMAT, "version": LOGITS_VERSION, "num_classes": self.num_classes,
-                       "dataset": dataset, "model": model, "checkpoint": checkpoint, **(attrs or {})}
+                       "dataset": dataset, "model": model, "checkpoint": checkpoint, **(attrs or {}),
+                       **self._layout_attrs(logits_resolution, upsample_rule)}
+        self.native = logits_resolution == "native"
         self._ck = ({} if compression is None else
                     {"compression": "gzip", "compression_opts": 1} if compression == "gzip" else
                     {"compression": compression})
@@ -372,6 +468,19 @@ class LogitsWriter:
         self._file: _WriteGuard | None = None
         self._atomic = None
         self._n = 0
+
+    @staticmethod
+    def _layout_attrs(resolution: str, rule: dict | None) -> dict:
+        if resolution not in RESOLUTIONS:
+            raise CocodagError(f"logits_resolution {resolution!r}: expected one of {', '.join(RESOLUTIONS)}")
+        if resolution == "label":
+            return {"logits_resolution": "label"}
+        if rule is None:
+            raise CocodagError("logits_resolution 'native' needs the upsample_rule that brings logits to the label "
+                               "size")
+        rule = check_upsample_rule(rule)
+        return {"logits_resolution": "native", "upsample_mode": rule["mode"],
+                "upsample_align_corners": rule["align_corners"]}
 
     def __enter__(self) -> "LogitsWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -391,9 +500,9 @@ class LogitsWriter:
         if self._f is not None and "mc" in self._f:
             self._f["mc"].attrs.update(attrs)
 
-    def _create(self, name: str, frame_shape: tuple, dtype) -> h5py.Dataset:
+    def _create(self, name: str, frame_shape: tuple, dtype, ck: dict | None = None) -> h5py.Dataset:
         return self._f.create_dataset(name, shape=(0, *frame_shape), maxshape=(None, *frame_shape), dtype=dtype,
-                                      chunks=(1, *frame_shape), **self._ck)
+                                      chunks=(1, *frame_shape), **(self._ck if ck is None else ck))
 
     def _append(self, name: str, value: np.ndarray) -> None:
         ds = self._f[name]
@@ -406,10 +515,11 @@ class LogitsWriter:
     def _first_frame(self, logits: np.ndarray, label: np.ndarray, roi, image, mc) -> None:
         f = self._f
         self._create("logits", logits.shape, self._dtype)
-        self._create("label", label.shape, np.uint8)
+        self._create("label", label.shape, np.uint8, self._LABEL_CK)
+        f.attrs["label_shape"] = np.asarray(label.shape, dtype=np.int64)
         f.create_dataset("image_id", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(1024,))
         if roi is not None:
-            self._create("roi", label.shape, np.uint8)
+            self._create("roi", label.shape, np.uint8, self._LABEL_CK)
         if image is not None:
             self._create("image", np.asarray(image).shape, np.uint8)
         if mc is not None:
@@ -422,7 +532,8 @@ class LogitsWriter:
 
     def write(self, logits: np.ndarray, label: np.ndarray, image_id: str, *, roi: np.ndarray | None = None,
               image: np.ndarray | None = None, mc: dict | None = None) -> None:
-        """Append one frame: logits (C,H,W), label (H,W) uint8 0/1/255, optional roi/image/mc (same keys as read)."""
+        """Append one frame: logits (C,H,W) (native resolution: (C,h,w)), label (H,W) uint8 0/1/255, optional
+        roi (H,W) / image / mc (same keys as read; at the logits' resolution)."""
         if self._f is None:
             raise CocodagError("LogitsWriter.write called outside its `with` block")
         logits = np.asarray(logits)
@@ -430,8 +541,9 @@ class LogitsWriter:
             raise CocodagError(f"logits of {image_id!r} have shape {logits.shape}, "
                                f"expected ({self.num_classes}, H, W)")
         label = np.asarray(label)
-        if label.shape != logits.shape[1:]:
-            raise CocodagError(f"label of {image_id!r} has shape {label.shape}, expected {logits.shape[1:]}")
+        if label.ndim != 2 or (not self.native and label.shape != logits.shape[1:]):
+            raise CocodagError(f"label of {image_id!r} has shape {label.shape}, expected "
+                               f"{logits.shape[1:] if not self.native else '(H, W)'}")
         bad = invalid_label_values(label)
         if bad:     # the reader refuses them: never write a file it cannot read
             raise CocodagError(f"{self.path}: label of {image_id!r}: {label_values_message(label, bad)}")
@@ -444,16 +556,7 @@ class LogitsWriter:
                 raise CocodagError(f"{self.path}: frame {self._n} ({image_id!r}) "
                                    f"{'lacks' if value is None else 'adds'} '{name}'; every frame must have the "
                                    "same optional datasets as the first")
-        mc_arrays = {}
-        if mc is not None:      # convert (and check) before anything of this frame is written
-            for k in MC_KEYS:
-                with np.errstate(over="ignore"):        # an overflow is reported below, as one clear line
-                    a = np.asarray(mc[k]).astype(self._mc_dtype, copy=False)
-                if self._mc_dtype == np.float16 and not np.isfinite(a).all():
-                    # high-order moments of logits easily pass float16's 65504 (a deviation of 16 -> 16^4)
-                    raise CocodagError(f"{image_id}: mc/{k} overflows float16 ({int((~np.isfinite(a)).sum())} "
-                                       "values); use --mc-dtype float32 or --moments-of probs")
-                mc_arrays[k] = a
+        mc_arrays = self._mc_arrays(mc, logits.shape, image_id) if mc is not None else {}
         self._append("logits", logits.astype(self._dtype, copy=False))
         self._append("label", label)
         if roi is not None:
@@ -467,6 +570,27 @@ class LogitsWriter:
         ids[self._n] = str(image_id)
         self._n += 1
         self._check_disk()          # a full disk ends the job at the frame that met it
+
+    def _mc_arrays(self, mc: dict, logits_shape: tuple, image_id: str) -> dict[str, np.ndarray]:
+        """The MC block converted to the ``mc/*`` dtype and checked (shapes, float16 overflow) before anything of
+        the frame is written."""
+        c, h, w = logits_shape
+        expect = {"mean": lambda s: s == (c, h, w), "central": lambda s: len(s) == 4 and s[1:] == (c, h, w),
+                  "entropy": lambda s: s == (h, w)}
+        out = {}
+        for k in MC_KEYS:
+            a = np.asarray(mc[k])
+            if not expect[k](a.shape):
+                raise CocodagError(f"{self.path}: mc/{k} of {image_id!r} has shape {a.shape}, expected it at the "
+                                   f"logits' resolution {(h, w)}")
+            with np.errstate(over="ignore"):        # an overflow is reported below, as one clear line
+                a = a.astype(self._mc_dtype, copy=False)
+            if self._mc_dtype == np.float16 and not np.isfinite(a).all():
+                # high-order moments of logits easily pass float16's 65504 (a deviation of 16 -> 16^4)
+                raise CocodagError(f"{image_id}: mc/{k} overflows float16 ({int((~np.isfinite(a)).sum())} "
+                                   "values); use --mc-dtype float32 or --moments-of probs")
+            out[k] = a
+        return out
 
     def _check_disk(self) -> None:
         """Raise the first write error the file met (disk full, quota, ...) as one line."""
@@ -601,11 +725,36 @@ def check_size(size, *, error: type[CocodagError] = CocodagError) -> tuple[int, 
     return h, w
 
 
-def upsample(logits, size: tuple[int, int] | None):
-    """Bring ``(N, C, h, w)`` torch logits to ``size`` = (H, W): bilinear, ``align_corners=False``, the one rule
-    used by export (models with a smaller output) and by every scorer that works at the label size."""
+def check_upsample_rule(rule) -> dict:
+    """Validate an upsampling rule ``{"mode": "bilinear" | "bicubic", "align_corners": bool}`` -> a plain dict."""
+    if not isinstance(rule, dict) or set(rule) != {"mode", "align_corners"}:
+        raise CocodagError(f"upsampling rule {rule!r}: expected {{'mode': 'bilinear', 'align_corners': bool}}")
+    mode, ac = rule["mode"], rule["align_corners"]
+    if mode not in UPSAMPLE_MODES:
+        raise CocodagError(f"upsampling mode {mode!r}: expected one of {', '.join(UPSAMPLE_MODES)}")
+    if not isinstance(ac, (bool, np.bool_)):
+        raise CocodagError(f"upsampling align_corners {ac!r}: expected True or False")
+    return {"mode": str(mode), "align_corners": bool(ac)}
+
+
+def upsample(logits, size: tuple[int, int] | None, *, mode: str = "bilinear", align_corners: bool = False):
+    """Bring ``(N, C, h, w)`` torch logits to ``size`` = (H, W): bilinear with ``align_corners`` (default False,
+    and what version-1 files, the scorers and models that record no rule use), the one rule used by export, by the
+    reader of native-resolution files (with the rule the file records) and by every scorer at the label size."""
     if size is None or tuple(logits.shape[-2:]) == tuple(size):
         return logits
     import torch.nn.functional as F
 
-    return F.interpolate(logits, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=tuple(int(s) for s in size), mode=mode, align_corners=align_corners)
+
+
+def upsample_frame(logits: np.ndarray, size: tuple[int, int], rule: dict | None) -> np.ndarray:
+    """One stored frame ``(C, h, w)`` (or a map ``(h, w)``) -> float32 numpy at ``size`` = (H, W), on the CPU, with
+    ``rule`` (:data:`DEFAULT_RULE` when None). What :meth:`LogitsFile.logits` returns for a native-resolution file;
+    export feeds its SML statistics through it so that they equal what the file gives."""
+    import torch
+
+    a = np.ascontiguousarray(logits, dtype=np.float32)
+    t = torch.from_numpy(a.reshape(1, -1, *a.shape[-2:]))
+    out = upsample(t, size, **(rule or DEFAULT_RULE))
+    return out.numpy().reshape(*a.shape[:-2], *(int(v) for v in size))

@@ -103,18 +103,18 @@ class SMLStats:
         -------
         self
         """
+        return self.add_batch(*self.batch_summary(logits, size=size))
+
+    def batch_summary(self, logits, size=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """What :meth:`partial_fit` folds in for ``logits`` (same arguments), without folding it: per predicted
+        class ``(count (C,) int64, mean (C,) float64, M2 (C,) float64)`` of the max logit, plus the batch's images
+        and pixels. ``add_batch(*summary)`` is ``partial_fit`` exactly, so the processes of a parallel job can
+        summarize their frames and one process replay the summaries in frame order (bit-identical to one
+        process)."""
         t, batched = as_logits_tensor(logits)
         num_classes = t.shape[1]
         if self.num_classes is not None and int(self.num_classes) != num_classes:
             raise CocodagError(f"logits: expected {self.num_classes} classes (num_classes), got {num_classes}")
-        if not self._is_fitted():
-            self._init_state(num_classes)
-        elif self.mean_.shape[0] != num_classes:
-            raise CocodagError(f"logits: expected {self.mean_.shape[0]} classes as in the previous partial_fit "
-                                f"calls, got {num_classes}")
-        if not self.counts_known_:
-            raise CocodagError("SMLStats: these stats were imported from the official format, which has no pixel "
-                                "counts, so more data cannot be merged into them; fit from scratch instead")
         with torch.no_grad():
             lmax, pred = upsample(t, check_size(size)).max(dim=1)   # first index on ties, as argmax
             lmax = lmax.reshape(-1).double()
@@ -124,10 +124,35 @@ class SMLStats:
             sum_b = torch.bincount(pred, weights=lmax, minlength=num_classes)
             mean_b = sum_b / cnt_b.clamp(min=1)
             m2_b = torch.bincount(pred, weights=(lmax - mean_b[pred]) ** 2, minlength=num_classes)
-        self._merge(cnt_b.cpu().numpy().astype(np.int64), mean_b.cpu().numpy(), m2_b.cpu().numpy())
-        self.n_images_ += int(t.shape[0]) if batched else 1
-        self.n_pixels_ += int(pred.numel())
+        return (cnt_b.cpu().numpy().astype(np.int64), mean_b.cpu().numpy(), m2_b.cpu().numpy(),
+                int(t.shape[0]) if batched else 1, int(pred.numel()))
+
+    def add_batch(self, count, mean, m2, n_images: int, n_pixels: int) -> SMLStats:
+        """Fold in one :meth:`batch_summary` (Chan merge in float64)."""
+        num_classes = len(count)
+        if not self._is_fitted():
+            self._init_state(num_classes)
+        elif self.mean_.shape[0] != num_classes:
+            raise CocodagError(f"logits: expected {self.mean_.shape[0]} classes as in the previous partial_fit "
+                                f"calls, got {num_classes}")
+        if not self.counts_known_:
+            raise CocodagError("SMLStats: these stats were imported from the official format, which has no pixel "
+                                "counts, so more data cannot be merged into them; fit from scratch instead")
+        self._merge(np.asarray(count, np.int64), np.asarray(mean, np.float64), np.asarray(m2, np.float64))
+        self.n_images_ += int(n_images)
+        self.n_pixels_ += int(n_pixels)
         return self
+
+    def merge(self, other: SMLStats) -> SMLStats:
+        """Fold another accumulator's statistics into this one (Chan's parallel merge, float64): the stats of the
+        union of both data sets, up to float64 rounding (replay :meth:`batch_summary` for a bit-identical result)."""
+        other._check_fitted()
+        if not other.counts_known_:
+            raise CocodagError("SMLStats.merge: the other stats have no pixel counts (official import)")
+        n = other.count_
+        mean = np.where(n > 0, other.mean_, 0.0)
+        m2 = np.where(n > 1, other.var_ * np.maximum(n - 1.0, 0.0), 0.0)
+        return self.add_batch(n, mean, m2, other.n_images_, other.n_pixels_)
 
     def _merge(self, cnt_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
         """Chan et al. parallel merge of (count, mean, M2) per class."""

@@ -2,14 +2,15 @@
 
 Every model maps normalized RGB ``(N, 3, H, W)`` to logits ``(N, C, H, W)`` at input resolution and has
 ``num_classes``. Where the architecture allows, it splits ``forward(x) == forward_head(forward_features(x),
-x.shape[-2:])`` with all dropout in the head, so MC dropout can run the backbone once (``maxent_train.mc``); the
+x.shape[-2:])`` with all dropout in the head, so MC dropout can run the backbone once (``maxent_train.mc``); each
+exposes its logits before the final upsampling (``forward_native``, ``output_upsample``: export stores those); the
 MC-dropout protocol (``final_classifier``, ``insert_mc_dropout``) is documented in ``maxent_train.models._registry``.
 Checkpoint reading (released files as they are, ``checkpoint_filter``, strict loads): ``_helpers``.
 """
 from ._helpers import (LoadReport, clean_state_dict, guess_family, load_checkpoint, load_state, read_checkpoint,
                        read_state_dict)
-from ._registry import (checkpoint_filter_for, create_model, is_model, list_models, parse_model_kwargs,
-                        register_model)
+from ._registry import (checkpoint_filter_for, create_model, is_model, list_models, native_output_rule,
+                        parse_model_kwargs, register_model)
 
 # importing the model files registers their variants
 from . import tiny  # noqa: E402,F401
@@ -19,5 +20,5 @@ from . import sml_r101  # noqa: E402,F401  - SML's DeepR101V3PlusD_OS8
 from . import vainf  # noqa: E402,F401  - VainF DeepLabV3Plus-Pytorch (ResNet-101, MobileNetV2)
 
 __all__ = ["LoadReport", "checkpoint_filter_for", "clean_state_dict", "create_model", "guess_family", "is_model",
-           "list_models", "load_checkpoint", "load_state", "parse_model_kwargs", "read_checkpoint", "read_state_dict",
-           "register_model"]
+           "list_models", "load_checkpoint", "load_state", "native_output_rule", "parse_model_kwargs",
+           "read_checkpoint", "read_state_dict", "register_model"]

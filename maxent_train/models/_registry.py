@@ -5,6 +5,16 @@ must return an ``nn.Module`` whose ``forward(x)`` gives logits ``(N, C, H, W)`` 
 define ``forward_features(x)`` / ``forward_head(feats, size)`` get head-only MC dropout (see ``maxent_train.mc``).
 ``create_model`` sets ``model.registry_name`` (the name it was built from) and ``model.num_classes`` when missing.
 
+Native-resolution output (what ``maxent-train export`` stores by default)
+-----------------------------------------------------------------------
+A model whose ``forward`` ends in an upsampling of its logits to the input size exposes what comes before it:
+``forward_native(x)`` -> logits at the network's output resolution, and ``output_upsample = {"mode": "bilinear",
+"align_corners": bool}``, such that ``forward(x) == F.interpolate(forward_native(x), size=x.shape[-2:],
+**output_upsample)`` exactly. A split model's ``forward_head(feats, size=None)`` returns the native logits when
+``size`` is None (MC dropout samples them there). Every registered model has the hook (DeepLabV3+ ours, VainF,
+tiny_segnet: ``align_corners=False``; SML, WRN38: ``True``); a plug-in without it is exported at the label
+resolution (with a one-line note). :func:`native_output_rule` reads and checks the hook.
+
 Model options (``--model-kwargs``): the factory's keyword arguments, parsed by :func:`parse_model_kwargs` from
 ``output_stride=16,dropout=0.1`` or a JSON object and recorded in checkpoint metadata (``model_kwargs``).
 
@@ -74,6 +84,27 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *,
 def checkpoint_filter_for(name: str) -> Callable[[dict, nn.Module], dict] | None:
     """The registered checkpoint filter of model ``name`` (None for plug-ins and models without one)."""
     return _FILTERS.get(name)
+
+
+def native_output_rule(model: nn.Module) -> dict | None:
+    """``model.output_upsample`` as ``{"mode", "align_corners"}`` when the model has the native-output hook
+    (``forward_native`` and ``output_upsample``), else None.
+
+    Raises
+    ------
+    MaxentError
+        ``output_upsample`` is not a valid rule (one line naming the model).
+    """
+    from cocodag.errors import CocodagError
+    from cocodag.formats.logits import check_upsample_rule
+
+    rule = getattr(model, "output_upsample", None)
+    if rule is None or not callable(getattr(model, "forward_native", None)):
+        return None
+    try:
+        return check_upsample_rule(dict(rule) if isinstance(rule, dict) else rule)
+    except CocodagError as e:
+        raise MaxentError(f"model {type(model).__name__}: output_upsample: {e}") from None
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -2,7 +2,8 @@
 
 * ``forward_features``: ResNet -> ASPP (1x1, three 3x3 atrous branches, image pooling; 256 ch) on the stride-8/16
   features; 1x1 projection of layer1 (48 ch); decoder = upsample ASPP to 1/4, concat, two 3x3 convs (256 ch).
-* ``forward_head``: ``Dropout2d(p)`` -> 1x1 classifier -> bilinear upsampling to the input size.
+* ``forward_head``: ``Dropout2d(p)`` -> 1x1 classifier (stride 4: ``forward_native``) -> bilinear upsampling
+  (``align_corners=False``, ``output_upsample``) to the input size.
 
 All stochastic layers live in the head (like mmseg's ``dropout_ratio`` before ``conv_seg``), so MC dropout runs the
 expensive trunk+decoder once and resamples only the head. ``dropout`` defaults to 0.1 (mmseg's choice); Bayesian
@@ -74,10 +75,19 @@ class DeepLabV3Plus(nn.Module):
         y = F.interpolate(self.aspp(high), size=low.shape[-2:], mode="bilinear", align_corners=False)
         return self.decoder(torch.cat([y, self.low_proj(low)], dim=1))
 
-    def forward_head(self, feats: torch.Tensor, size) -> torch.Tensor:
-        """Stochastic part: dropout -> classifier -> logits (N, C, *size)."""
+    #: the final upsampling of ``forward``: ``forward(x) == F.interpolate(forward_native(x), x.shape[-2:], **rule)``
+    output_upsample = {"mode": "bilinear", "align_corners": False}
+
+    def forward_head(self, feats: torch.Tensor, size=None) -> torch.Tensor:
+        """Stochastic part: dropout -> classifier -> logits (N, C, *size); at stride 4 when ``size`` is None."""
         logits = self.classifier(self.dropout(feats))
-        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        if size is None:
+            return logits
+        return F.interpolate(logits, size=tuple(size), **self.output_upsample)
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the network's output resolution (stride 4), before the final upsampling."""
+        return self.forward_head(self.forward_features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x), x.shape[-2:])

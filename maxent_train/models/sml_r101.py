@@ -27,7 +27,8 @@ identical passes. ``mc_dropout_active = False`` says so, and ``final_classifier 
 can be inserted (a deviation from the trained network, to be documented wherever it is used).
 
 Split: ``forward_features`` = trunk + ASPP + decoder up to ``final1`` (N, 256, H/4, W/4); ``forward_head`` =
-``final2`` + upsampling to the input size. Input: RGB, /255, ImageNet mean/std (``PRETRAINED_CFG``).
+``final2`` + upsampling to the input size (``forward_native``: without that upsampling, ``output_upsample``:
+bilinear, ``align_corners=True``). Input: RGB, /255, ImageNet mean/std (``PRETRAINED_CFG``).
 """
 from __future__ import annotations
 
@@ -141,9 +142,18 @@ class SMLDeepLabV3PlusR101(nn.Module):
         y = _up(self.bot_aspp(self.aspp(high)), low.shape[-2:])
         return self.final1(torch.cat([self.bot_fine(low), y], dim=1))
 
-    def forward_head(self, feats: torch.Tensor, size) -> torch.Tensor:
-        """Classifier ``final2`` -> logits upsampled to ``size`` (``align_corners=True``); no dropout here."""
-        return _up(self.final2(feats), size)
+    #: the final upsampling of ``forward``: ``forward(x) == F.interpolate(forward_native(x), x.shape[-2:], **rule)``
+    output_upsample = {"mode": "bilinear", "align_corners": True}
+
+    def forward_head(self, feats: torch.Tensor, size=None) -> torch.Tensor:
+        """Classifier ``final2`` -> logits upsampled to ``size`` (``align_corners=True``; stride 4 when None); no
+        dropout here."""
+        logits = self.final2(feats)
+        return logits if size is None else _up(logits, size)
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the network's output resolution (stride 4), before the final upsampling."""
+        return self.forward_head(self.forward_features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x), x.shape[-2:])

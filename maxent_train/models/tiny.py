@@ -7,7 +7,8 @@ Layout (input normalized RGB, output logits at input resolution):
   context (enough for the street world's layout);
 * decoder: 1/8 features upsampled to 1/4, fused with the projected low-level features by a 3x3 conv and a residual
   block (48 ch);
-* head: ``Dropout2d(p)`` -> 1x1 classifier -> bilinear upsampling to the input size.
+* head: ``Dropout2d(p)`` -> 1x1 classifier (logits at 1/4 of the input: ``forward_native``) -> bilinear upsampling
+  (``align_corners=False``, ``output_upsample``) to the input size.
 
 Everything up to the decoder is ``forward_features`` (deterministic); only the cheap head is stochastic, so MC
 dropout runs the encoder/decoder once and resamples the head T times (``maxent_train.mc``).
@@ -76,10 +77,19 @@ class TinySegNet(nn.Module):
         high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
         return self.fuse(torch.cat([high, self.low_proj(low)], dim=1))
 
-    def forward_head(self, feats: torch.Tensor, size) -> torch.Tensor:
-        """Stochastic part: dropout -> classifier -> logits (N, C, *size)."""
+    #: the final upsampling of ``forward``: ``forward(x) == F.interpolate(forward_native(x), x.shape[-2:], **rule)``
+    output_upsample = {"mode": "bilinear", "align_corners": False}
+
+    def forward_head(self, feats: torch.Tensor, size=None) -> torch.Tensor:
+        """Stochastic part: dropout -> classifier -> logits (N, C, *size); at 1/4 resolution when ``size`` is None."""
         logits = self.classifier(self.dropout(feats))
-        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        if size is None:
+            return logits
+        return F.interpolate(logits, size=tuple(size), **self.output_upsample)
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the network's output resolution (1/4 of the input), before the final upsampling."""
+        return self.forward_head(self.forward_features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x), x.shape[-2:])

@@ -218,10 +218,19 @@ class DeepLabV3PlusVainF(nn.Module):
         """Deterministic part: the backbone's ``(low, high)`` feature maps."""
         return self.backbone(x)
 
-    def forward_head(self, feats: tuple[torch.Tensor, torch.Tensor], size) -> torch.Tensor:
-        """Stochastic part (ASPP dropout): ASPP + decoder -> logits upsampled to ``size``."""
+    #: the final upsampling of ``forward``: ``forward(x) == F.interpolate(forward_native(x), x.shape[-2:], **rule)``
+    output_upsample = {"mode": "bilinear", "align_corners": False}
+
+    def forward_head(self, feats: tuple[torch.Tensor, torch.Tensor], size=None) -> torch.Tensor:
+        """Stochastic part (ASPP dropout): ASPP + decoder -> logits upsampled to ``size`` (stride 4 when None)."""
         logits = self.classifier(*feats)
-        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        if size is None:
+            return logits
+        return F.interpolate(logits, size=tuple(size), **self.output_upsample)
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the network's output resolution (stride 4), before the final upsampling."""
+        return self.forward_head(self.forward_features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x), x.shape[-2:])

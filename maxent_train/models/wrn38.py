@@ -20,7 +20,8 @@ Architecture (input ``(N, 3, H, W)``, ImageNet-normalized RGB):
   concatenated in that order (1280 ch) -> ``bot_aspp`` (bare 1x1 conv, 256 ch).
 * decoder at stride **2** (the skip is ``mod2``'s output, 128 ch -> ``bot_fine``, bare 1x1 conv, 48 ch): ASPP output
   bilinearly upsampled (``align_corners=True``), ``cat([fine, aspp])`` -> ``final``: 3x3 conv+BN+ReLU, 3x3
-  conv+BN+ReLU, 1x1 classifier without bias -> bilinear upsampling to the input size (``align_corners=True``).
+  conv+BN+ReLU, 1x1 classifier without bias (logits at stride 2: ``forward_native``) -> bilinear upsampling to the
+  input size (``align_corners=True``, ``output_upsample``).
 
 MC dropout: the only dropout layers sit inside the trunk (mod6, mod7), so no deterministic ``forward_features`` /
 stochastic ``forward_head`` split exists. This model therefore does **not** define ``forward_features`` /
@@ -173,16 +174,21 @@ class DeepWV3Plus(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
+    #: the final upsampling of ``forward``: ``forward(x) == F.interpolate(forward_native(x), x.shape[-2:], **rule)``
+    output_upsample = {"mode": "bilinear", "align_corners": True}
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the network's output resolution (stride 2, the decoder's), before the final upsampling."""
         y = self.mod1(x)
         m2 = self.mod2(self.pool2(y))                      # stride 2, 128 ch: the decoder's skip
         y = self.mod3(self.pool3(m2))
         y = self.mod7(self.mod6(self.mod5(self.mod4(y))))  # stride 8, 4096 ch
         y = self.bot_aspp(self.aspp(y))
         y = F.interpolate(y, size=m2.shape[-2:], mode="bilinear", align_corners=True)
-        y = self.final(torch.cat([self.bot_fine(m2), y], dim=1))
-        return F.interpolate(y, size=size, mode="bilinear", align_corners=True)
+        return self.final(torch.cat([self.bot_fine(m2), y], dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.forward_native(x), size=x.shape[-2:], **self.output_upsample)
 
 
 _PREFIXES = ("module.", "branch1.")

@@ -5,6 +5,18 @@ m1 the C-vector of MC means, mk (k >= 2) the central moments of order k, w = ``m
 standardized (``StandardScaler``) and fed to an sklearn classifier (``LinearSVC`` by default). The score is the
 decision function, positive = OOD.
 
+Native resolution (``logits.h5`` version 2, the default of ``maxent-train export``): the MC block is stored at the
+network's output resolution (h, w), e.g. 1/4 of the label's (H, W), with the rule that upsamples the logits
+(``LogitsFile.mc(i)`` adds ``upsample`` and ``size``). The features are then computed there: the moments are those
+of the T *native* samples (before the network's final bilinear upsampling) and H is the entropy of their mean
+softmax. Bilinear upsampling is linear, so only the mean commutes with it: the native central moments (k >= 2) and
+the entropy are not those of upsampled samples (an upsampled pixel's k-th moment is an interpolation of its
+neighbours' moments, not the moment of the interpolated samples). :meth:`OODMC.score` computes the decision map at
+(h, w) and upsamples it (bilinear on the score, the same rule) to the label size; :meth:`OODMC.fit` samples the
+labelled pixels at the label size and takes their features bilinearly interpolated (same rule) from the native maps,
+which, for the affine scaler + linear classifiers (``linear-svc``, ``logistic``, ``sgd``), is exactly what the
+upsampled score sees. Files at label resolution (version 1, ``--logits-resolution label``) are used as before.
+
 Differences from the seed's code, on purpose: pixels are sampled once per frame for all moments (the seed drew a
 new permutation per MC pass, mixing pixels), labels follow the 0 = ID / 1 = OOD / 255 = void convention (the seed
 took 255 as OOD on LostAndFound, where it is background), and moments of logits are the default (the paper; the
@@ -17,6 +29,8 @@ import numbers
 
 import numpy as np
 
+from cocodag.errors import CocodagError
+from cocodag.formats.logits import check_upsample_rule, upsample_frame
 from oodscore import OodscoreError
 from oodscore.scores.base import Interval, Options, Scorer, check_size
 
@@ -82,9 +96,14 @@ def mc_features(mc: dict, moment_weight: float = 0.5, mask: np.ndarray | None = 
     (P, 1 + K*C) float32, P = pixels in row-major order (or in ``mask`` order).
     """
     mean, central, entropy = check_mc(mc)
+    idx = slice(None) if mask is None else (np.flatnonzero(mask) if np.asarray(mask).dtype == bool else mask)
+    return _features(mean, central, entropy, moment_weight, idx)
+
+
+def _features(mean: np.ndarray, central: np.ndarray, entropy: np.ndarray, moment_weight: float, idx) -> np.ndarray:
+    """:func:`mc_features` of checked arrays at flat pixel indices ``idx`` (or a slice)."""
     c = mean.shape[0]
     k = central.shape[0] + 1
-    idx = slice(None) if mask is None else (np.flatnonzero(mask) if np.asarray(mask).dtype == bool else mask)
     w = np.float32(moment_weight)
     h = entropy.reshape(-1)[idx]
     n = h.shape[0]
@@ -94,6 +113,50 @@ def mc_features(mc: dict, moment_weight: float = 0.5, mask: np.ndarray | None = 
     for j in range(k - 1):
         feats[:, 1 + (j + 1) * c:1 + (j + 2) * c] = w * central[j].reshape(c, -1)[:, idx].T.astype(np.float32)
     return feats
+
+
+def _bilinear_taps(dst: np.ndarray, out_n: int, in_n: int, align_corners: bool):
+    """Source indices (i0, i1) and the weight of i1 for output pixels ``dst`` of a bilinear resize in_n -> out_n, as
+    ``torch.nn.functional.interpolate`` computes them."""
+    if align_corners:
+        src = dst * ((in_n - 1) / (out_n - 1) if out_n > 1 else 0.0)
+    else:
+        src = np.maximum((dst + 0.5) * (in_n / out_n) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_n - 1)
+    return i0, np.minimum(i0 + 1, in_n - 1), src - i0
+
+
+def mc_features_at(mc: dict, moment_weight: float, idx: np.ndarray, size: tuple[int, int], rule: dict) -> np.ndarray:
+    """OODMC features at label pixels ``idx`` (flat indices in the ``size`` = (H, W) grid) of moment maps stored at a
+    smaller (h, w): each feature bilinearly interpolated from the four native neighbours with ``rule`` (bilinear,
+    ``align_corners``), i.e. the features of the upsampled moment maps (features are linear in the moments).
+    Returns ``(P, 1 + K*C)`` float32."""
+    mean, central, entropy = check_mc(mc)
+    h, w = mean.shape[1:]
+    idx = np.asarray(idx, dtype=np.int64)
+    y0, y1, ly = _bilinear_taps(idx // size[1], size[0], h, rule["align_corners"])
+    x0, x1, lx = _bilinear_taps(idx % size[1], size[1], w, rule["align_corners"])
+    out = np.zeros((idx.size, 1 + mean.shape[0] * (central.shape[0] + 1)), np.float64)
+    for yy, wy in ((y0, 1.0 - ly), (y1, ly)):
+        for xx, wx in ((x0, 1.0 - lx), (x1, lx)):
+            out += (wy * wx)[:, None] * _features(mean, central, entropy, moment_weight, yy * w + xx)
+    return out.astype(np.float32)
+
+
+def _native_rule(mc: dict, size: tuple[int, int], where: str, modes=("bilinear", "bicubic")) -> dict:
+    """The upsampling rule an MC dict at native resolution carries (``LogitsFile.mc`` adds it), checked."""
+    rule = mc.get("upsample") if isinstance(mc, dict) else None
+    if rule is None:
+        raise OodscoreError(f"{where}: MC moments are {tuple(np.shape(mc['entropy']))} but the label is {size}, "
+                            "and the MC dict names no upsampling rule ('upsample', as LogitsFile.mc gives it)")
+    try:
+        rule = check_upsample_rule(dict(rule))
+    except CocodagError as e:
+        raise OodscoreError(f"{where}['upsample']: {e}") from None
+    if rule["mode"] not in modes:
+        raise OodscoreError(f"{where}['upsample']: mode {rule['mode']!r}: OODMC fits native moments under a "
+                            "bilinear rule only")
+    return rule
 
 
 def _resolve_classifier(name: str):
@@ -246,7 +309,8 @@ class OODMC(Scorer):
         return self
 
     def _frame(self, i: int, item, shape_ck):
-        """Check one ``(mc_dict, label)`` item; returns ``(mc, flat label, (K, C))``."""
+        """Check one ``(mc_dict, label)`` item; returns ``(features(flat label indices), flat label, (K, C))``; moments
+        smaller than the label (native resolution) give features interpolated at the label's pixels."""
         try:
             mc, label = item
         except (TypeError, ValueError) as e:
@@ -258,9 +322,12 @@ class OODMC(Scorer):
         if shape_ck is not None and ck != shape_ck:
             raise OodscoreError(f"{where}: moment order/classes (K, C) = {ck} differ from earlier frames {shape_ck}")
         lab = _to_numpy(label, f"{where} label")
-        if lab.shape != mean.shape[1:]:
-            raise OodscoreError(f"{where} label: expected shape {mean.shape[1:]}, got {lab.shape}")
-        return mc, lab.reshape(-1), ck
+        if lab.ndim != 2:
+            raise OodscoreError(f"{where} label: expected shape (H, W), got {lab.shape}")
+        if lab.shape == mean.shape[1:]:
+            return (lambda sel: mc_features(mc, self.moment_weight, sel)), lab.reshape(-1), ck
+        rule = _native_rule(mc, lab.shape, where, modes=("bilinear",))
+        return (lambda sel: mc_features_at(mc, self.moment_weight, sel, lab.shape, rule)), lab.reshape(-1), ck
 
     def _sample(self, frames):
         """The streaming balanced sample: ``([ID features, OOD features], pixels available per class, (K, C))``,
@@ -272,13 +339,13 @@ class OODMC(Scorer):
         shape_ck = None
         n_frames = 0
         for i, item in enumerate(frames):
-            mc, lab, shape_ck = self._frame(i, item, shape_ck)
+            features, lab, shape_ck = self._frame(i, item, shape_ck)
             n_frames += 1
             for cls_id in (0, 1):
                 idx = np.flatnonzero(lab == cls_id)
                 available[cls_id] += idx.size
                 keep[cls_id] = _keep_smallest(keep[cls_id], idx, rng.random(idx.size), quota,
-                                              lambda sel: mc_features(mc, self.moment_weight, sel))
+                                              features)
         if n_frames == 0:
             raise OodscoreError("frames: got no frames to fit on")
         for cls_id, what in ((0, "in-distribution (label 0)"), (1, "OOD (label 1)")):
@@ -309,7 +376,8 @@ class OODMC(Scorer):
             ``{"mean": (C,H,W), "central": (K-1,C,H,W), "entropy": (H,W)}`` (numpy or torch), optionally with
             ``moments_of``; as ``LogitsFile.mc(i)`` returns it.
         size : (H, W), optional
-            The label size; moments are not resampled, so it must equal the maps' size.
+            The label size. Moments at another (native) size need the rule ``mc["upsample"]``: the decision map is
+            computed at their size and upsampled (bilinear on the score) to ``size``.
         """
         self._check_fitted()
         self._check_moments_of(mc, "mc")
@@ -319,15 +387,16 @@ class OODMC(Scorer):
             raise OodscoreError(f"mc: moment order K={k} and classes C={c} differ from the fitted model's "
                                 f"K={self.moment_order_}, C={self.num_classes_}")
         size = check_size(size)
+        rule = None
         if size is not None and size != mean.shape[1:]:
-            raise OodscoreError(f"size: OODMC scores MC moments at their own size {mean.shape[1:]}, got {size}")
+            rule = _native_rule(mc, size, "mc")
         h, w = mean.shape[1:]
         n = h * w
         out = np.empty(n, dtype=np.float32)
         for chunk in np.array_split(np.arange(n), min(int(self.svm_eval_subsize), n)):
             if chunk.size:
                 out[chunk] = self._decision(mc_features(mc, self.moment_weight, chunk))
-        return out.reshape(h, w)
+        return out.reshape(h, w) if rule is None else upsample_frame(out.reshape(h, w), size, rule)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path):

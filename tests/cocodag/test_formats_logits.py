@@ -50,8 +50,10 @@ def test_roundtrip_with_raw_h5py_check(tmp_path):
     assert not (tmp_path / "t.h5.tmp").exists()
     # the documented layout, read with plain h5py (independent of LogitsFile)
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == "cocodag-logits" and int(f.attrs["version"]) == 1
+        assert f.attrs["format"] == "cocodag-logits" and int(f.attrs["version"]) == 2
+        assert f.attrs["logits_resolution"] == "label" and tuple(f.attrs["label_shape"]) == (H, W)
         assert int(f.attrs["num_classes"]) == C
+        assert f["label"].compression == "gzip" and f["roi"].compression == "gzip"   # always (mostly constant)
         assert f["logits"].dtype == np.float16 and f["logits"].shape == (3, C, H, W)
         assert f["logits"].chunks == (1, C, H, W)
         assert f["label"].dtype == np.uint8 and f["label"].shape == (3, H, W)
@@ -59,7 +61,8 @@ def test_roundtrip_with_raw_h5py_check(tmp_path):
         assert f["mc/central"].shape == (3, 3, C, H, W)
         assert f["mc"].attrs["moments_of"] == "logits"
     with LogitsFile(path) as lf:
-        assert len(lf) == 3 and lf.num_classes == C and lf.shape == (H, W)
+        assert len(lf) == 3 and lf.num_classes == C and lf.shape == (H, W) == lf.native_shape
+        assert lf.logits_resolution == "label" and lf.upsample_rule is None
         assert lf.has_mc and lf.has_images and lf.has_roi
         assert lf.image_ids == [fr["image_id"] for fr in frames]
         assert lf.attrs["dataset"] == "road-anomaly" and lf.mc_attrs["moment_order"] == 4
@@ -97,6 +100,107 @@ def test_writer_is_atomic_and_consistent(tmp_path):
     with pytest.raises(CocodagError, match=r"expected \(5, H, W\)"):
         with LogitsWriter(path, C) as w:
             w.write(frames[0]["logits"][:3], frames[0]["label"], "a")
+
+
+# ------------------------------------------------------------------------------------------ native resolution (v2)
+def _native_frames(rng, n, h=3, w=4, dtype=np.float16):
+    frames = _frames(rng, n, mc_order=3)
+    for fr in frames:
+        fr["logits"] = rng.normal(scale=4, size=(C, h, w)).astype(dtype)
+        fr["mc"] = {"mean": rng.normal(size=(C, h, w)).astype(np.float32),
+                    "central": rng.random((2, C, h, w)).astype(np.float32),
+                    "entropy": rng.random((h, w)).astype(np.float32)}
+    return frames
+
+
+@pytest.mark.parametrize("align_corners,dtype", [(False, np.float16), (True, np.float16), (False, np.float32)])
+def test_native_resolution_roundtrip_reads_label_size_logits(tmp_path, align_corners, dtype):
+    """Logits and MC block stored at (h, w) = (3, 4) with the rule; the reader gives label-size (12, 16) float32
+    logits, upsampled with that rule one frame at a time, and the stored ones on request."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(5)
+    frames = _native_frames(rng, 3, dtype=dtype)
+    rule = {"mode": "bilinear", "align_corners": align_corners}
+    path = tmp_path / "n.h5"
+    _write(path, frames, logits_resolution="native", upsample_rule=rule, logits_dtype=np.dtype(dtype).name,
+           mc_attrs={"moments_of": "logits"})
+    with h5py.File(path, "r") as f:         # the documented layout
+        assert int(f.attrs["version"]) == 2 and f.attrs["logits_resolution"] == "native"
+        assert tuple(f.attrs["label_shape"]) == (H, W) and f.attrs["upsample_mode"] == "bilinear"
+        assert bool(f.attrs["upsample_align_corners"]) == align_corners
+        assert f["logits"].shape == (3, C, 3, 4) and f["logits"].chunks == (1, C, 3, 4) and f["logits"].dtype == dtype
+        assert f["label"].shape == (3, H, W) and f["mc/central"].shape == (3, 2, C, 3, 4)
+    with LogitsFile(path) as lf:
+        assert lf.shape == (H, W) and lf.native_shape == (3, 4) and lf.logits_resolution == "native"
+        assert lf.upsample_rule == rule and "native_shape=(3, 4)" in repr(lf)
+        for i, (fr, got) in enumerate(zip(frames, lf.iter_frames())):
+            stored = torch.from_numpy(fr["logits"].astype(np.float32))[None]
+            expect = F.interpolate(stored, size=(H, W), mode="bilinear", align_corners=align_corners)[0].numpy()
+            assert got.logits.dtype == np.float32 and got.logits.shape == (C, H, W)
+            np.testing.assert_array_equal(got.logits, expect)
+            np.testing.assert_array_equal(lf.logits(i), expect)
+            np.testing.assert_array_equal(lf.frame(i, native=True).logits, fr["logits"].astype(np.float32))
+            np.testing.assert_array_equal(lf.native_logits(i), fr["logits"].astype(np.float32))
+            np.testing.assert_array_equal(got.label, fr["label"])
+            np.testing.assert_array_equal(got.roi, fr["roi"])
+        mc = lf.mc(1)
+        assert mc["upsample"] == rule and mc["size"] == (H, W) and mc["moments_of"] == "logits"
+        for k in ("mean", "central", "entropy"):
+            np.testing.assert_array_equal(mc[k], frames[1]["mc"][k])
+
+
+def test_upsample_frame_is_the_one_rule():
+    import torch
+    import torch.nn.functional as F
+
+    from cocodag.formats.logits import upsample, upsample_frame
+
+    a = np.random.default_rng(6).normal(size=(C, 5, 7)).astype(np.float32)
+    for ac in (False, True):
+        expect = F.interpolate(torch.from_numpy(a)[None], size=(11, 13), mode="bilinear", align_corners=ac)[0]
+        np.testing.assert_array_equal(upsample_frame(a, (11, 13), {"mode": "bilinear", "align_corners": ac}),
+                                      expect.numpy())
+        np.testing.assert_array_equal(upsample(torch.from_numpy(a)[None], (11, 13), align_corners=ac)[0], expect)
+    assert upsample_frame(a[0], (11, 13), None).shape == (11, 13)         # a map; default rule: align_corners False
+    np.testing.assert_array_equal(upsample_frame(a, (5, 7), None), a)      # same size: unchanged
+
+
+def test_native_writer_and_reader_errors(tmp_path):
+    rng = np.random.default_rng(7)
+    fr = _native_frames(rng, 1)[0]
+    with pytest.raises(CocodagError, match="needs the upsample_rule"):
+        LogitsWriter(tmp_path / "a.h5", C, logits_resolution="native")
+    with pytest.raises(CocodagError, match="upsampling mode 'nearest'"):
+        LogitsWriter(tmp_path / "a.h5", C, logits_resolution="native",
+                     upsample_rule={"mode": "nearest", "align_corners": False})
+    with pytest.raises(CocodagError, match=r"mc/mean of 'x' has shape \(5, 12, 16\), expected it at the logits' "):
+        with LogitsWriter(tmp_path / "a.h5", C, logits_resolution="native",
+                          upsample_rule={"mode": "bilinear", "align_corners": False}) as w:
+            w.write(fr["logits"], fr["label"], "x", mc={**fr["mc"], "mean": np.zeros((C, H, W), np.float32)})
+    assert not (tmp_path / "a.h5").exists()
+    good = tmp_path / "good.h5"
+    _write(good, [fr], logits_resolution="native", upsample_rule={"mode": "bilinear", "align_corners": True})
+    for key, value, msg in (("logits_resolution", "half", "logits_resolution attribute is 'half'"),
+                            ("label_shape", np.array([H]), "label_shape attribute is"),
+                            ("upsample_mode", "area", "upsample_mode, upsample_align_corners.*'area'"),
+                            ("label_shape", np.array([H, W + 1]), r"'label' has shape \(1, 12, 16\), expected "
+                                                                  r"\(1, 12, 17\) \(the label_shape attribute\)")):
+        bad = tmp_path / f"bad-{key}.h5"
+        bad.write_bytes(good.read_bytes())
+        with h5py.File(bad, "r+") as f:
+            f.attrs[key] = value
+        with pytest.raises(CocodagError, match=msg) as e:
+            LogitsFile(bad)
+        assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_version_1_files_still_read(tmp_path):
+    path = _raw_file(tmp_path / "v1.h5")         # version 1: no layout attributes, logits at label resolution
+    with LogitsFile(path) as lf:
+        assert lf.attrs["version"] == 1 and lf.logits_resolution == "label" and lf.upsample_rule is None
+        assert lf.shape == lf.native_shape == (H, W) and lf.frame(1).logits.shape == (C, H, W)
 
 
 def _raw_file(path, **over):

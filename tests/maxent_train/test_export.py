@@ -57,21 +57,32 @@ def test_export_shards_logits_labels_and_sml(setup):
     res = export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), kinds=("dag", "cityscapes"),
                                       sml_stats=str(sml_path), progress=False, store_images=True, image_max_side=12,
                                       compression="gzip"))
-    assert res["num_images"] == 11 and not out.with_name("logits.h5.tmp").exists()
+    assert res == {"out": str(out), "num_images": 11, "shape": (11, 19, 6, 6), "logits_resolution": "native"}
+    assert not out.with_name("logits.h5.tmp").exists()
     imgs, ref_labels = _shard_reference(data)
-    with h5py.File(out, "r") as f:
-        assert f.attrs["format"] == "cocodag-logits" and f.attrs["version"] == 1 and f.attrs["num_classes"] == 19
-        assert f["logits"].dtype == np.float16 and f["logits"].shape == (11, 19, 24, 24)
-        assert f["logits"].chunks == (1, 19, 24, 24)
-        assert np.array_equal(f["label"][()], ref_labels)
+    with h5py.File(out, "r") as f:      # the documented layout (version 2, native resolution), with plain h5py
+        assert f.attrs["format"] == "cocodag-logits" and f.attrs["version"] == 2 and f.attrs["num_classes"] == 19
+        assert f.attrs["logits_resolution"] == "native" and tuple(f.attrs["label_shape"]) == (24, 24)
+        assert f.attrs["upsample_mode"] == "bilinear" and not f.attrs["upsample_align_corners"]
+        assert f["logits"].dtype == np.float16 and f["logits"].shape == (11, 19, 6, 6)     # tiny_segnet: 1/4
+        assert f["logits"].chunks == (1, 19, 6, 6)
+        assert np.array_equal(f["label"][()], ref_labels) and f["label"].compression == "gzip"
         ids = [x.decode() for x in f["image_id"][()]]
         assert ids[0].startswith("dag-00000/00000/") and len(set(ids)) == 11
         assert f["image"].shape == (11, 12, 12, 3) and "mc" not in f and "roi" not in f
-        logits = f["logits"][()]
+        native = f["logits"][()]
     with torch.no_grad():
-        expect = model(normalize(torch.from_numpy(imgs))).numpy()
-    np.testing.assert_allclose(logits.astype(np.float32), expect, atol=2e-3, rtol=1e-3)
-    # SML stats: per predicted class mean / unbiased std of the max logit, float64 reference on the stored logits
+        x = normalize(torch.from_numpy(imgs))
+        expect_native, expect = model.forward_native(x).numpy(), model(x).numpy()
+    np.testing.assert_allclose(native.astype(np.float32), expect_native, atol=2e-3, rtol=1e-3)
+    with LogitsFile(out) as lf:         # the reader upsamples with the recorded rule: label-size logits
+        assert lf.shape == (24, 24) and lf.native_shape == (6, 6) and lf.logits_resolution == "native"
+        assert lf.upsample_rule == {"mode": "bilinear", "align_corners": False}
+        logits = np.stack([fr.logits for fr in lf.iter_frames(image=False)])
+        np.testing.assert_array_equal(lf.frame(3, native=True).logits, native[3].astype(np.float32))
+    assert logits.shape == (11, 19, 24, 24)
+    np.testing.assert_allclose(logits, expect, atol=2e-3, rtol=1e-3)
+    # SML stats: per predicted class mean / unbiased std of the max logit, float64 reference on the logits as read
     sml = json.loads(sml_path.read_text())
     lg = logits.astype(np.float64).transpose(1, 0, 2, 3).reshape(19, -1)
     pred, lmax = lg.argmax(0), lg.max(0)
@@ -85,24 +96,30 @@ def test_export_shards_logits_labels_and_sml(setup):
     assert int(st.count_.sum()) == lg.shape[1]
 
 
-@pytest.mark.parametrize("moments_of", ["logits", "probs"])
-def test_mc_block_equals_explicit_passes(setup, moments_of):
+@pytest.mark.parametrize("moments_of,resolution", [("logits", "native"), ("probs", "native"), ("logits", "label"),
+                                                    ("probs", "label")])
+def test_mc_block_equals_explicit_passes(setup, moments_of, resolution):
     d, data, ckpt, model = setup
-    out = d / f"mc-{moments_of}.h5"
+    out = d / f"mc-{moments_of}-{resolution}.h5"
     T, K, seed = 6, 4, 5
     export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), kinds=("dag",), limit=3,
-                                mc_samples=T, moment_order=K, moments_of=moments_of, seed=seed, progress=False))
+                                mc_samples=T, moment_order=K, moments_of=moments_of, seed=seed, progress=False,
+                                logits_resolution=resolution))
+    native = resolution == "native"
+    hw = (6, 6) if native else (24, 24)
     imgs, _ = _shard_reference(data)
     with h5py.File(out, "r") as f:
         g = f["mc"]
         assert g.attrs["moments_of"] == moments_of and g.attrs["mc_samples"] == T and g.attrs["moment_order"] == K
-        assert bool(g.attrs["head_only"]) and f["logits"].shape[0] == 3
+        assert bool(g.attrs["head_only"]) and f["logits"].shape == (3, 19, *hw)
         mean, central, entropy = g["mean"][()], g["central"][()], g["entropy"][()]
-    assert central.shape == (3, K - 1, 19, 24, 24) and mean.dtype == np.float32
+    assert central.shape == (3, K - 1, 19, *hw) and mean.dtype == np.float32 and entropy.shape == (3, *hw)
+    forward = model.forward_native if native else model
     for i in range(3):
         x = normalize(torch.from_numpy(imgs[i:i + 1]))
         # the library function, called directly
-        mom = mc_moments(model, x, samples=T, order=K, moments_of=moments_of, head_only=True, seed=seed + i)
+        mom = mc_moments(model, x, samples=T, order=K, moments_of=moments_of, head_only=True, seed=seed + i,
+                         native=native)
         np.testing.assert_array_equal(mean[i], mom["mean"][0].numpy())
         np.testing.assert_array_equal(central[i], mom["central"][0].numpy())
         # brute force: T explicit full stochastic passes (dropout on, BatchNorm in eval), float64 moments
@@ -112,7 +129,7 @@ def test_mc_block_equals_explicit_passes(setup, moments_of):
                 m.train()
         with torch.random.fork_rng(), torch.no_grad():
             torch.manual_seed(seed + i)
-            passes = torch.stack([model(x)[0] for _ in range(T)]).double()
+            passes = torch.stack([forward(x)[0] for _ in range(T)]).double()
         model.eval()
         probs = F.softmax(passes, dim=1)
         vals = passes if moments_of == "logits" else probs
@@ -131,16 +148,18 @@ def test_export_writes_the_logits_contract_and_sml_stats_of_the_stored_logits(se
     res = export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), kinds=("cityscapes", "dag"),
                                       limit=4, mc_samples=3, moment_order=3, seed=2, sml_stats=str(sml_path),
                                       compression="lzf", progress=False))
-    assert res == {"out": str(out), "num_images": 4, "shape": (4, 19, 24, 24)}
+    assert res == {"out": str(out), "num_images": 4, "shape": (4, 19, 6, 6), "logits_resolution": "native"}
     with LogitsFile(out) as lf:
         assert len(lf) == 4 and lf.num_classes == 19 and lf.shape == (24, 24) and lf.has_mc and not lf.has_roi
+        assert lf.native_shape == (6, 6) and lf.attrs["version"] == 2
         assert lf.image_ids[0].startswith("cityscapes-00000/00000/")
         assert {"dataset": "cocodag", "model": "tiny_segnet", "checkpoint": str(ckpt)}.items() <= lf.attrs.items()
         assert "maxent_train" in lf.attrs
         assert lf.mc_attrs == {"moments_of": "logits", "mc_samples": 3, "moment_order": 3, "head_only": True,
                                "seed": 2}
-        mc = lf.mc(3)
-        assert mc["central"].shape == (2, 19, 24, 24) and mc["entropy"].shape == (24, 24)
+        mc = lf.mc(3)       # native moments, with the rule and the label size for scorers that upsample
+        assert mc["central"].shape == (2, 19, 6, 6) and mc["entropy"].shape == (6, 6)
+        assert mc["upsample"] == {"mode": "bilinear", "align_corners": False} and mc["size"] == (24, 24)
         expect = SMLStats().fit(fr.logits for fr in lf.iter_frames(image=False))
     st = SMLStats.load(sml_path)
     assert st.source == f"maxent-train export {out.name}"
@@ -179,10 +198,10 @@ def test_export_evalset_full_resolution_with_roi(setup):
     root = _write_evalset(d / "evalset")
     out = d / "eval.h5"
     export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), images=str(root), preset="standard",
-                                progress=False))
+                                progress=False, logits_resolution="label"))
     with h5py.File(out, "r") as f:
-        assert f.attrs["dataset"] == "standard"
-        assert f["logits"].shape == (2, 19, 40, 56)
+        assert f.attrs["dataset"] == "standard" and f.attrs["logits_resolution"] == "label"
+        assert f["logits"].shape == (2, 19, 40, 56) and f["roi"].compression == "gzip"
         assert [x.decode() for x in f["image_id"][()]] == ["f0", "f1"]
         for i in range(2):
             assert np.array_equal(f["label"][i], cv2.imread(str(root / "labels" / f"f{i}.png"), 0))
@@ -255,7 +274,7 @@ def test_export_disk_full_is_one_line_and_leaves_nothing(small_fs, setup):
     mnt, _ = small_fs
     d, data, ckpt, _ = setup
     out = mnt / "l.h5"
-    mc = dict(mc_samples=2, moment_order=4)         # ~200 KB per 24x24 frame: 11 frames do not fit in 1 MiB
+    mc = dict(mc_samples=2, moment_order=4, logits_resolution="label")  # ~200 KB a 24x24 frame: 11 do not fit 1 MiB
     # without compression the size is known: refused up front
     with pytest.raises(CocodagError, match=rf"No space left on device: {out} needs about 2\.\d MiB but"):
         export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), kinds=("dag", "cityscapes"),
@@ -295,7 +314,7 @@ def test_export_disk_full_inside_hdf5_is_one_line_exit_1(small_fs, setup):
     for extra in ([], ["--compression", "lzf"], ["--store-images"]):       # MC: ~200 KB a frame, 11 frames
         res = subprocess.run([sys.executable, "-c", code, "export", "--checkpoint", str(ckpt), "--data", str(data),
                               "--kinds", "dag,cityscapes", "--out", str(out), "--no-progress", "--mc-samples", "2",
-                              *extra],
+                              "--logits-resolution", "label", *extra],
                              capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
                                                                                "PYTHONPATH": str(root)})
         assert res.returncode == 1, (res.returncode, res.stderr[-2000:])
@@ -427,3 +446,55 @@ def test_raw_checkpoint_with_model_and_model_kwargs(setup, tmp_path):
     assert net.dropout.p == 0.2 and meta["model_kwargs"] == {"width": 16, "dropout": 0.2}
     net, meta = load_model_for_export(ours, model_kwargs={"dropout": 0.5})
     assert net.dropout.p == 0.5 and meta["model_kwargs"] == {"width": 16, "dropout": 0.5}
+
+
+# ------------------------------------------------------------------------------------------- issue 10: native layout
+def test_native_float32_reads_back_as_the_label_export(setup):
+    """With --logits-dtype float32 the reader's upsampling of native logits is the model's own final upsampling:
+    frame(i).logits equal the label-resolution export bit for bit (CPU); the MC mean commutes with the upsampling
+    (the same dropout masks: seed + frame index), the central moments do not."""
+    from cocodag.formats.logits import upsample_frame
+
+    d, data, ckpt, _ = setup
+    kw = dict(checkpoint=str(ckpt), data=str(data), kinds=("dag", "cityscapes"), limit=5, logits_dtype="float32",
+              mc_samples=4, moment_order=3, seed=3, progress=False)
+    nat, lab = d / "nat32.h5", d / "lab32.h5"
+    export_logits(ExportOptions(out=str(nat), **kw))
+    export_logits(ExportOptions(out=str(lab), logits_resolution="label", **kw))
+    with LogitsFile(nat) as a, LogitsFile(lab) as b:
+        assert a.attrs["logits_resolution"] == "native" and b.attrs["logits_resolution"] == "label"
+        with h5py.File(nat, "r") as f:
+            assert f["logits"].dtype == np.float32 and f["logits"].shape == (5, 19, 6, 6)
+        for i in range(5):
+            np.testing.assert_array_equal(a.frame(i).logits, b.frame(i).logits)
+            ma, mb = a.mc(i), b.mc(i)
+            rule = a.upsample_rule
+            np.testing.assert_allclose(upsample_frame(ma["mean"], (24, 24), rule), mb["mean"], atol=1e-5)
+            diff = np.abs(upsample_frame(ma["central"][0], (24, 24), rule) - mb["central"][0]).max()
+            assert diff > 1e-2 * mb["central"][0].max()
+
+
+def test_plugin_without_the_hook_and_sliding_window_fall_back_to_label_resolution(setup, sml_like, tmp_path, capsys):
+    d, data, ckpt, _ = setup
+    out = tmp_path / "p.h5"
+    res = export_logits(ExportOptions(checkpoint=str(sml_like), out=str(out), data=str(data), limit=2,
+                                      progress=False))
+    assert res["logits_resolution"] == "label" and res["shape"] == (2, 19, 24, 24)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["note: model sml_like_plugin:build has no native-output hook (forward_native + output_upsample): "
+                   "logits stored at label resolution (as with --logits-resolution label)"]
+    out2 = tmp_path / "sw.h5"
+    res = export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out2), data=str(data), limit=2,
+                                      sliding_window=True, window=16, stride=8, progress=False))
+    assert res["logits_resolution"] == "label" and "--sliding-window stitches" in capsys.readouterr().err
+    with LogitsFile(out2) as lf:
+        assert lf.logits_resolution == "label" and lf.native_shape == (24, 24)
+
+
+def test_new_options_are_checked(setup, tmp_path):
+    d, data, ckpt, _ = setup
+    for kw, needle in ((dict(logits_dtype="float64"), "--logits-dtype: expected float16 or float32"),
+                       (dict(logits_resolution="half"), "--logits-resolution: expected native or label")):
+        with pytest.raises(MaxentError, match=needle):
+            export_logits(ExportOptions(checkpoint=str(ckpt), out=str(tmp_path / "x.h5"), data=str(data),
+                                        progress=False, **kw))

@@ -130,9 +130,17 @@ def test_fit_then_export_and_models(data_dir, tmp_path):
                               str(data_dir), "--kinds", "dag", "--limit", "3", "--out", str(tmp_path / "l.h5"),
                               "--mc-samples", "2", "--moment-order", "3", "--mc-dtype", "float16", "--no-progress"])
     assert res.exit_code == 0, res.output
-    with h5py.File(tmp_path / "l.h5", "r") as f:
-        assert f["logits"].shape == (3, 19, 24, 24) and f["mc/central"].shape == (3, 2, 19, 24, 24)
+    with h5py.File(tmp_path / "l.h5", "r") as f:      # native resolution (tiny_segnet: 1/4) by default
+        assert f["logits"].shape == (3, 19, 6, 6) and f["mc/central"].shape == (3, 2, 19, 6, 6)
         assert f["mc/mean"].dtype.name == "float16" and f.attrs["model"] == "tiny_segnet"
+        assert tuple(f.attrs["label_shape"]) == (24, 24) and f["label"].shape == (3, 24, 24)
+    res = runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "run" / "model-final.pt"), "--data",
+                              str(data_dir), "--kinds", "dag", "--limit", "2", "--out", str(tmp_path / "l32.h5"),
+                              "--logits-resolution", "label", "--logits-dtype", "float32", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "l32.h5", "r") as f:
+        assert f["logits"].shape == (2, 19, 24, 24) and f["logits"].dtype.name == "float32"
+        assert f.attrs["logits_resolution"] == "label"
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0 and "tiny_segnet" in res.output
 

@@ -59,6 +59,38 @@ def test_mc_moments_equal_brute_force(moments_of, head_only):
     np.testing.assert_allclose(got["entropy"].numpy(), entropy, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("head_only", [True, False])
+def test_native_moments_are_those_of_the_native_samples(head_only):
+    """native=True samples forward_native (head-only: forward_head(feats, None)) with the same masks: moments of the
+    logits before the final upsampling (memory independent of the input size); only the mean commutes with that
+    upsampling, the central moments and the entropy do not."""
+    import torch.nn.functional as F
+
+    model = _model()
+    x = torch.randn(1, 3, 24, 32)
+    T, K, seed = 8, 3, 5
+    got = mc_moments(model, x, samples=T, order=K, head_only=head_only, seed=seed, native=True)
+    assert got["mean"].shape == (1, 4, 6, 8) and got["central"].shape == (1, K - 1, 4, 6, 8)
+    assert got["entropy"].shape == (1, 6, 8) and got["head_only"] is head_only
+    enable_mc_dropout(model)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        outs = torch.stack([model.forward_native(x)[0] for _ in range(T)]).double()
+    model.eval()
+    mu = outs.mean(0)
+    np.testing.assert_allclose(got["mean"][0].numpy(), mu.numpy(), atol=1e-5)
+    np.testing.assert_allclose(got["central"][0, 1].numpy(), ((outs - mu) ** 3).mean(0).numpy(), atol=1e-4)
+    pm = torch.softmax(outs, 1).mean(0)
+    np.testing.assert_allclose(got["entropy"][0].numpy(), -(pm * pm.log()).sum(0).numpy(), atol=1e-5)
+    full = mc_moments(model, x, samples=T, order=K, head_only=head_only, seed=seed)      # at the input size
+    up = F.interpolate(got["mean"], size=(24, 32), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(up, full["mean"], atol=1e-5, rtol=1e-5)                  # the mean commutes
+    up2 = F.interpolate(got["central"][:, 0], size=(24, 32), mode="bilinear", align_corners=False)
+    assert (up2 - full["central"][:, 0]).abs().max() > 1e-3                            # the variance does not
+    with pytest.raises(MaxentError, match="has no forward_native"):
+        mc_moments(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Dropout2d(0.5)), x, samples=2, native=True)
+
+
 def test_head_only_equals_full_and_is_seeded():
     model = _model()
     x = torch.randn(1, 3, 16, 16)

@@ -424,3 +424,45 @@ def test_parse_model_kwargs():
         with pytest.raises(MaxentError, match="--model-kwargs") as ei:
             parse_model_kwargs(bad)
         assert needle in str(ei.value) and "\n" not in str(ei.value), (bad, str(ei.value))
+
+
+# ------------------------------------------------------------------------------------------ native-resolution output
+def _shipped_models() -> list[str]:
+    """Every model registered by maxent_train.models itself (not those other test modules register)."""
+    from maxent_train.models._registry import _MODULE_OF
+
+    return [n for n in list_models() if _MODULE_OF[n].startswith("maxent_train.models.")]
+
+
+@pytest.mark.parametrize("name", _shipped_models())
+def test_every_model_exposes_its_native_logits_and_upsampling_rule(name):
+    """``forward(x) == F.interpolate(forward_native(x), x.shape[-2:], **output_upsample)`` bit for bit, and a split
+    model's ``forward_head(feats, None)`` is ``forward_native``: what export stores and the reader upsamples."""
+    import torch.nn.functional as F
+
+    from maxent_train.models import native_output_rule
+
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=5).eval()
+    rule = native_output_rule(m)
+    expected_ac = name in ("deeplabv3plus_wrn38", "deeplabv3plus_resnet101_sml")
+    assert rule == {"mode": "bilinear", "align_corners": expected_ac}
+    x = torch.randn(1, 3, 50, 66)
+    with torch.no_grad():
+        native = m.forward_native(x)
+        full = m(x)
+        if hasattr(m, "forward_features"):
+            torch.testing.assert_close(m.forward_head(m.forward_features(x)), native, rtol=0, atol=0)
+    assert native.shape[:2] == (1, 5) and native.shape[-1] < 66 and full.shape == (1, 5, 50, 66)
+    torch.testing.assert_close(F.interpolate(native, size=(50, 66), **rule), full, rtol=0, atol=0)
+
+
+def test_native_output_rule_of_plugins():
+    from maxent_train.models import native_output_rule
+
+    plain = torch.nn.Conv2d(3, 4, 1)
+    assert native_output_rule(plain) is None            # no hook: export falls back to label resolution
+    plain.forward_native = plain.forward
+    plain.output_upsample = {"mode": "bilinear", "align_corners": "yes"}
+    with pytest.raises(MaxentError, match="output_upsample: upsampling align_corners 'yes'"):
+        native_output_rule(plain)

@@ -128,8 +128,11 @@ def test_mismatches_and_errors():
         OODMC().fit([(mc, np.zeros((12, 14), np.uint8))])
     with pytest.raises(OodscoreError, match="differ from earlier frames"):
         OODMC().fit([train[0], make_frame(rng, k=4)])
-    with pytest.raises(OodscoreError, match="label: expected shape"):
+    with pytest.raises(OodscoreError, match=r"MC moments are \(12, 14\) but the label is \(3, 3\), and the MC dict "
+                                            "names no upsampling rule"):
         OODMC().fit([(mc, np.zeros((3, 3), np.uint8))])
+    with pytest.raises(OodscoreError, match="label: expected shape"):
+        OODMC().fit([(mc, np.zeros((3, 3, 2), np.uint8))])
     with pytest.raises(OodscoreError, match="missing keys"):
         model.score({"mean": mc["mean"]})
     with pytest.raises(OodscoreError, match="moment_weight"):
@@ -185,5 +188,49 @@ def test_oodmc_is_a_scorer_of_mc_dicts():
     assert isinstance(model, Scorer) and model.requires == "mc"
     mc, label = make_frame(rng)
     np.testing.assert_array_equal(model.score(mc, size=label.shape), model.score(mc))
-    with pytest.raises(OodscoreError, match="size: OODMC scores MC moments at their own size"):
+    with pytest.raises(OodscoreError, match="names no upsampling rule"):
         model.score(mc, size=(24, 28))
+
+
+def _upsampled(mc, size, align_corners):
+    """The moment maps of ``mc`` upsampled (bilinear) to ``size`` with torch: what a label-size feature sees."""
+    import torch.nn.functional as F
+
+    def up(a):
+        t = torch.from_numpy(np.ascontiguousarray(a, np.float32))
+        t = t.reshape(1, -1, *t.shape[-2:])
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=align_corners).reshape(*a.shape[:-2], *size)
+
+    return {k: up(mc[k]).numpy() for k in ("mean", "central", "entropy")}
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_native_moments_fit_at_label_pixels_and_score_upsampled(align_corners):
+    """Moments at native resolution (as LogitsFile.mc gives them: with the rule and the label size): fit takes the
+    labelled pixels' features interpolated from the native maps (= features of the upsampled maps), score computes
+    the decision natively and upsamples it with the same rule (= the score of the upsampled features: linear model)."""
+    from oodscore.scores.oodmc import mc_features_at
+
+    rng = np.random.default_rng(8)
+    rule = {"mode": "bilinear", "align_corners": align_corners}
+    size = (24, 28)
+    frames = []
+    for _ in range(3):
+        mc, _ = make_frame(rng, h=6, w=7)
+        up = _upsampled(mc, size, align_corners)
+        label = np.where(up["entropy"] > 0.55, 1, 0).astype(np.uint8)
+        frames.append(({**mc, "upsample": rule, "size": size}, label))
+    idx = rng.choice(size[0] * size[1], 50, replace=False)
+    np.testing.assert_allclose(mc_features_at(frames[0][0], 0.5, idx, size, rule),
+                               mc_features(_upsampled(frames[0][0], size, align_corners), 0.5, idx), atol=1e-5)
+    model = OODMC(svm_points_num=400, classifier="logistic").fit(frames)
+    ref = OODMC(svm_points_num=400, classifier="logistic").fit(
+        [(_upsampled(mc, size, align_corners), lab) for mc, lab in frames])
+    np.testing.assert_allclose(model.scaler_.mean_, ref.scaler_.mean_, rtol=1e-4, atol=1e-5)
+    mc, label = frames[0]
+    s = model.score(mc, size=size)
+    assert s.shape == size and s.dtype == np.float32
+    np.testing.assert_allclose(s, model.score(_upsampled(mc, size, align_corners)), atol=1e-4)
+    assert model.score(mc).shape == (6, 7)            # no size: the native map itself
+    with pytest.raises(OodscoreError, match="bilinear rule only"):
+        OODMC().fit([({**mc, "upsample": {"mode": "bicubic", "align_corners": False}}, label)])
