@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,6 +62,7 @@ from .lock import OutputLock, OutputLockedError
 from .outputs import disk_errors, prepare_output
 from .paste import crop_to_mask, paste_object
 from .split import split_by_centroid
+from .workers import exit_if_orphaned, watch_parent
 
 _ORDER_FRAMES, _ORDER_COCO = 3, 4          # extra SeedSequence streams (after STREAM_CODES): the visiting orders
 PROGRESS_DIR = "progress"
@@ -76,7 +76,6 @@ _POLL_S = 0.2                              # worker watchdog period; wait period
 _CLAIM_BATCH = 256                         # task locks a --shard-range job holds at most at once
 _SHARED_GRACE_S = 10.0                     # a range job retries this long for its shared lock (another range job
                                            # may hold the exclusive one for a moment, to write the manifest)
-_ORPHAN_EXIT = 75                          # exit status of a worker whose build is gone
 
 
 @dataclass
@@ -477,7 +476,7 @@ def _write_task_shards(p: FrameTask | CocoTask, out: dict[str, _StreamBuffer], d
                        skipped: list) -> dict[str, Any]:
     st, task = p.settings, p.task
     out_dir = Path(st.out_dir)
-    guard = functools.partial(_exit_if_orphaned, st.parent_pid)   # right before each rename
+    guard = functools.partial(exit_if_orphaned, st.parent_pid)   # right before each rename
     entries = []
     for kind, buf in out.items():
         images, labels, metas = buf.arrays()
@@ -501,35 +500,10 @@ def _write_json(path: Path, obj: Any, before_commit: Callable[[], None] | None =
     commit_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode(), before_commit)
 
 
-def _exit_if_orphaned(parent_pid: int) -> None:
-    """In a worker process: exit at once when the build that started it is gone (``kill -9`` re-parents its
-    workers), so that nothing under ``--out`` changes after the build died. A no-op in the build's own process."""
-    if parent_pid and parent_pid != os.getpid() and os.getppid() != parent_pid:
-        os._exit(_ORPHAN_EXIT)
-
-
-_WATCHED: set[int] = set()
-
-
-def _watch_parent(parent_pid: int) -> None:
-    """Start, once per worker process, a daemon thread that ends the worker within ``_POLL_S`` of its build's death
-    (the check before each rename is the guarantee; this stops the useless work too)."""
-    if not parent_pid or parent_pid == os.getpid() or parent_pid in _WATCHED:
-        return
-    _WATCHED.add(parent_pid)
-
-    def watch() -> None:
-        while True:
-            _exit_if_orphaned(parent_pid)
-            time.sleep(_POLL_S)
-
-    threading.Thread(target=watch, name="cocodag-parent-watchdog", daemon=True).start()
-
-
 def _run_task(p: FrameTask | CocoTask, tick: Callable[[int], None] | None = None, limit_threads: bool = False):
     if limit_threads:          # a worker process
         cv2.setNumThreads(1)   # one process per core already; cv2's own pool would oversubscribe
-        _watch_parent(p.settings.parent_pid)
+        watch_parent(p.settings.parent_pid, _POLL_S, "cocodag-parent-watchdog")
     return _write_task_shards(p, *_compute_task(p, tick))
 
 
@@ -559,7 +533,7 @@ def _run_sequential(plan: _Plan, todo: list[_Task], settings: BuildSettings, on_
 
 def _run_parallel(plan: _Plan, todo: list[_Task], settings: BuildSettings, on_record: Callable[[dict], None],
                   workers: int, tick) -> None:
-    """Several loky processes, each running whole tasks (they exit when this process dies: `_watch_parent`)."""
+    """Several loky processes, each running whole tasks (they exit when this process dies: `cocodag.workers.watch_parent`)."""
     from joblib import Parallel, delayed
 
     par = Parallel(n_jobs=min(workers, len(todo)), backend="loky", return_as="generator_unordered")

@@ -111,8 +111,10 @@ def _print_summary(res) -> None:
     typer.echo(f"report: {res.out_dir}")
 
 
-def _check_evaluate_args(*, logits, scores, dataset, method, bins, max_overlays) -> None:
+def _check_evaluate_args(*, logits, scores, dataset, method, bins, max_overlays, workers=1) -> None:
     """The option combinations of ``evaluate``, checked before anything is opened."""
+    if workers < 1:
+        raise OodscoreError(f"--workers {workers}: expected at least 1")
     if bins is not None and bins < 2:
         raise OodscoreError(f"--bins {bins}: expected at least 2 (or leave it out for exact metrics)")
     if max_overlays < 0:
@@ -165,18 +167,20 @@ def evaluate(
     device: Annotated[Optional[str], typer.Option(
         "--device", help="auto, cpu or cuda[:i] for the scores (default: cpu).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    workers: Annotated[int, typer.Option(
+        "--workers", help="Score frames in this many processes (results identical to 1).")] = 1,
 ) -> None:
     """Score frames and write metrics (exact by default), ROC/PR plots and heat-map overlays."""
     with user_errors():
         from .report import evaluate_logits, evaluate_score_maps
 
         _check_evaluate_args(logits=logits, scores=scores, dataset=dataset, method=method, bins=bins,
-                             max_overlays=max_overlays)
+                             max_overlays=max_overlays, workers=workers)
         if scores is not None:
             res = evaluate_score_maps(scores, dataset, out, name=name, components=components, region=region,
                                       bins=bins, max_overlays=max_overlays, threshold_from=threshold_from,
                                       threshold_kind=threshold_kind, resize=resize_scores,
-                                      progress=progress)
+                                      progress=progress, workers=workers)
             if res.extra_names:
                 _echo(f"note: {len(res.extra_names)} score map(s) have no ground-truth frame and were not used: "
                       + ", ".join(res.extra_names[:5]) + (" ..." if len(res.extra_names) > 5 else ""))
@@ -186,7 +190,7 @@ def evaluate(
                                   components=components, region=region or "all", bins=bins,
                                   max_overlays=max_overlays, threshold_from=threshold_from,
                                   threshold_kind=threshold_kind, device=device,
-                                  progress=progress)
+                                  progress=progress, workers=workers)
         _print_summary(res)
 
 

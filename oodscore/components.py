@@ -25,6 +25,8 @@ with its quirks, on top of :func:`region_values`.
 """
 from __future__ import annotations
 
+import copy
+
 import cv2
 import numpy as np
 
@@ -194,11 +196,14 @@ class ComponentMetrics:
         ``update`` is ``add_frame(*frame(...))``: worker processes compute frames, the parent adds them in order.
         """
         return frame_components(score_map, label_map, self.threshold, self.min_pred_size, self.min_gt_size,
-                                self.strict)
+                                rule=self.rule)
 
     def empty_copy(self) -> "ComponentMetrics":
-        """An empty accumulator with these settings (what a worker needs to compute frames for this one)."""
-        return ComponentMetrics(self.threshold, self.track, self.min_pred_size, self.min_gt_size, self.strict)
+        """An empty accumulator of this class with these settings (what a worker needs to compute frames for this
+        one)."""
+        out = copy.copy(self)
+        out.reset()
+        return out
 
     def add_frame(self, siou: np.ndarray, ppv: np.ndarray) -> None:
         """Add one frame's values as :meth:`frame` returns them (the sums are float: add frames in order)."""

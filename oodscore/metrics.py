@@ -31,6 +31,21 @@ present. Measured: 10^9 N(0,1) float32 pixels in chunks of 2e7 (1.4e8 entries) p
 ``bench/metrics.py``). For continuous float32 scores with ~10^9 distinct values, use ``bins=``.
 ``-0.0`` and ``0.0`` are one value. NaN / inf scores on non-void pixels raise; on void pixels they are ignored.
 
+Batches are read in one pass of in-cache chunks (labels compared, scores converted, each class's scores compressed
+out), then each class is sorted once and reduced to (key, count) runs. ``PixelMetrics.summarize`` returns those runs
+without adding them (``add_summary`` adds them, in order): worker processes summarize frames for a parent.
+
+One-shot functions (``pixel_metrics``, ``auroc``, ...) on numpy arrays sort all valid scores once, and the anomaly
+scores once; the union of both classes' distinct scores is then walked from the top, chunk by chunk, its distinct
+values and per-class counts found on the way, so that nothing of its size is ever held. At 10^8 float32 pixels this
+costs ~2.7 ``np.sort`` of the same scores on the development machine (``bench/metrics.py``; numpy's AVX-512 sort):
+of ~1.15 s of CPU, the sort takes ~0.36, the in-cache split ~0.2, the runs ~0.26 (half of it placing the anomaly
+keys among the distinct keys) and the metric arithmetic ~0.3 (every distinct key's terms: bit-identical sums).
+
+Metrics are one pass over the union of distinct keys in descending order, in blocks of at most ``_BLOCK`` keys per
+class (each block's AUROC / AP terms summed by one ``np.sum``), every block evaluated in in-cache chunks with the
+operations of a whole-block evaluation: the numbers depend on the block boundaries only, the same for every path.
+
 Binned mode (``bins=int``) keeps one count per quantile bin (SMIYC-style): edges are quantiles of the first
 ``edge_samples`` valid scores seen (pooled over both classes), each bin is ``[edge_i, edge_{i+1})`` and acts as one
 tied score equal to its lower edge (the last bin is ``[max, inf)``; scores below the first edge join the first bin).
@@ -39,13 +54,14 @@ Uniform bins over min..max are never used: they collapse heavy tails into one bi
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
 from oodscore import OodscoreError
 
 __all__ = [
-    "PixelMetrics", "pixel_metrics", "auroc", "average_precision", "fpr_at_tpr", "METRIC_KEYS",
+    "PixelMetrics", "BatchSummary", "pixel_metrics", "auroc", "average_precision", "fpr_at_tpr", "METRIC_KEYS",
 ]
 
 METRIC_KEYS = ("auroc", "ap", "fpr95", "fpr95_interp", "threshold", "f1", "precision", "recall", "fpr",
@@ -115,6 +131,40 @@ def _unique_counts_sorted(sorted_keys: np.ndarray, counts: np.ndarray | None = N
     else:
         c = np.add.reduceat(counts.astype(np.uint64, copy=False), starts).astype(_count_dtype(total))
     return sorted_keys[starts], c
+
+
+def _compact_runs(v: np.ndarray, start: int = 0):
+    """Distinct values of the sorted ``v[start:]`` and their run lengths, ``_CHUNK`` entries at a time (in cache).
+
+    The distinct values are written over the front of ``v``, which is consumed (it must own its data and have no
+    other view): it is shrunk to them and returned with the counts (uint32 while they cannot overflow it).
+    """
+    n, c = v.size, _CHUNK
+    cnt = np.empty(n - start, _count_dtype(n - start))
+    flag = np.empty(min(c, max(n - start, 1)), bool)
+    w = 0
+    prev = start  # where the last run found starts (its length is known once the next one starts)
+    last = None   # the value before the chunk
+    for a in range(start, n, c):
+        vc = v[a:a + c]
+        f = flag[:vc.size]
+        f[0] = a == start or vc[0] != last
+        last = vc[-1]
+        np.not_equal(vc[1:], vc[:-1], out=f[1:])
+        st = np.flatnonzero(f)
+        if st.size == 0:
+            continue
+        if w:
+            cnt[w - 1] = a + int(st[0]) - prev
+        np.subtract(st[1:], st[:-1], out=cnt[w:w + st.size - 1], casting="unsafe")
+        prev = a + int(st[-1])
+        v[w:w + st.size] = vc[st]  # w <= a: only values already read are overwritten
+        w += st.size
+    if w:
+        cnt[w - 1] = n - prev
+    v.resize(w, refcheck=False)
+    cnt.resize(w, refcheck=False)
+    return v, cnt
 
 
 def _searchsorted_blocked(ka: np.ndarray, kb: np.ndarray, j0: int = 0, j1: int | None = None) -> np.ndarray:
@@ -293,8 +343,110 @@ def _runs_from_torch(scores, labels):
     return out
 
 
+# ----------------------------------------------------------------------------- numpy batches -> runs, one pass
+_FINITE_KEYS = {False: (0x007FFFFF, 0xFF800000),                  # keys of -inf / +inf (float32)
+                True: (0x000FFFFFFFFFFFFF, 0xFFF0000000000000)}   # (float64); NaNs lie beyond them
+
+
+def _flat_checked(scores, labels):
+    """Flat numpy views of a batch, dtypes checked (one line each)."""
+    s = np.asarray(scores).reshape(-1)
+    y = np.asarray(labels).reshape(-1)
+    if s.dtype.kind not in "fiub":
+        raise OodscoreError(f"scores: expected a real-valued array, got dtype {s.dtype}")
+    if y.dtype.kind not in "fiub":
+        raise OodscoreError(f"labels: expected an integer array (0/1/void), got dtype {y.dtype}")
+    return s, y
+
+
+def _chunk_values(src: np.ndarray, scratch: np.ndarray | None, valid: np.ndarray, wide: bool):
+    """One chunk of scores as float32 (float64 when ``wide``), converted into ``scratch`` when needed.
+
+    None when float32 was asked for but a valid pixel holds a float64 (or integer) value that float32 cannot hold
+    exactly; the caller then reads the batch as float64.
+    """
+    fdt = np.float64 if wide else np.float32
+    if src.dtype.kind in "iub":  # integers are read as float64, as the general path does
+        src = src.astype(np.float64)
+    if src.dtype == fdt:
+        return src
+    out = scratch[:src.size]
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.copyto(out, src, casting="unsafe")  # float16 -> float32 exactly; float64 -> float32 checked below
+    if src.dtype == np.float64 and not wide and (np.not_equal(out, src) & valid).any():
+        return None
+    return out
+
+
+def _split_pass(s: np.ndarray, y: np.ndarray, first: str, wide: bool):
+    """``(keys of every pixel, number of others, keys of the label-1 pixels)``: the first array holds the keys of
+    the ``first`` pixels' scores ("valid": labels 0 and 1; "neg": label 0) and 0 for the others (0 is below the key
+    of every finite score: after a sort they come first); the label-1 keys are compressed out.
+
+    One pass over the batch in ``_CHUNK`` steps that stay in cache (zeroing by a product with the mask is
+    branch-free: a compression of 90 % random entries costs ~5x more); uint32 keys (uint64 when ``wide``). None
+    when float32 cannot hold the scores exactly (see :func:`_chunk_values`).
+    """
+    n, c = s.size, max(1, min(_CHUNK, s.size))
+    fdt, udt, idt, sign = ((np.float64, np.uint64, np.int64, _SIGN64) if wide
+                           else (np.float32, np.uint32, np.int32, _SIGN32))
+    out_a, out_p = np.empty(n, udt), np.empty(n, udt)  # only the pages written are ever touched
+    scratch = None if s.dtype == fdt else np.empty(c, fdt)
+    k, m = np.empty(c, udt), np.empty(c, udt)
+    is0, is1, valid = np.empty(c, bool), np.empty(c, bool), np.empty(c, bool)
+    sel = valid if first == "valid" else is0
+    wa = wp = 0
+    for a in range(0, n, c):
+        w = min(c, n - a)
+        np.equal(y[a:a + w], 0, out=is0[:w])
+        np.equal(y[a:a + w], 1, out=is1[:w])
+        np.logical_or(is0[:w], is1[:w], out=valid[:w])
+        v = _chunk_values(s[a:a + w], scratch, valid[:w], wide)
+        if v is None:
+            return None
+        kw, mw = k[:w], m[:w]      # the keys of the chunk (as _to_key_inplace, into scratch)
+        np.add(v, fdt(0.0), out=kw.view(fdt))  # -0.0 -> 0.0
+        np.right_shift(kw.view(idt), 8 * kw.itemsize - 1, out=mw.view(idt))
+        mw |= sign
+        kw ^= mw
+        np.multiply(kw, sel[:w], out=out_a[a:a + w])
+        kp = kw[is1[:w]]
+        out_p[wp:wp + kp.size] = kp
+        wa, wp = wa + w - int(np.count_nonzero(sel[:w])), wp + kp.size
+    out_p.resize(wp, refcheck=False)
+    return out_a, wa, out_p
+
+
+def _split_sorted(s: np.ndarray, y: np.ndarray, first: str):
+    """``(wide, keys, skip, anomaly keys)`` of :func:`_flat_checked` arrays, both key arrays sorted: the keys of the
+    ``first`` scores are ``keys[skip:]`` (see :func:`_split_pass`).
+
+    float16 / float32 scores, and float64 / integer scores that float32 holds exactly on every valid pixel, are
+    read as float32 (uint32 keys); other scores as float64 (``wide``: uint64 keys). Non-finite scores on valid
+    pixels raise (one line). (Integer keys sort as fast as floats with a SIMD sort, and faster without one.)
+    """
+    if s.dtype.kind == "f" and s.dtype.itemsize > 8:  # long double: read as float64
+        with np.errstate(over="ignore"):
+            s = s.astype(np.float64)
+    wide = False
+    out = _split_pass(s, y, first, wide)
+    if out is None:
+        wide = True
+        out = _split_pass(s, y, first, wide)
+    keys, others, kp = out
+    lo, hi = (keys.dtype.type(v) for v in _FINITE_KEYS[wide])  # typed: a Python int would cast all of ``k``
+    for k, skip in ((keys, others), (kp, 0)):
+        k.sort()
+        # keys of NaN / inf sort to the ends; those of -inf and negative NaNs (one of them is 0) before ``lo``
+        if k.size > skip and (int(np.searchsorted(k, lo, side="right")) != skip or k[-1] >= hi):
+            _split_numpy(s, y)  # raises the general path's message (counts per class)
+            raise OodscoreError("scores: non-finite (NaN/inf) values on non-void pixels")
+    return wide, keys, others, kp
+
+
 # ----------------------------------------------------------------------------- histogram -> metrics
-_BLOCK = 1 << 22  # entries per block of the single pass below: bounds compute()'s extra memory to ~100 MB
+_BLOCK = 1 << 22  # entries per class per block of the single pass below: shapes the float sums (see _Sweep)
+_CHUNK = 1 << 15  # entries per in-cache step of the passes over whole arrays (keys, unique runs, metrics)
 
 
 def _threshold_key(t: float, wide: bool):
@@ -312,17 +464,143 @@ def _key_value(k, wide: bool) -> float:
     return float(_key_to_f64(arr)[0] if wide else _key_to_f32(arr)[0])
 
 
+class _Sweep:
+    """The arithmetic of every metric: one walk over the union of both classes' keys in descending order.
+
+    Fed block by block (:meth:`block`: the ascending keys and per-class counts of one block, blocks from the highest
+    keys down). A block is evaluated ``_CHUNK`` entries at a time, so every temporary stays in cache, with exactly
+    the operations of a whole-block evaluation (integer cumsums, float64 ``tps / P``, ``fps / N``, ...: counts are
+    exact in float64 below 2^53); the AUROC and AP terms of a block are summed by one ``np.sum`` over the whole
+    block. The numbers thus depend on ``_BLOCK`` (the grouping of the float sums), never on ``_CHUNK``.
+    """
+
+    def __init__(self, n_pos: int, n_neg: int, target: float, pick: np.ndarray | None = None):
+        self.P, self.N, self.target, self.pick = float(n_pos), float(n_neg), target, pick
+        self.tp = self.fp = 0
+        self.auc = self.ap = 0.0
+        self.fpr_first = self.interp = None
+        self.best_f1, self.best_key = -1.0, None
+        self.offset = 0
+        self.picked: list = []
+        c = _CHUNK
+        self._ti, self._fi = np.empty(c, np.int64), np.empty(c, np.int64)
+        self._tf, self._sf, self._a, self._b = (np.empty(c) for _ in range(4))
+        self._tpr, self._fpr = np.zeros(c + 1), np.zeros(c + 1)  # [0]: the previous point (first: the origin)
+        self._terms, self._used = np.empty((2, 0)), 0  # the open block's AUROC and AP terms
+
+    def block(self, keys: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> None:
+        """Walk one whole block (ascending arrays), from its highest key down."""
+        n, c = keys.size, _CHUNK
+        self._reserve(n)
+        for o in range(0, n, c):
+            hi = n - o
+            lo = max(hi - c, 0)
+            self.feed(keys[lo:hi][::-1], pos[lo:hi][::-1], neg[lo:hi][::-1])
+        self.end_block()
+
+    def _reserve(self, n: int) -> None:
+        """Room for ``n`` terms of each kind in the open block (kept when the buffer grows)."""
+        if self._terms.shape[1] < n:
+            grown = np.empty((2, max(n, 2 * self._terms.shape[1])))
+            grown[:, :self._used] = self._terms[:, :self._used]
+            self._terms = grown
+
+    def feed(self, keys: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> None:
+        """The next entries (descending, at most ``_CHUNK``) of the open block."""
+        o, n = self._used, keys.size
+        self._reserve(o + n)
+        self._chunk(keys, pos, neg, self._terms[0, o:o + n], self._terms[1, o:o + n])
+        self._used = o + n
+
+    def end_block(self) -> None:
+        """Close the open block: its AUROC and AP terms are summed (one ``np.sum`` each over the whole block)."""
+        if self._used:
+            self.auc += float(np.sum(self._terms[0, :self._used]))
+            self.ap += float(np.sum(self._terms[1, :self._used]))
+        self._used = 0
+
+    def _chunk(self, keys, pos, neg, auc_out, ap_out) -> None:
+        """One chunk (descending): its AUROC / AP terms into ``auc_out`` / ``ap_out``, F1 and the TPR-95 points."""
+        n = keys.size
+        tps, fps = self._ti[:n], self._fi[:n]
+        np.cumsum(pos, dtype=np.int64, out=tps)
+        tps += self.tp
+        np.cumsum(neg, dtype=np.int64, out=fps)
+        fps += self.fp
+        tf, sf, a, b = self._tf[:n], self._sf[:n], self._a[:n], self._b[:n]
+        tpr, fpr = self._tpr[:n + 1], self._fpr[:n + 1]
+        np.copyto(tf, tps)                      # exact: counts < 2^53
+        np.copyto(sf, fps)
+        np.divide(tf, self.P, out=tpr[1:])      # == tps / P (int64 / int: both cast to float64)
+        np.divide(sf, self.N, out=fpr[1:])
+        np.subtract(fpr[1:], fpr[:-1], out=a)
+        np.add(tpr[1:], tpr[:-1], out=b)
+        np.multiply(a, b, out=auc_out)          # (fpr - fpr_prev) * (tpr + tpr_prev)
+        sf += tf                                # tps + fps, exact
+        np.divide(tf, sf, out=b)                # precision
+        np.subtract(tpr[1:], tpr[:-1], out=a)
+        np.multiply(a, b, out=ap_out)           # (tpr - tpr_prev) * precision
+        self._operating_points(tpr, fpr)
+        self._f1(keys, tf, sf)
+        if self.pick is not None:
+            self._pick(keys, tps, fps)
+        self.tp, self.fp = int(tps[-1]), int(fps[-1])
+        tpr[0], fpr[0] = tpr[n], fpr[n]
+        self.offset += n
+
+    def _operating_points(self, tpr: np.ndarray, fpr: np.ndarray) -> None:
+        """FPR at the first TPR >= target, and ``np.interp(target, tpr, fpr)`` (``tpr[0]``: the previous point)."""
+        t = self.target
+        if self.fpr_first is None and tpr[-1] >= t:
+            self.fpr_first = float(fpr[1 + int(np.argmax(tpr[1:] >= t))])
+        if self.interp is None and tpr[-1] > t:
+            # the segment from the last point with tpr <= target to the next one
+            j = int(np.argmax(tpr[1:] > t))
+            x0, y0 = tpr[j], fpr[j]
+            slope = (fpr[j + 1] - y0) / (tpr[j + 1] - x0)
+            self.interp = float(slope * (t - x0) + y0)
+
+    def _f1(self, keys, tf: np.ndarray, sf: np.ndarray) -> None:
+        """``F1 = 2 TP / (TP + FP + P)`` (``sf`` = TP + FP); among equal values the first (highest) key wins.
+
+        F1 grows with TP and falls with FP, so no entry of the chunk exceeds F1(last TP, first FP) (correctly
+        rounded, the float values keep that order): a chunk whose bound does not beat the best is skipped.
+        """
+        if 2.0 * tf[-1] / (tf[-1] + (sf[0] - tf[0]) + self.P) <= self.best_f1:
+            return
+        n = keys.size
+        f1, den = self._a[:n], self._b[:n]
+        np.multiply(tf, 2.0, out=f1)
+        np.add(sf, self.P, out=den)
+        np.divide(f1, den, out=f1)
+        j = int(np.argmax(f1))
+        if f1[j] > self.best_f1:  # strict: among equal F1 the first (highest) threshold wins
+            self.best_f1, self.best_key = float(f1[j]), keys[j]
+
+    def _pick(self, keys, tps, fps) -> None:
+        lo, hi = np.searchsorted(self.pick, [self.offset, self.offset + keys.size])
+        sel = self.pick[lo:hi] - self.offset
+        self.picked.append((keys[sel], tps[sel], fps[sel]))
+
+    def result(self) -> dict:
+        interp = self.interp if self.interp is not None else float(self._fpr[0])  # target 1: the last FPR
+        return {"auroc": self.auc / 2.0, "ap": self.ap, "fpr95": self.fpr_first, "fpr95_interp": interp,
+                "best_key": self.best_key, "n_distinct": self.offset, "picked": self.picked}
+
+
 class _Hist:
     """Exact histogram of both classes: per class, sorted unique keys (ascending) and counts.
 
-    Metrics come from one pass over the union of keys in descending order, block by block, with running TP/FP
-    offsets; the union is never materialised, so compute() needs little memory beyond the state itself.
+    Metrics come from one pass over the union of keys in descending order, block by block (:class:`_Sweep`),
+    with running TP/FP offsets; the union is never materialised, so compute() needs little memory beyond the state.
     """
 
     def __init__(self, kn, cn, kp, cp, wide: bool):
         self.kn, self.cn, self.kp, self.cp, self.wide = kn, cn, kp, cp, wide
-        self.n_neg = int(cn.sum())
-        self.n_pos = int(cp.sum())
+        self._totals(int(cn.sum()), int(cp.sum()))
+
+    def _totals(self, n_neg: int, n_pos: int) -> None:
+        self.n_neg, self.n_pos = n_neg, n_pos
         if self.n_pos == 0 and self.n_neg == 0:
             raise OodscoreError("labels: no valid pixels (label 0 or 1); cannot compute metrics on empty input")
         if self.n_pos == 0:
@@ -333,7 +611,11 @@ class _Hist:
                                 "AUROC/FPR95 are undefined")
 
     def _blocks(self):
-        """Yield (keys, pos, neg) for consecutive blocks of distinct keys in descending order."""
+        """Yield ascending (keys, pos, neg) for consecutive blocks of distinct keys, the highest block first.
+
+        Each class contributes at most ``_BLOCK`` keys to a block (the lower bound is the larger of the two
+        classes' ``_BLOCK``-th key from the top), and at least one.
+        """
         kn, kp = self.kn, self.kp
         i_n, i_p = kn.size, kp.size
         while i_n > 0 or i_p > 0:
@@ -342,59 +624,24 @@ class _Hist:
                 cands.append(kn[max(i_n - _BLOCK, 0)])
             if i_p > 0:
                 cands.append(kp[max(i_p - _BLOCK, 0)])
-            lo = max(cands)  # each class contributes at most _BLOCK keys >= lo, and at least one key is >= lo
+            lo = max(cands)
             s_n = int(np.searchsorted(kn[:i_n], lo, side="left"))
             s_p = int(np.searchsorted(kp[:i_p], lo, side="left"))
             keys, neg, pos = _union_counts(kn[s_n:i_n], self.cn[s_n:i_n], kp[s_p:i_p], self.cp[s_p:i_p])
-            yield keys[::-1], pos[::-1], neg[::-1]
+            yield keys, pos, neg
             i_n, i_p = s_n, s_p
+
+    def _below(self, k) -> tuple[int, int]:
+        """(ID pixels, anomaly pixels) with a key below ``k``."""
+        return (int(self.cn[:np.searchsorted(self.kn, k, side="left")].sum()),
+                int(self.cp[:np.searchsorted(self.kp, k, side="left")].sum()))
 
     def _pass(self, target: float = 0.95, pick=None):
         """One pass: AUROC, AP, FPR at first TPR >= target, interpolated FPR, F1-optimal key; optional picks."""
-        P, N = self.n_pos, self.n_neg
-        tp0 = fp0 = 0
-        tpr_prev = fpr_prev = 0.0
-        auc = ap = 0.0
-        fpr_first = None
-        interp = None
-        best_f1, best_key = -1.0, None
-        offset = 0
-        picked = []
+        sweep = _Sweep(self.n_pos, self.n_neg, target, pick)
         for keys, pos, neg in self._blocks():
-            tps = tp0 + np.cumsum(pos)
-            fps = fp0 + np.cumsum(neg)
-            tpr = tps / P
-            fpr = fps / N
-            tpr_p = np.concatenate(([tpr_prev], tpr[:-1]))
-            fpr_p = np.concatenate(([fpr_prev], fpr[:-1]))
-            auc += float(np.sum((fpr - fpr_p) * (tpr + tpr_p)))
-            ap += float(np.sum((tpr - tpr_p) * (tps / (tps + fps))))
-            if fpr_first is None:
-                hit = np.flatnonzero(tpr >= target)
-                if hit.size:
-                    fpr_first = float(fpr[hit[0]])
-            if interp is None:
-                # np.interp(target, tpr, fpr): segment from the last point with tpr <= target to the next one
-                above = np.flatnonzero(tpr > target)
-                if above.size:
-                    j = above[0]
-                    x0, y0 = (tpr_p[j], fpr_p[j])
-                    slope = (fpr[j] - y0) / (tpr[j] - x0)
-                    interp = float(slope * (target - x0) + y0)
-            f1 = 2.0 * tps / (tps + fps + P)
-            j = int(np.argmax(f1))
-            if f1[j] > best_f1:  # strict: among equal F1 the first (highest) threshold wins
-                best_f1, best_key = float(f1[j]), keys[j]
-            if pick is not None:
-                sel = pick[(pick >= offset) & (pick < offset + keys.size)] - offset
-                picked.append((keys[sel], tps[sel], fps[sel]))
-            offset += keys.size
-            tp0, fp0 = int(tps[-1]), int(fps[-1])
-            tpr_prev, fpr_prev = float(tpr[-1]), float(fpr[-1])
-        if interp is None:  # target > every tpr < 1 cannot happen (tpr ends at 1) unless target == 1
-            interp = fpr_prev
-        return {"auroc": auc / 2.0, "ap": ap, "fpr95": fpr_first, "fpr95_interp": interp,
-                "best_key": best_key, "n_distinct": offset, "picked": picked}
+            sweep.block(keys, pos, neg)
+        return sweep.result()
 
     def n_distinct(self) -> int:
         return sum(k.size for k, _, _ in self._blocks())
@@ -410,9 +657,7 @@ class _Hist:
 
     def counts_at(self, threshold: float):
         """(TP, FP) for ``score >= threshold``."""
-        k = _threshold_key(threshold, self.wide)
-        below_n = int(self.cn[:np.searchsorted(self.kn, k, side="left")].sum())
-        below_p = int(self.cp[:np.searchsorted(self.kp, k, side="left")].sum())
+        below_n, below_p = self._below(_threshold_key(threshold, self.wide))
         return self.n_pos - below_p, self.n_neg - below_n
 
     def at_threshold(self, threshold: float) -> dict:
@@ -450,6 +695,153 @@ class _Hist:
                 "recall": tps / self.n_pos, "thresholds": np.concatenate(([np.inf], vals))}
 
 
+def _run_chunks(v: np.ndarray, descending: bool):
+    """``(start, stop)`` of consecutive slices of sorted ``v``, about ``_CHUNK`` entries each, that never split a run
+    of equal values (a run longer than that is one slice); from the top when ``descending``."""
+    n, c = v.size, _CHUNK
+    if descending:
+        b = n
+        while b > 0:
+            a = max(b - c, 0)
+            if a > 0:
+                a += int(np.searchsorted(v[a:b], v[a], side="right"))  # the run through ``a`` may go on below it
+                if a == b:
+                    a = int(np.searchsorted(v[:b], v[b - 1], side="left"))
+            yield a, b
+            b = a
+    else:
+        a = 0
+        while a < n:
+            b = min(a + c, n)
+            if b < n:
+                b = a + int(np.searchsorted(v[a:b], v[b - 1], side="left"))  # the run through ``b - 1`` may go on
+                if b == a:
+                    b = a + int(np.searchsorted(v[a:], v[a], side="right"))
+            yield a, b
+            a = b
+
+
+def _chunk_runs(v: np.ndarray, a: int, b: int, pv: np.ndarray, pc: np.ndarray, flag: np.ndarray, pv_range):
+    """Ascending distinct values of ``v[a:b]`` (whole runs) with their anomaly and ID counts (int64).
+
+    ``pv`` / ``pc``: the anomaly class's distinct values (all of them values of ``v``) and counts. ``pv_range``:
+    ``(None, i1)`` when the chunk's values are those of ``pv[:i1]`` from some point on (walking down), ``(i0, None)``
+    when they are those of ``pv[i0:]`` up to some point (walking up); the chunk's ``(i0, i1)`` is returned last.
+    """
+    vc = v[a:b]
+    if vc[0] == vc[-1]:
+        st = np.zeros(1, np.int64)
+    else:
+        f = flag[:vc.size]
+        f[0] = True
+        np.not_equal(vc[1:], vc[:-1], out=f[1:])
+        st = np.flatnonzero(f)
+    vals = vc[st]
+    neg = np.empty(st.size, np.int64)
+    np.subtract(st[1:], st[:-1], out=neg[:-1])
+    neg[-1] = vc.size - st[-1]
+    i0, i1 = pv_range
+    if i0 is None:
+        i0 = int(np.searchsorted(pv[:i1], vals[0], side="left"))
+    else:
+        i1 = i0 + int(np.searchsorted(pv[i0:], vals[-1], side="right"))
+    at = np.searchsorted(vals, pv[i0:i1])
+    pos = np.zeros(st.size, np.int64)
+    pos[at] = pc[i0:i1]
+    neg[at] -= pos[at]
+    return vals, pos, neg, (i0, i1)
+
+
+class _BlockScan:
+    """Where the blocks of :meth:`_Hist._blocks` end, found while walking the union from the top.
+
+    A block ends at the larger of two candidates: the ID class's ``_BLOCK``-th key from the block's top (its
+    lowest key if fewer remain) and the anomaly class's (known from ``pv``); walking down, that is the first of
+    them met.
+    """
+
+    def __init__(self, pv: np.ndarray, low_neg):
+        self.pv, self.low_neg = pv, low_neg   # low_neg: the lowest ID value (None: no ID pixel)
+        self._start(pv.size, low_neg is not None)
+
+    def _start(self, i_p: int, has_neg: bool) -> None:
+        self.has_neg, self.n_neg = has_neg, 0
+        self.p_cand = self.pv[max(i_p - _BLOCK, 0)] if i_p > 0 else None
+
+    def end_in(self, vals: np.ndarray, neg: np.ndarray):
+        """Index in ``vals`` (descending) of the open block's last entry, or None when the block goes on."""
+        asc = vals[::-1]
+        ends = []
+        if self.has_neg:
+            seen = self.n_neg + int(np.count_nonzero(neg))
+            if seen >= _BLOCK:
+                ends.append(int(np.searchsorted(np.cumsum(neg > 0) + self.n_neg, _BLOCK)))
+            if self.low_neg >= asc[0]:
+                ends.append(vals.size - 1 - int(np.searchsorted(asc, self.low_neg)))
+            self.n_neg = seen
+        if self.p_cand is not None and self.p_cand >= asc[0]:
+            ends.append(vals.size - 1 - int(np.searchsorted(asc, self.p_cand)))
+        if not ends:
+            return None
+        end = min(ends)
+        last = vals[end]
+        self._start(int(np.searchsorted(self.pv, last, side="left")), self.has_neg and last > self.low_neg)
+        return end
+
+
+class _SortedHist(_Hist):
+    """The histogram the one-shot functions build: the keys of all valid scores sorted (ties kept), and the
+    anomaly class's distinct keys with their counts. The union is walked chunk by chunk from the top, distinct values and counts
+    found on the way, in the blocks of :meth:`_Hist._blocks` (so the float sums, and every number, are the same as
+    from the per-class form), without ever materialising it.
+    """
+
+    def __init__(self, vv: np.ndarray, pv: np.ndarray, pc: np.ndarray, wide: bool):
+        self.vv, self.pv, self.pc, self.wide = vv, pv, pc, wide
+        n_pos = int(pc.sum())
+        self._totals(vv.size - n_pos, n_pos)
+
+    def _runs(self, descending: bool):
+        """Ascending (values, anomaly counts, ID counts) of consecutive chunks of the union."""
+        flag = np.empty(min(_CHUNK, self.vv.size), bool)
+        rng = (None, self.pv.size) if descending else (0, None)
+        for a, b in _run_chunks(self.vv, descending):
+            vals, pos, neg, (i0, i1) = _chunk_runs(self.vv, a, b, self.pv, self.pc, flag, rng)
+            rng = (None, i0) if descending else (i1, None)
+            yield vals, pos, neg
+
+    def _lowest_neg(self):
+        for vals, _, neg in self._runs(descending=False):
+            hit = np.flatnonzero(neg)
+            if hit.size:
+                return vals[hit[0]]
+        return None
+
+    def _pass(self, target: float = 0.95, pick=None):
+        sweep = _Sweep(self.n_pos, self.n_neg, target, pick)
+        sweep._reserve(min(2 * _BLOCK, self.vv.size))  # a block holds at most _BLOCK keys of each class
+        scan = _BlockScan(self.pv, self._lowest_neg())
+        for vals, pos, neg in self._runs(descending=True):
+            vals, pos, neg = vals[::-1], pos[::-1], neg[::-1]
+            while vals.size:
+                end = scan.end_in(vals, neg)
+                m = vals.size if end is None else end + 1
+                sweep.feed(vals[:m], pos[:m], neg[:m])
+                if end is not None:
+                    sweep.end_block()
+                vals, pos, neg = vals[m:], pos[m:], neg[m:]
+        sweep.end_block()
+        return sweep.result()
+
+    def _below(self, k) -> tuple[int, int]:
+        below = int(np.searchsorted(self.vv, k, side="left"))
+        below_p = int(self.pc[:np.searchsorted(self.pv, k, side="left")].sum())
+        return below - below_p, below_p
+
+    def n_distinct(self) -> int:
+        return sum(v.size for v, _, _ in self._runs(descending=False))
+
+
 def _check_threshold(threshold):
     if threshold is None:
         return None
@@ -463,6 +855,24 @@ def _check_threshold(threshold):
 
 
 # ----------------------------------------------------------------------------- streaming states
+@dataclass
+class BatchSummary:
+    """What one batch adds to a :class:`PixelMetrics`: made by :meth:`PixelMetrics.summarize`, folded in by
+    :meth:`PixelMetrics.add_summary` (picklable: worker processes summarize frames, the parent adds the summaries in
+    frame order and gets exactly the state that ``update`` with the frames would have given).
+
+    ``kind``: ``"exact"`` (``arrays``: per class, the sorted distinct keys and their counts; ``wide``: uint64 keys
+    of float64 scores), ``"bins"`` (per class, the count per bin of ``edges``) or ``"raw"`` (a binned accumulator
+    whose edges were not fixed yet: the valid scores of each class, float64).
+    """
+
+    bins: int | None
+    kind: str
+    arrays: tuple
+    wide: bool = False
+    edges: np.ndarray | None = None
+
+
 class _State:
     """What a :class:`PixelMetrics` accumulates: exact (:class:`_ExactState`) or binned (:class:`_BinnedState`).
 
@@ -481,9 +891,13 @@ class _State:
 
             self._update_torch(torch.as_tensor(scores), torch.as_tensor(labels))
         else:
-            self._update_numpy(*_split_numpy(scores, labels))
+            self.add_summary(self.summarize(scores, labels))
 
-    def _update_numpy(self, neg: np.ndarray, pos: np.ndarray) -> None:  # pragma: no cover - abstract
+    def summarize(self, scores: np.ndarray, labels: np.ndarray) -> "BatchSummary":  # pragma: no cover - abstract
+        """What ``update`` would add for a numpy batch, without adding it (the state is only read)."""
+        raise NotImplementedError
+
+    def add_summary(self, summary: "BatchSummary") -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _update_torch(self, scores, labels) -> None:  # pragma: no cover - abstract
@@ -596,9 +1010,20 @@ class _ExactState(_State):
         # torch.unique merges -0.0/0.0 already; keys are monotone in the values, so still sorted
         self._add_run(cls, *_unique_counts_sorted(keys, counts))
 
-    def _update_numpy(self, neg: np.ndarray, pos: np.ndarray) -> None:
-        self._add_values(0, neg)
-        self._add_values(1, pos)
+    def summarize(self, scores: np.ndarray, labels: np.ndarray) -> "BatchSummary":
+        """Per class, the batch's sorted distinct keys with their counts (keys made in one in-cache pass)."""
+        wide, kn, skip, kp = _split_sorted(*_flat_checked(scores, labels), "neg")
+        return BatchSummary(None, "exact", (_compact_runs(kn, skip), _compact_runs(kp)), wide=wide)
+
+    def add_summary(self, summary: "BatchSummary") -> None:
+        if summary.kind != "exact":
+            raise OodscoreError(f"add_summary: a {summary.kind!r} summary cannot be added to an exact accumulator")
+        if summary.wide:
+            self._widen()
+        for cls, (k, c) in enumerate(summary.arrays):
+            if self._wide and k.dtype == np.uint32:
+                k = _f64_to_key(_key_to_f32(k).astype(np.float64))
+            self._add_run(cls, k, c)
 
     def _update_torch(self, scores, labels) -> None:
         for cls, (kind, payload) in enumerate(_runs_from_torch(scores, labels)):
@@ -676,10 +1101,32 @@ class _BinnedState(_State):
             for v in buf[cls]:
                 self._bin_add(cls, v)
 
+    def _bin_count(self, v: np.ndarray) -> np.ndarray:
+        if not v.size:
+            return np.zeros(self.edges.size, np.int64)
+        idx = np.clip(np.searchsorted(self.edges, v.astype(np.float64), side="right") - 1, 0, None)
+        return np.bincount(idx, minlength=self.edges.size)
+
     def _bin_add(self, cls: int, v: np.ndarray) -> None:
         if v.size:
-            idx = np.clip(np.searchsorted(self.edges, v.astype(np.float64), side="right") - 1, 0, None)
-            self._bin_counts[cls] += np.bincount(idx, minlength=self.edges.size)
+            self._bin_counts[cls] += self._bin_count(v)
+
+    def summarize(self, scores: np.ndarray, labels: np.ndarray) -> "BatchSummary":
+        """The counts per bin once the edges are fixed; before that the valid scores themselves (float64)."""
+        neg, pos = _split_numpy(scores, labels)
+        if self.edges is None:
+            return BatchSummary(self.bins, "raw", (neg.astype(np.float64), pos.astype(np.float64)))
+        return BatchSummary(self.bins, "bins", (self._bin_count(neg), self._bin_count(pos)), edges=self.edges)
+
+    def add_summary(self, summary: "BatchSummary") -> None:
+        if summary.kind == "raw":
+            self._update_numpy(*summary.arrays)
+            return
+        if summary.kind != "bins" or self.edges is None or not np.array_equal(self.edges, summary.edges):
+            raise OodscoreError("add_summary: the summary was not binned with this accumulator's quantile edges; "
+                                "summarize with this accumulator or its empty_copy()")
+        for cls in (0, 1):
+            self._bin_counts[cls] += summary.arrays[cls]
 
     def _bin_add_torch(self, cls: int, v) -> None:
         import torch
@@ -796,6 +1243,38 @@ class PixelMetrics:
         _check_shapes(scores, labels)
         self._state.update(scores, labels)
 
+    def summarize(self, scores, labels) -> BatchSummary:
+        """What ``update(scores, labels)`` would add, without adding it; this accumulator is only read.
+
+        Exact mode: per class, the batch's sorted distinct scores with their counts. Binned mode: the counts per bin
+        once this accumulator's edges are fixed, else the valid scores (they may fix the edges when added).
+        Torch tensors are read on the CPU.
+        """
+        _check_shapes(scores, labels)
+        return self._state.summarize(*_numpy_batch(scores, labels))
+
+    def add_summary(self, summary: BatchSummary) -> "PixelMetrics":
+        """Fold in a :meth:`summarize` result (its arrays are taken over); returns self.
+
+        Adding the summaries of batches in the batches' order gives exactly the state ``update`` with each batch
+        gives (binned mode: summaries must come from this accumulator or its :meth:`empty_copy` made after its
+        edges were fixed, or be ``"raw"``).
+        """
+        if not isinstance(summary, BatchSummary):
+            raise OodscoreError(f"add_summary: expected a BatchSummary, got {type(summary).__name__}")
+        if summary.bins != self.bins:
+            raise OodscoreError(f"add_summary: bins differ ({self.bins} vs {summary.bins})")
+        self._state.add_summary(summary)
+        return self
+
+    def empty_copy(self) -> "PixelMetrics":
+        """An empty accumulator of this class with this one's settings and (binned mode) its fixed edges, to
+        summarize batches for it (e.g. in a worker process)."""
+        out = type(self)(bins=self.bins, edge_samples=self.edge_samples, seed=self.seed)
+        if self.edges is not None:
+            out._state._set_edges(self.edges.copy())
+        return out
+
     def merge(self, other: "PixelMetrics") -> "PixelMetrics":
         """Fold another accumulator's state into this one (e.g. from another worker / rank); returns self."""
         if not isinstance(other, PixelMetrics):
@@ -836,7 +1315,28 @@ class PixelMetrics:
 
 
 # ----------------------------------------------------------------------------- one-shot functions
+def _sorted_hist(scores, labels) -> _SortedHist:
+    """The exact histogram of a numpy batch for the one-shot functions: the valid scores sorted once (one in-cache
+    pass picks them and the anomaly scores out), and the anomaly class's distinct scores with their counts."""
+    wide, keys, skip, kp = _split_sorted(*_flat_checked(scores, labels), "valid")
+    pv, pc = _compact_runs(kp)
+    return _SortedHist(keys[skip:], pv, pc, wide)
+
+
+def _numpy_batch(scores, labels):
+    """numpy arrays of a batch (torch tensors are moved to the CPU; bfloat16 is read as float32)."""
+    if not (_is_torch(scores) or _is_torch(labels)):
+        return scores, labels
+    import torch
+
+    s, y = torch.as_tensor(scores).detach(), torch.as_tensor(labels).detach()
+    return (s.float() if s.dtype == torch.bfloat16 else s).cpu().numpy(), y.cpu().numpy()
+
+
 def _hist_of(scores, labels) -> _Hist:
+    _check_shapes(scores, labels)
+    if not (_is_torch(scores) or _is_torch(labels)):
+        return _sorted_hist(scores, labels)
     m = PixelMetrics()
     m.update(scores, labels)
     return m._state.counts()

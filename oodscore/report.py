@@ -42,6 +42,7 @@ from cocodag.outputs import disk_errors, prepare_output
 
 from . import OodscoreError
 from .scores import METHODS  # the registry's names (cheap: no scorer is imported)
+from .workers import SerialFrames, WorkerFrames, check_workers
 
 THRESHOLDS_FORMAT = "oodscore-thresholds"
 THRESHOLD_KINDS = ("f1", "tpr95")
@@ -335,29 +336,63 @@ def _where(describe: Callable[[str], str] | None, name: str) -> str:
     return f"{describe(name)}: frame {name!r}" if describe is not None else f"frame {name!r}"
 
 
-def _pixel_pass(methods: Sequence[str], frames: Iterable[tuple], num_frames: int, *, bins: int | None,
-                overlay_at: set[int], progress: bool, describe: Callable[[str], str] | None = None
-                ) -> tuple[dict, list]:
-    """Pass 1: stream every frame's scores into one ``PixelMetrics`` per method; keep the overlay frames."""
+@dataclass(frozen=True)
+class _PixelTask:
+    """Pass 1 for one frame (in this process or a worker): each method's metric summary, and the frame itself when
+    it is kept for an overlay. ``accs``: empty copies of the run's accumulators (their mode, binned edges)."""
+
+    accs: dict
+    keep: bool
+
+    def run(self, item: tuple, describe: Callable[[str], str] | None) -> tuple[dict, tuple | None]:
+        name, label, scores, image = item
+        out = {}
+        for m, acc in self.accs.items():
+            s = scores[m]
+            if s.shape != label.shape:
+                raise OodscoreError(f"{_where(describe, name)}: {m} score map has shape {s.shape}, "
+                                    f"label {label.shape}")
+            try:
+                out[m] = acc.summarize(s, label)
+            except OodscoreError as e:      # say which file, frame and method, the metric only sees arrays
+                raise OodscoreError(f"{_where(describe, name)}, {m}: {e}") from None
+        kept = None
+        if self.keep and image is not None:
+            kept = (name, label, {m: scores[m].astype(np.float16) for m in self.accs}, image)
+        return out, kept
+
+
+@dataclass(frozen=True)
+class _ComponentTask:
+    """Pass 2 for one frame: each method's (sIoU, PPV) values. ``cms``: empty copies of the run's accumulators."""
+
+    cms: dict
+
+    def run(self, item: tuple, describe: Callable[[str], str] | None) -> dict:
+        _, label, scores, _ = item
+        return {m: cm.frame(scores[m], label) for m, cm in self.cms.items()}
+
+
+def _pixel_pass(methods: Sequence[str], runner, num_frames: int, *, bins: int | None, overlay_at: set[int],
+                progress: bool) -> tuple[dict, list]:
+    """Pass 1: every frame's metric summaries, folded in frame order into one ``PixelMetrics`` per method (what
+    ``update`` with each frame gives); the overlay frames are kept."""
     from tqdm import tqdm
 
     from .metrics import PixelMetrics
 
     pm = {m: PixelMetrics(bins=bins) for m in methods}
     kept: list[tuple[str, np.ndarray, dict, np.ndarray]] = []   # only the few overlay frames are kept
-    for i, (name, label, scores, image) in enumerate(tqdm(frames, total=num_frames, desc="evaluate",
-                                                          unit="frame", disable=not progress)):
+
+    def task(i: int) -> _PixelTask:  # made when frame i is submitted: binned edges as fixed by then
+        return _PixelTask({m: pm[m].empty_copy() for m in methods}, i in overlay_at)
+
+    for summaries, overlay in tqdm(runner.results(task, num_frames), total=num_frames, desc="evaluate",
+                                   unit="frame", disable=not progress):
         for m in methods:
-            s = scores[m]
-            if s.shape != label.shape:
-                raise OodscoreError(f"{_where(describe, name)}: {m} score map has shape {s.shape}, "
-                                    f"label {label.shape}")
-            try:
-                pm[m].update(s, label)
-            except OodscoreError as e:      # say which file, frame and method, the metric only sees arrays
-                raise OodscoreError(f"{_where(describe, name)}, {m}: {e}") from None
-        if i in overlay_at and image is not None:
-            kept.append((name, label, {m: scores[m].astype(np.float16) for m in methods}, image))
+            pm[m].add_summary(summaries[m])
+        if overlay is not None:
+            kept.append(overlay)
     return pm, kept
 
 
@@ -378,17 +413,18 @@ def _fixed_threshold_stats(pm, threshold: float) -> dict:
     return {k: r[k] for k in ("threshold", "f1", "precision", "recall", "fpr") if k in r}
 
 
-def _component_pass(results: dict, frames: Iterable[tuple], num_frames: int, track: str, progress: bool) -> None:
+def _component_pass(results: dict, runner, num_frames: int, track: str, progress: bool) -> None:
     """Pass 2: component metrics at each method's F1-optimal pixel threshold, added to ``results`` in place."""
     from tqdm import tqdm
 
     from .components import ComponentMetrics
 
     cms = {m: ComponentMetrics(threshold=r["threshold"], track=track) for m, r in results.items()}
-    for _, label, scores, _ in tqdm(frames, total=num_frames, desc="components", unit="frame",
-                                    disable=not progress):
+    task = _ComponentTask({m: cm.empty_copy() for m, cm in cms.items()})
+    for values in tqdm(runner.results(lambda i: task, num_frames), total=num_frames, desc="components",
+                       unit="frame", disable=not progress):
         for m, cm in cms.items():
-            cm.update(scores[m], label)
+            cm.add_frame(*values[m])
     for m, cm in cms.items():
         results[m].update({f"component_{k}" if not k.startswith("component") else k: v
                            for k, v in cm.compute().items() if np.isscalar(v)})
@@ -416,13 +452,21 @@ def evaluate_frames(methods: Sequence[str], frames: Callable[[], Iterable[tuple]
         A score map of the wrong shape, non-finite scores, a degenerate label set, or ``threshold_from`` missing a
         method.
     """
+    return _evaluate(methods, SerialFrames(frames, describe), num_frames, bins=bins, components=components,
+                     threshold_from=threshold_from, threshold_kind=threshold_kind, overlay_at=overlay_at,
+                     progress=progress)
+
+
+def _evaluate(methods: Sequence[str], runner, num_frames: int, *, bins: int | None, components: str,
+              threshold_from: dict[str, float] | None, threshold_kind: str, overlay_at: set[int], progress: bool
+              ) -> Evaluation:
+    """:func:`evaluate_frames` with the frames computed by ``runner`` (:mod:`oodscore.workers`)."""
     if threshold_from is not None:
         missing = [m for m in methods if m not in threshold_from]
         if missing:
             raise OodscoreError(f"--threshold-from has no {threshold_kind} threshold for method(s) "
                                 f"{', '.join(missing)}; it has {', '.join(sorted(threshold_from)) or 'none'}")
-    pm, kept = _pixel_pass(methods, frames(), num_frames, bins=bins, overlay_at=overlay_at, progress=progress,
-                           describe=describe)
+    pm, kept = _pixel_pass(methods, runner, num_frames, bins=bins, overlay_at=overlay_at, progress=progress)
     results = {m: pm[m].compute() for m in methods}
     curves = {m: pm[m].curves() for m in methods}
     thresholds = {m: _run_thresholds(pm[m], results[m]) for m in methods}
@@ -431,7 +475,7 @@ def evaluate_frames(methods: Sequence[str], frames: Callable[[], Iterable[tuple]
             fixed = _fixed_threshold_stats(pm[m], threshold_from[m])
             results[m].update({f"{k}@{threshold_kind}_given": v for k, v in fixed.items()})
     if components != "none":
-        _component_pass(results, frames(), num_frames, components, progress)
+        _component_pass(results, runner, num_frames, components, progress)
     return Evaluation(results, thresholds, curves, kept)
 
 
@@ -460,21 +504,22 @@ def write_report(out_dir: Path | str, ev: Evaluation, *, threshold_from: dict[st
     return files
 
 
-def _run(out_dir: Path, methods: Sequence[str], frames: Callable[[], Iterable[tuple]], num_frames: int, *,
-         bins: int | None, components: str, threshold_from: dict[str, float] | None, threshold_kind: str,
-         overlay_at: set[int], progress: bool, source: str, describe: Callable[[str], str] | None = None
-         ) -> EvalOutput:
-    """Evaluate, then write the report: :func:`evaluate_frames` + :func:`write_report`.
+def _run(out_dir: Path, methods: Sequence[str], runner, num_frames: int, *, bins: int | None, components: str,
+         threshold_from: dict[str, float] | None, threshold_kind: str, overlay_at: set[int], progress: bool,
+         source: str) -> EvalOutput:
+    """Evaluate, then write the report: :func:`evaluate_frames` (frames from ``runner``) + :func:`write_report`.
 
     ``out_dir`` is checked (:func:`cocodag.outputs.prepare_output`) before the first frame is scored and held
     exclusively (:class:`cocodag.lock.OutputLock`) until the report is written: a second job on the same folder is
-    refused with one line naming this one. A full disk while writing is one line too.
+    refused with one line naming this one. A full disk while writing is one line too. Worker processes (if any)
+    only read; they are stopped before the report is written.
     """
     out_dir = prepare_output(out_dir, kind="dir", option="--out")
     with OutputLock(out_dir, option="--out"):
-        ev = evaluate_frames(methods, frames, num_frames, bins=bins, components=components,
-                             threshold_from=threshold_from, threshold_kind=threshold_kind, overlay_at=overlay_at,
-                             progress=progress, describe=describe)
+        with runner:
+            ev = _evaluate(methods, runner, num_frames, bins=bins, components=components,
+                           threshold_from=threshold_from, threshold_kind=threshold_kind, overlay_at=overlay_at,
+                           progress=progress)
         with disk_errors(out_dir, option="--out"):
             files = write_report(out_dir, ev, threshold_from=threshold_from, threshold_kind=threshold_kind,
                                  source=source)
@@ -566,18 +611,40 @@ def _score_frame(lf, i: int, image_id: str, scorers: dict, inputs: dict, size: t
     return scores
 
 
+def _logits_frame(lf, scorers: dict, region: str, overlay_at: set[int], i: int) -> tuple:
+    """Frame ``i`` of a ``LogitsFile`` as :func:`evaluate_frames` takes it, every method's scores computed."""
+    kinds = {sc.requires for sc in scorers.values()}
+    fr = lf.frame(i, image=i in overlay_at)
+    label = _apply_region(fr.label, fr.roi, region, fr.image_id)
+    inputs = {k: _INPUT_READERS[k](lf, i, fr) for k in kinds}
+    return fr.image_id, label, _score_frame(lf, i, fr.image_id, scorers, inputs, label.shape), fr.image
+
+
 def _logits_frames(lf, scorers: dict, region: str, overlay_at: set[int]) -> Callable[[], Iterable[tuple]]:
     """The ``frames()`` callable of :func:`evaluate_frames` for a ``LogitsFile``: scores every frame on the fly."""
-    kinds = {sc.requires for sc in scorers.values()}
-
     def frames():
         for i in range(len(lf)):
-            fr = lf.frame(i, image=i in overlay_at)
-            label = _apply_region(fr.label, fr.roi, region, fr.image_id)
-            inputs = {k: _INPUT_READERS[k](lf, i, fr) for k in kinds}
-            yield fr.image_id, label, _score_frame(lf, i, fr.image_id, scorers, inputs, label.shape), fr.image
+            yield _logits_frame(lf, scorers, region, overlay_at, i)
 
     return frames
+
+
+@dataclass(frozen=True)
+class _LogitsSource:
+    """What a worker process needs to score frames of a logits file itself (see :mod:`oodscore.workers`)."""
+
+    path: str
+    methods: tuple
+    options: dict          # build_scorers' keyword arguments besides the file's own num_classes / has_mc
+    region: str
+    overlay_at: frozenset
+
+    def open(self, stack):
+        from cocodag.formats.logits import LogitsFile
+
+        lf = stack.enter_context(LogitsFile(self.path))
+        scorers = build_scorers(self.methods, num_classes=lf.num_classes, has_mc=lf.has_mc, **self.options)
+        return (lambda i: _logits_frame(lf, scorers, self.region, self.overlay_at, i)), (lambda _n: str(lf.path))
 
 
 def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Path | str, *,
@@ -585,7 +652,7 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
                     vde_threshold: float | None = None, oodmc_model: Path | str | None = None,
                     components: str = "none", region: str = "all", bins: int | None = None, max_overlays: int = 4,
                     threshold_from: Path | str | None = None, threshold_kind: str = "f1",
-                    device: str | None = None, progress: bool = True) -> EvalOutput:
+                    device: str | None = None, progress: bool = True, workers: int = 1) -> EvalOutput:
     """Score every frame of a ``logits.h5`` file with each method and write the report to ``out_dir``.
 
     Parameters
@@ -600,6 +667,9 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
     threshold_from, threshold_kind
         A ``thresholds.json`` of a validation run: its thresholds draw the overlay masks and give
         F1/precision/recall/FPR at that fixed threshold (``<metric>@<kind>_given``).
+    workers : int
+        Frames scored in this many processes (each opens the file and loads the scorers itself); the numbers and
+        files are those of ``workers=1``, bit for bit.
     """
     from cocodag.formats.logits import LogitsFile
 
@@ -609,20 +679,26 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
         raise OodscoreError("no --method given; choose from " + ", ".join(METHODS))
     methods = check_methods(methods)  # before opening anything: unknown names fail fast
     _check_choices(components, region)
+    check_workers(workers)
     given = load_thresholds(threshold_from, threshold_kind, methods) if threshold_from is not None else None
+    options = {"sml_stats": Path(sml_stats) if sml_stats else None, "boundary_iters": boundary_iters,
+               "smoothing": smoothing, "vde_threshold": vde_threshold,
+               "oodmc_model": Path(oodmc_model) if oodmc_model else None, "device": device}
     with LogitsFile(logits_path) as lf:
         if region == "road" and not lf.has_roi:
             raise OodscoreError(f"{lf.path}: --region road needs a 'roi' dataset in the logits file "
                                 "(export from a road-region preset, e.g. lostandfound)")
-        scorers = build_scorers(methods, num_classes=lf.num_classes, has_mc=lf.has_mc,
-                                sml_stats=Path(sml_stats) if sml_stats else None, boundary_iters=boundary_iters,
-                                smoothing=smoothing, vde_threshold=vde_threshold,
-                                oodmc_model=Path(oodmc_model) if oodmc_model else None, device=device)
+        scorers = build_scorers(methods, num_classes=lf.num_classes, has_mc=lf.has_mc, **options)
         overlay_at = set(_overlay_indices(len(lf), max_overlays)) if lf.has_images else set()
-        return _run(Path(out_dir), list(scorers), _logits_frames(lf, scorers, region, overlay_at), len(lf),
-                    bins=bins, components=components, threshold_from=given, threshold_kind=threshold_kind,
-                    overlay_at=overlay_at, progress=progress, source=str(logits_path),
-                    describe=lambda _name: str(lf.path))
+        if workers > 1:
+            # workers start in this working directory: the paths as given name the same files (and messages)
+            runner = WorkerFrames(_LogitsSource(str(lf.path), tuple(scorers), options, region, frozenset(overlay_at)),
+                                  workers, len(lf))
+        else:
+            runner = SerialFrames(_logits_frames(lf, scorers, region, overlay_at), lambda _name: str(lf.path))
+        return _run(Path(out_dir), list(scorers), runner, len(lf), bins=bins, components=components,
+                    threshold_from=given, threshold_kind=threshold_kind, overlay_at=overlay_at, progress=progress,
+                    source=str(logits_path))
 
 
 def _check_choices(components: str, region: str) -> None:
@@ -643,10 +719,49 @@ def _overlay_image(path: Path) -> np.ndarray | None:
         return None
 
 
+def _score_map_frame(maps, preset, it, region: str, method: str, resize: bool, with_image: bool) -> tuple:
+    """One frame of an evaluation set with its saved score map, as :func:`evaluate_frames` takes it."""
+    label = preset.load_label(it.label_path)
+    roi = preset.load_roi(it) if region == "road" else None
+    label = _apply_region(label, roi, region, it.name)
+    s = maps.get(it.name)
+    if s.shape != label.shape:
+        if not resize:
+            raise OodscoreError(f"{maps.path}: score map of {it.name!r} is {s.shape[0]}x{s.shape[1]}, "
+                                f"label is {label.shape[0]}x{label.shape[1]} (pass --resize-scores to "
+                                "resize bilinearly)")
+        s = _resize(s, label.shape)
+    image = _overlay_image(it.image_path) if with_image else None
+    return it.name, label, {method: s}, image
+
+
+@dataclass(frozen=True)
+class _ScoreMapsSource:
+    """What a worker process needs to read frames and score maps itself (see :mod:`oodscore.workers`)."""
+
+    scores_path: str
+    dataset: str
+    method: str
+    region: str
+    resize: bool
+    overlay_at: frozenset
+
+    def open(self, stack):
+        from cocodag.formats.evalsets import parse_dataset_spec
+
+        from .io import open_score_maps
+
+        preset, root = parse_dataset_spec(self.dataset)
+        items = preset.find(root)
+        maps = stack.enter_context(open_score_maps(self.scores_path))
+        return (lambda i: _score_map_frame(maps, preset, items[i], self.region, self.method, self.resize,
+                                           i in self.overlay_at)), maps.where
+
+
 def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | str, *, name: str | None = None,
                         components: str = "none", region: str | None = None, bins: int | None = None,
                         max_overlays: int = 4, threshold_from: Path | str | None = None, threshold_kind: str = "f1",
-                        resize: bool = False, progress: bool = True) -> EvalOutput:
+                        resize: bool = False, progress: bool = True, workers: int = 1) -> EvalOutput:
     """Evaluate any method's saved score maps against an evaluation set given as ``PRESET:ROOT``.
 
     Parameters
@@ -658,6 +773,8 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
     resize : bool
         Resize score maps whose size differs from the label bilinearly (as the SegmentMeIfYouCan tooling does);
         default False: a size mismatch is an error.
+    workers : int
+        Frames read in this many processes; the numbers and files are those of ``workers=1``, bit for bit.
     """
     from cocodag.formats.evalsets import parse_dataset_spec
 
@@ -666,30 +783,22 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
     preset, root = parse_dataset_spec(dataset)
     region = region or preset.region_of(root)
     _check_choices(components, region)
+    check_workers(workers)
     method = name or Path(scores_path).stem or "scores"
     given = load_thresholds(threshold_from, threshold_kind, [method]) if threshold_from is not None else None
     items = preset.find(root)
     with open_score_maps(scores_path) as maps:
         extra = maps.match([it.name for it in items])
         overlay_at = set(_overlay_indices(len(items), max_overlays))
-
-        def frames():
-            for i, it in enumerate(items):
-                label = preset.load_label(it.label_path)
-                roi = preset.load_roi(it) if region == "road" else None
-                label = _apply_region(label, roi, region, it.name)
-                s = maps.get(it.name)
-                if s.shape != label.shape:
-                    if not resize:
-                        raise OodscoreError(f"{maps.path}: score map of {it.name!r} is {s.shape[0]}x{s.shape[1]}, "
-                                            f"label is {label.shape[0]}x{label.shape[1]} (pass --resize-scores to "
-                                            "resize bilinearly)")
-                    s = _resize(s, label.shape)
-                image = _overlay_image(it.image_path) if i in overlay_at else None
-                yield it.name, label, {method: s}, image
-
-        out = _run(Path(out_dir), [method], frames, len(items), bins=bins, components=components,
+        if workers > 1:
+            runner = WorkerFrames(_ScoreMapsSource(str(scores_path), dataset, method, region, resize,
+                                                   frozenset(overlay_at)), workers, len(items))
+        else:
+            runner = SerialFrames(lambda: (_score_map_frame(maps, preset, it, region, method, resize,
+                                                            i in overlay_at) for i, it in enumerate(items)),
+                                  maps.where)
+        out = _run(Path(out_dir), [method], runner, len(items), bins=bins, components=components,
                    threshold_from=given, threshold_kind=threshold_kind, overlay_at=overlay_at, progress=progress,
-                   source=f"{scores_path} on {dataset}", describe=maps.where)
+                   source=f"{scores_path} on {dataset}")
     out.extra_names = extra
     return out

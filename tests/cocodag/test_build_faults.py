@@ -189,8 +189,10 @@ def test_kill_minus_9_with_workers_leaves_nothing_writing(inputs, solo, tmp_path
 
 
 def test_orphan_check_is_a_no_op_in_the_build_process():
-    build_mod._exit_if_orphaned(os.getpid())               # the sequential writer thread runs in the build process
-    build_mod._exit_if_orphaned(os.getppid())              # a worker whose build still runs
+    from cocodag.workers import exit_if_orphaned
+
+    exit_if_orphaned(os.getpid())               # the sequential writer thread runs in the build process
+    exit_if_orphaned(os.getppid())              # a worker whose build still runs
 
 
 # ------------------------------------------------------------------------------------------------ reruns repair
