@@ -169,18 +169,38 @@ def evaluate(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     workers: Annotated[int, typer.Option(
         "--workers", help="Score frames in this many processes (results identical to 1).")] = 1,
+    protocol: Annotated[str, typer.Option(
+        "--protocol", help="exact (ours, default) | smiyc | fishyscapes: metrics as that benchmark's own code "
+        "computes them (docs/protocols.md) | all: every protocol side by side in protocols.md/.csv "
+        "(metrics.json stays exact).")] = "exact",
+    component_rule: Annotated[Optional[str], typer.Option(
+        "--component-rule", help="Component masks: gt (score > t) | ge (score >= t). Default: the protocol's "
+        "(exact: ge, smiyc: gt).")] = None,
+    sml_border: Annotated[Optional[str], typer.Option(
+        "--sml-border", help="SML / VDE boundary mask: geodesic (ours, default) | official-2021 (the official "
+        "code with its pinned kornia).")] = None,
+    boundary_width: Annotated[Optional[int], typer.Option(
+        "--boundary-width", help="SML / VDE: the official boundary_width radius schedule (with --boundary-iters).")
+    ] = None,
+    temperature: Annotated[Optional[float], typer.Option(
+        "--temperature", help="T of energy and msp-t (default: their own, 1 and 1000).")] = None,
 ) -> None:
-    """Score frames and write metrics (exact by default), ROC/PR plots and heat-map overlays."""
+    """Score frames and write metrics (exact by default; --protocol smiyc|fishyscapes|all: as the benchmarks'
+    own code computes them), ROC/PR plots and heat-map overlays."""
     with user_errors():
         from .report import evaluate_logits, evaluate_score_maps
 
         _check_evaluate_args(logits=logits, scores=scores, dataset=dataset, method=method, bins=bins,
                              max_overlays=max_overlays, workers=workers)
         if scores is not None:
+            if sml_border is not None or boundary_width is not None or temperature is not None:
+                raise OodscoreError("--sml-border, --boundary-width and --temperature are scorer options for "
+                                    "--logits; --scores evaluates the given maps as they are")
             res = evaluate_score_maps(scores, dataset, out, name=name, components=components, region=region,
                                       bins=bins, max_overlays=max_overlays, threshold_from=threshold_from,
                                       threshold_kind=threshold_kind, resize=resize_scores,
-                                      progress=progress, workers=workers)
+                                      progress=progress, workers=workers, protocol=protocol,
+                                      component_rule=component_rule)
             if res.extra_names:
                 _echo(f"note: {len(res.extra_names)} score map(s) have no ground-truth frame and were not used: "
                       + ", ".join(res.extra_names[:5]) + (" ..." if len(res.extra_names) > 5 else ""))
@@ -190,8 +210,20 @@ def evaluate(
                                   components=components, region=region or "all", bins=bins,
                                   max_overlays=max_overlays, threshold_from=threshold_from,
                                   threshold_kind=threshold_kind, device=device,
-                                  progress=progress, workers=workers)
+                                  progress=progress, workers=workers, protocol=protocol,
+                                  component_rule=component_rule, border=sml_border,
+                                  boundary_width=boundary_width, temperature=temperature)
         _print_summary(res)
+
+
+@app.command("methods")
+def methods() -> None:
+    """List the score methods: name, what each needs (logits / mc: the MC-dropout block) and its definition."""
+    with user_errors():
+        from .scores import definitions, scorer_class
+
+        for m, text in definitions().items():
+            typer.echo(f"{m:<11} {'[' + scorer_class(m).requires + ']':<9} {text}")
 
 
 @datasets_app.command("list")

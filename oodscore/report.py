@@ -20,6 +20,7 @@ Report folder::
     metrics.csv       one row per method
     roc.png, pr.png   every method on one plot
     thresholds.json   per method: the F1-optimal and TPR-95 thresholds of this run (reusable: --threshold-from)
+    protocols.md, protocols.csv   with --protocol all: every method x protocol side by side (docs/protocols.md)
     overlays/<frame>__<method>.png   heat map (normalized to [0,1], colour bar) + binary mask at a threshold
     .lock             the lock file (empty once the run is over)
 """
@@ -329,6 +330,8 @@ class Evaluation:
     thresholds: dict[str, dict]
     curves: dict[str, dict]
     overlays: list[tuple[str, np.ndarray, dict, np.ndarray]] = field(default_factory=list)
+    #: ``--protocol all``: ``{protocol: {method: metrics}}`` of every protocol (``results`` is the exact one's)
+    protocols: dict[str, dict[str, dict]] = field(default_factory=dict)
 
 
 def _where(describe: Callable[[str], str] | None, name: str) -> str:
@@ -341,24 +344,26 @@ class _PixelTask:
     """Pass 1 for one frame (in this process or a worker): each method's metric summary, and the frame itself when
     it is kept for an overlay. ``accs``: empty copies of the run's accumulators (their mode, binned edges)."""
 
-    accs: dict
+    accs: dict             # (protocol, method) -> accumulator
     keep: bool
 
     def run(self, item: tuple, describe: Callable[[str], str] | None) -> tuple[dict, tuple | None]:
         name, label, scores, image = item
         out = {}
-        for m, acc in self.accs.items():
+        for key, acc in self.accs.items():
+            m = key[1]
             s = scores[m]
             if s.shape != label.shape:
                 raise OodscoreError(f"{_where(describe, name)}: {m} score map has shape {s.shape}, "
                                     f"label {label.shape}")
             try:
-                out[m] = acc.summarize(s, label)
+                out[key] = acc.summarize(s, label)
             except OodscoreError as e:      # say which file, frame and method, the metric only sees arrays
                 raise OodscoreError(f"{_where(describe, name)}, {m}: {e}") from None
         kept = None
         if self.keep and image is not None:
-            kept = (name, label, {m: scores[m].astype(np.float16) for m in self.accs}, image)
+            kept = (name, label, {m: scores[m].astype(np.float16) for m in dict.fromkeys(k[1] for k in self.accs)},
+                    image)
         return out, kept
 
 
@@ -370,27 +375,34 @@ class _ComponentTask:
 
     def run(self, item: tuple, describe: Callable[[str], str] | None) -> dict:
         _, label, scores, _ = item
-        return {m: cm.frame(scores[m], label) for m, cm in self.cms.items()}
+        return {key: cm.frame(scores[key[1]], label) for key, cm in self.cms.items()}
+
+
+def _pixel_accumulator(protocol: str, bins: int | None):
+    """``exact``: today's ``PixelMetrics`` (its results unchanged, no ``"protocol"`` key); else the protocol's."""
+    from .metrics import PixelMetrics
+    from .protocols import pixel_accumulator
+
+    return PixelMetrics(bins=bins) if protocol == "exact" else pixel_accumulator(protocol)
 
 
 def _pixel_pass(methods: Sequence[str], runner, num_frames: int, *, bins: int | None, overlay_at: set[int],
-                progress: bool) -> tuple[dict, list]:
-    """Pass 1: every frame's metric summaries, folded in frame order into one ``PixelMetrics`` per method (what
-    ``update`` with each frame gives); the overlay frames are kept."""
+                progress: bool, protocols: Sequence[str] = ("exact",)) -> tuple[dict, list]:
+    """Pass 1: every frame's metric summaries, folded in frame order into one accumulator per (protocol, method)
+    (what ``update`` with each frame gives); the overlay frames are kept."""
     from tqdm import tqdm
 
-    from .metrics import PixelMetrics
-
-    pm = {m: PixelMetrics(bins=bins) for m in methods}
+    keys = [(p, m) for p in protocols for m in methods]
+    pm = {k: _pixel_accumulator(k[0], bins) for k in keys}
     kept: list[tuple[str, np.ndarray, dict, np.ndarray]] = []   # only the few overlay frames are kept
 
     def task(i: int) -> _PixelTask:  # made when frame i is submitted: binned edges as fixed by then
-        return _PixelTask({m: pm[m].empty_copy() for m in methods}, i in overlay_at)
+        return _PixelTask({k: pm[k].empty_copy() for k in keys}, i in overlay_at)
 
     for summaries, overlay in tqdm(runner.results(task, num_frames), total=num_frames, desc="evaluate",
                                    unit="frame", disable=not progress):
-        for m in methods:
-            pm[m].add_summary(summaries[m])
+        for k in keys:
+            pm[k].add_summary(summaries[k])
         if overlay is not None:
             kept.append(overlay)
     return pm, kept
@@ -404,7 +416,11 @@ def _run_thresholds(pm, result: dict) -> dict:
     """
     n_points = pm.n_distinct + 2
     c = pm.curves(max_points=min(n_points, _TPR95_POINTS))
-    return {"f1": result.get("threshold"), "tpr95": tpr95_threshold(c), "tpr95_exact": n_points <= _TPR95_POINTS}
+    out = {"f1": result.get("threshold"), "tpr95": tpr95_threshold(c), "tpr95_exact": n_points <= _TPR95_POINTS}
+    if result.get("protocol") not in (None, "exact"):   # a protocol's thresholds: say whose, leave out undefined
+        out = {k: v for k, v in out.items() if v is not None}
+        out["protocol"] = result["protocol"]
+    return out
 
 
 def _fixed_threshold_stats(pm, threshold: float) -> dict:
@@ -413,27 +429,79 @@ def _fixed_threshold_stats(pm, threshold: float) -> dict:
     return {k: r[k] for k in ("threshold", "f1", "precision", "recall", "fpr") if k in r}
 
 
-def _component_pass(results: dict, runner, num_frames: int, track: str, progress: bool) -> None:
-    """Pass 2: component metrics at each method's F1-optimal pixel threshold, added to ``results`` in place."""
+def _component_accumulator(protocol: str, threshold, track: str, rule: str | None):
+    """``exact``: today's ``ComponentMetrics`` (``rule`` None = ``ge``); else the protocol's own accumulator."""
+    from .components import ComponentMetrics
+    from .protocols import component_accumulator
+
+    if protocol == "exact":
+        return ComponentMetrics(threshold=threshold, track=track, rule=rule)
+    return component_accumulator(protocol, threshold, track, rule)
+
+
+def _component_pass(results: dict, runner, num_frames: int, track: str, progress: bool, rule: str | None = None
+                    ) -> None:
+    """Pass 2: component metrics at each method's F1-optimal pixel threshold (of its protocol), added to
+    ``results`` (``{(protocol, method): result}``) in place."""
     from tqdm import tqdm
 
-    from .components import ComponentMetrics
-
-    cms = {m: ComponentMetrics(threshold=r["threshold"], track=track) for m, r in results.items()}
-    task = _ComponentTask({m: cm.empty_copy() for m, cm in cms.items()})
+    cms = {k: _component_accumulator(k[0], r["threshold"], track, rule) for k, r in results.items()}
+    task = _ComponentTask({k: cm.empty_copy() for k, cm in cms.items()})
     for values in tqdm(runner.results(lambda i: task, num_frames), total=num_frames, desc="components",
                        unit="frame", disable=not progress):
-        for m, cm in cms.items():
-            cm.add_frame(*values[m])
-    for m, cm in cms.items():
-        results[m].update({f"component_{k}" if not k.startswith("component") else k: v
-                           for k, v in cm.compute().items() if np.isscalar(v)})
+        for k, cm in cms.items():
+            cm.add_frame(*values[k])
+    for (p, m), cm in cms.items():
+        results[(p, m)].update({f"component_{k}" if not k.startswith("component") else k: v
+                                for k, v in cm.compute().items() if np.isscalar(v)})
+        if p == "exact" and rule == "gt":    # not today's rule: say so (the default output stays as it was)
+            results[(p, m)]["component_rule"] = "gt"
+
+
+#: ``--protocol`` values: each protocol of :data:`oodscore.protocols.PROTOCOLS`, or ``all`` of them side by side
+PROTOCOL_CHOICES = ("exact", "smiyc", "fishyscapes", "all")
+
+
+def check_protocol_options(protocol: str = "exact", *, components: str = "none", component_rule: str | None = None,
+                           bins: int | None = None, threshold_from=None) -> list[str]:
+    """The protocols an evaluation computes (the first one gives ``metrics.json``); one line for a bad combination.
+
+    ``all``: every protocol, exact first; components then under those that define them (exact, smiyc).
+    """
+    from .components import check_rule
+    from .protocols import PROTOCOLS, default_component_rule
+
+    if protocol not in PROTOCOL_CHOICES:
+        raise OodscoreError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOL_CHOICES)}")
+    if component_rule is not None:
+        if component_rule not in ("gt", "ge"):
+            raise OodscoreError(f"--component-rule {component_rule!r}: expected gt (score > t) or ge (score >= t)")
+        check_rule(component_rule)
+        if components == "none":
+            raise OodscoreError("--component-rule needs --components anomaly|obstacle")
+    if protocol == "exact":
+        return ["exact"]
+    if bins is not None:
+        raise OodscoreError(f"--bins is a binning of the exact protocol; --protocol {protocol} computes its own "
+                            "(leave --bins out)")
+    if threshold_from is not None:
+        raise OodscoreError(f"--threshold-from works with --protocol exact only (the given thresholds are scored "
+                            f"with score >= t on exact counts), not with --protocol {protocol}")
+    if protocol == "all":
+        return ["exact", *(p for p in PROTOCOLS if p != "exact")]
+    if components != "none":
+        try:
+            default_component_rule(protocol)
+        except OodscoreError as e:
+            raise OodscoreError(f"--components {components} --protocol {protocol}: {e}") from None
+    return [protocol]
 
 
 def evaluate_frames(methods: Sequence[str], frames: Callable[[], Iterable[tuple]], num_frames: int, *,
                     bins: int | None = None, components: str = "none", threshold_from: dict[str, float] | None = None,
                     threshold_kind: str = "f1", overlay_at: set[int] = frozenset(), progress: bool = False,
-                    describe: Callable[[str], str] | None = None) -> Evaluation:
+                    describe: Callable[[str], str] | None = None, protocol: str = "exact",
+                    component_rule: str | None = None) -> Evaluation:
     """Evaluate streamed frames; writes nothing.
 
     Parameters
@@ -445,6 +513,9 @@ def evaluate_frames(methods: Sequence[str], frames: Callable[[], Iterable[tuple]
     threshold_from : ``{method: threshold}`` (from :func:`load_thresholds`); adds ``<metric>@<kind>_given``
     overlay_at : indices of the frames kept for overlays (only those with an image)
     describe : frame name -> the file it comes from, to name it in error messages
+    protocol : ``exact`` (default), ``smiyc``, ``fishyscapes`` (:mod:`oodscore.protocols`) or ``all`` (every
+        protocol in :attr:`Evaluation.protocols`, ``results`` the exact one's)
+    component_rule : ``gt`` / ``ge``; None = the protocol's own (exact: ge, smiyc: gt)
 
     Raises
     ------
@@ -454,29 +525,38 @@ def evaluate_frames(methods: Sequence[str], frames: Callable[[], Iterable[tuple]
     """
     return _evaluate(methods, SerialFrames(frames, describe), num_frames, bins=bins, components=components,
                      threshold_from=threshold_from, threshold_kind=threshold_kind, overlay_at=overlay_at,
-                     progress=progress)
+                     progress=progress, protocol=protocol, component_rule=component_rule)
 
 
 def _evaluate(methods: Sequence[str], runner, num_frames: int, *, bins: int | None, components: str,
-              threshold_from: dict[str, float] | None, threshold_kind: str, overlay_at: set[int], progress: bool
-              ) -> Evaluation:
+              threshold_from: dict[str, float] | None, threshold_kind: str, overlay_at: set[int], progress: bool,
+              protocol: str = "exact", component_rule: str | None = None) -> Evaluation:
     """:func:`evaluate_frames` with the frames computed by ``runner`` (:mod:`oodscore.workers`)."""
+    from .protocols import COMPONENT_RULES
+
+    protocols = check_protocol_options(protocol, components=components, component_rule=component_rule, bins=bins,
+                                       threshold_from=threshold_from)
     if threshold_from is not None:
         missing = [m for m in methods if m not in threshold_from]
         if missing:
             raise OodscoreError(f"--threshold-from has no {threshold_kind} threshold for method(s) "
                                 f"{', '.join(missing)}; it has {', '.join(sorted(threshold_from)) or 'none'}")
-    pm, kept = _pixel_pass(methods, runner, num_frames, bins=bins, overlay_at=overlay_at, progress=progress)
-    results = {m: pm[m].compute() for m in methods}
-    curves = {m: pm[m].curves() for m in methods}
-    thresholds = {m: _run_thresholds(pm[m], results[m]) for m in methods}
+    main = protocols[0]
+    pm, kept = _pixel_pass(methods, runner, num_frames, bins=bins, overlay_at=overlay_at, progress=progress,
+                           protocols=protocols)
+    every = {k: acc.compute() for k, acc in pm.items()}
+    results = {m: every[(main, m)] for m in methods}
+    curves = {m: pm[(main, m)].curves() for m in methods}
+    thresholds = {m: _run_thresholds(pm[(main, m)], results[m]) for m in methods}
     if threshold_from is not None:
         for m in methods:
-            fixed = _fixed_threshold_stats(pm[m], threshold_from[m])
+            fixed = _fixed_threshold_stats(pm[(main, m)], threshold_from[m])
             results[m].update({f"{k}@{threshold_kind}_given": v for k, v in fixed.items()})
     if components != "none":
-        _component_pass(results, runner, num_frames, components, progress)
-    return Evaluation(results, thresholds, curves, kept)
+        with_components = {k: r for k, r in every.items() if k[0] in COMPONENT_RULES}
+        _component_pass(with_components, runner, num_frames, components, progress, rule=component_rule)
+    by_protocol = {p: {m: every[(p, m)] for m in methods} for p in protocols} if protocol == "all" else {}
+    return Evaluation(results, thresholds, curves, kept, by_protocol)
 
 
 def write_report(out_dir: Path | str, ev: Evaluation, *, threshold_from: dict[str, float] | None = None,
@@ -496,17 +576,48 @@ def write_report(out_dir: Path | str, ev: Evaluation, *, threshold_from: dict[st
             if threshold_from is not None:
                 t, tn = threshold_from[m], f"{threshold_kind}, given"
             else:
-                t, tn = ev.thresholds[m]["f1"], "F1-optimal on this run"
+                t, tn = ev.thresholds[m].get("f1"), "F1-optimal on this run"   # None: no mask panel
             p = out_dir / "overlays" / f"{_safe_name(name)}__{m}.png"
             save_overlay(p, image, score.astype(np.float32), label, threshold=t, threshold_name=tn,
                          title=f"{name} — {m}")
             files.append(p)
+    if ev.protocols:
+        files += write_protocols(out_dir, ev.protocols)
     return files
+
+
+#: the columns of protocols.md / protocols.csv (the component ones only when computed)
+PROTOCOL_TABLE_KEYS = ("auroc", "ap", "fpr95", "f1", "threshold", "component_siou", "component_ppv",
+                       "component_mean_f1")
+
+
+def write_protocols(out_dir: Path | str, by_protocol: dict[str, dict[str, dict]]) -> list[Path]:
+    """``protocols.md`` and ``protocols.csv``: one row per method and protocol, the metrics side by side
+    (``--protocol all``); a metric a protocol does not define is empty (csv) / ``-`` (markdown)."""
+    out_dir = Path(out_dir)
+    rows = [(m, p, r) for p, res in by_protocol.items() for m, r in res.items()]
+    rows.sort(key=lambda row: list(by_protocol[row[1]]).index(row[0]))          # methods in order, protocols under
+    keys = [k for k in PROTOCOL_TABLE_KEYS if any(k in r for _, _, r in rows)]
+    vals = [[_jsonable(r.get(k)) for k in keys] for _, _, r in rows]
+    with atomic_write(out_dir / "protocols.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "protocol", *keys])
+        for (m, p, _), v in zip(rows, vals):
+            w.writerow([m, p, *("" if x is None else repr(x) if isinstance(x, float) else x for x in v)])
+    lines = ["| method | protocol | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for (m, p, _), v in zip(rows, vals):
+        cells = ["-" if x is None else f"{x:.6g}" if isinstance(x, float) else str(x) for x in v]
+        lines.append(f"| {m} | {p} | " + " | ".join(cells) + " |")
+    doc = ("# Every protocol side by side\n\nexact: ours (metrics.json); smiyc: SegmentMeIfYouCan's own code; "
+           "fishyscapes: bdl-benchmark's (see docs/protocols.md). `-`: not defined by that protocol.\n\n"
+           + "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "protocols.md", doc)
+    return [out_dir / "protocols.md", out_dir / "protocols.csv"]
 
 
 def _run(out_dir: Path, methods: Sequence[str], runner, num_frames: int, *, bins: int | None, components: str,
          threshold_from: dict[str, float] | None, threshold_kind: str, overlay_at: set[int], progress: bool,
-         source: str) -> EvalOutput:
+         source: str, protocol: str = "exact", component_rule: str | None = None) -> EvalOutput:
     """Evaluate, then write the report: :func:`evaluate_frames` (frames from ``runner``) + :func:`write_report`.
 
     ``out_dir`` is checked (:func:`cocodag.outputs.prepare_output`) before the first frame is scored and held
@@ -519,7 +630,7 @@ def _run(out_dir: Path, methods: Sequence[str], runner, num_frames: int, *, bins
         with runner:
             ev = _evaluate(methods, runner, num_frames, bins=bins, components=components,
                            threshold_from=threshold_from, threshold_kind=threshold_kind, overlay_at=overlay_at,
-                           progress=progress)
+                           progress=progress, protocol=protocol, component_rule=component_rule)
         with disk_errors(out_dir, option="--out"):
             files = write_report(out_dir, ev, threshold_from=threshold_from, threshold_kind=threshold_kind,
                                  source=source)
@@ -563,12 +674,14 @@ def _check_model_classes(method: str, scorer, path: Path, num_classes: int) -> N
 
 def build_scorers(methods: Sequence[str], *, num_classes: int, has_mc: bool, sml_stats: Path | None = None,
                   boundary_iters: int = 4, smoothing: bool = True, vde_threshold: float | None = None,
-                  oodmc_model: Path | None = None, device: str | None = None) -> dict:
+                  oodmc_model: Path | None = None, device: str | None = None, border: str | None = None,
+                  boundary_width: int | None = None, temperature: float | None = None) -> dict:
     """Instantiate each method's scorer, checking at once what it needs (stats file, model, MC data).
 
     What a method needs is asked of its scorer class: ``requires`` (its per-frame input; ``"mc"`` needs the
     file's mc/* block), its ``__init__`` parameters (filled by name from ``device``, ``boundary_iters``,
-    ``smoothing``, ``threshold`` = ``vde_threshold`` and ``stats`` = the ``sml_stats`` file); methods with a model
+    ``smoothing``, ``border``, ``boundary_width`` (sml, vde), ``temperature`` (energy, msp-t), ``threshold`` =
+    ``vde_threshold`` and ``stats`` = the ``sml_stats`` file); methods with a model
     file of their own (``oodmc_model``) are loaded from it. ``None`` options leave the scorer's defaults.
     """
     from .scores import check_methods, get_scorer, scorer_class
@@ -581,8 +694,18 @@ def build_scorers(methods: Sequence[str], *, num_classes: int, has_mc: bool, sml
     model_files = {"oodmc": oodmc_model}
     with_stats = [m for m, cls in classes.items() if "stats" in cls.param_names()]
     options = {"device": device, "boundary_iters": boundary_iters, "smoothing": smoothing,
-               "threshold": vde_threshold,
+               "threshold": vde_threshold, "border": border, "boundary_width": boundary_width,
+               "temperature": temperature,
                "stats": _load_sml_stats(sml_stats, num_classes, with_stats) if with_stats else None}
+    if border is not None:
+        from .scores.sml import BORDERS
+
+        if border not in BORDERS:
+            raise OodscoreError(f"--sml-border {border!r}: expected one of {', '.join(BORDERS)}")
+    for opt, flag in (("border", "--sml-border"), ("boundary_width", "--boundary-width"),
+                      ("temperature", "--temperature")):
+        if options[opt] is not None and not any(opt in cls.param_names() for cls in classes.values()):
+            raise OodscoreError(f"{flag}: none of the methods {', '.join(classes)} takes it")
     scorers = {}
     for m, cls in classes.items():
         if m in model_files:
@@ -652,7 +775,9 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
                     vde_threshold: float | None = None, oodmc_model: Path | str | None = None,
                     components: str = "none", region: str = "all", bins: int | None = None, max_overlays: int = 4,
                     threshold_from: Path | str | None = None, threshold_kind: str = "f1",
-                    device: str | None = None, progress: bool = True, workers: int = 1) -> EvalOutput:
+                    device: str | None = None, progress: bool = True, workers: int = 1, protocol: str = "exact",
+                    component_rule: str | None = None, border: str | None = None,
+                    boundary_width: int | None = None, temperature: float | None = None) -> EvalOutput:
     """Score every frame of a ``logits.h5`` file with each method and write the report to ``out_dir``.
 
     Parameters
@@ -670,6 +795,11 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
     workers : int
         Frames scored in this many processes (each opens the file and loads the scorers itself); the numbers and
         files are those of ``workers=1``, bit for bit.
+    protocol, component_rule
+        As in :func:`evaluate_frames` (``exact`` / ``smiyc`` / ``fishyscapes`` / ``all``; ``gt`` / ``ge``).
+    border, boundary_width, temperature
+        Scorer options, given to the methods that take them (sml / vde: ``border``, ``boundary_width``;
+        energy / msp-t: ``temperature``); None keeps each scorer's default.
     """
     from cocodag.formats.logits import LogitsFile
 
@@ -680,10 +810,13 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
     methods = check_methods(methods)  # before opening anything: unknown names fail fast
     _check_choices(components, region)
     check_workers(workers)
+    check_protocol_options(protocol, components=components, component_rule=component_rule, bins=bins,
+                           threshold_from=threshold_from)
     given = load_thresholds(threshold_from, threshold_kind, methods) if threshold_from is not None else None
     options = {"sml_stats": Path(sml_stats) if sml_stats else None, "boundary_iters": boundary_iters,
                "smoothing": smoothing, "vde_threshold": vde_threshold,
-               "oodmc_model": Path(oodmc_model) if oodmc_model else None, "device": device}
+               "oodmc_model": Path(oodmc_model) if oodmc_model else None, "device": device,
+               "border": border, "boundary_width": boundary_width, "temperature": temperature}
     with LogitsFile(logits_path) as lf:
         if region == "road" and not lf.has_roi:
             raise OodscoreError(f"{lf.path}: --region road needs a 'roi' dataset in the logits file "
@@ -698,7 +831,7 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
             runner = SerialFrames(_logits_frames(lf, scorers, region, overlay_at), lambda _name: str(lf.path))
         return _run(Path(out_dir), list(scorers), runner, len(lf), bins=bins, components=components,
                     threshold_from=given, threshold_kind=threshold_kind, overlay_at=overlay_at, progress=progress,
-                    source=str(logits_path))
+                    source=str(logits_path), protocol=protocol, component_rule=component_rule)
 
 
 def _check_choices(components: str, region: str) -> None:
@@ -761,7 +894,8 @@ class _ScoreMapsSource:
 def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | str, *, name: str | None = None,
                         components: str = "none", region: str | None = None, bins: int | None = None,
                         max_overlays: int = 4, threshold_from: Path | str | None = None, threshold_kind: str = "f1",
-                        resize: bool = False, progress: bool = True, workers: int = 1) -> EvalOutput:
+                        resize: bool = False, progress: bool = True, workers: int = 1, protocol: str = "exact",
+                        component_rule: str | None = None) -> EvalOutput:
     """Evaluate any method's saved score maps against an evaluation set given as ``PRESET:ROOT``.
 
     Parameters
@@ -775,6 +909,7 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
         default False: a size mismatch is an error.
     workers : int
         Frames read in this many processes; the numbers and files are those of ``workers=1``, bit for bit.
+    protocol, component_rule : as in :func:`evaluate_frames`
     """
     from cocodag.formats.evalsets import parse_dataset_spec
 
@@ -784,6 +919,8 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
     region = region or preset.region_of(root)
     _check_choices(components, region)
     check_workers(workers)
+    check_protocol_options(protocol, components=components, component_rule=component_rule, bins=bins,
+                           threshold_from=threshold_from)
     method = name or Path(scores_path).stem or "scores"
     given = load_thresholds(threshold_from, threshold_kind, [method]) if threshold_from is not None else None
     items = preset.find(root)
@@ -799,6 +936,6 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
                                   maps.where)
         out = _run(Path(out_dir), [method], runner, len(items), bins=bins, components=components,
                    threshold_from=given, threshold_kind=threshold_kind, overlay_at=overlay_at, progress=progress,
-                   source=f"{scores_path} on {dataset}")
+                   source=f"{scores_path} on {dataset}", protocol=protocol, component_rule=component_rule)
     out.extra_names = extra
     return out
