@@ -292,6 +292,10 @@ def run_demo(cfg: DemoConfig, until: str | None = None) -> dict[str, Any]:
         return {"baseline": str(demo.base_ckpt), "miou": miou}
     models = {"baseline": [demo.base_ckpt], **demo.finetune()}
     results = {name: [demo.score(name, ckpt) for ckpt in ckpts] for name, ckpts in models.items()}
+    rdirs = [ckpt.parent for ckpts in models.values() for ckpt in ckpts]
+    demo.report.mkdir(parents=True, exist_ok=True)     # every run x score in one table (cheap: always rewritten)
+    _run(_cmd("oodscore.cli", "compare", *(d / "report" for d in rdirs), "--names", ",".join(d.name for d in rdirs),
+              "--out", demo.report), demo.logs / "compare.log")
     return write_results(demo.report, cfg, results, miou, demo.runs)
 
 
@@ -390,6 +394,10 @@ All numbers in % {note}; pixel-level metrics on the anomaly set (0 = ID, 1 = ano
 
 ## Every model and score, with component-level metrics (SegmentMeIfYouCan anomaly track)
 {t4}
+
+## Leaderboard
+Every model and score side by side, best per column marked (`oodscore compare`): `leaderboard.md`, `leaderboard.csv`,
+`leaderboard.tex`.
 
 ## Plots
 ROC / PR curves per model: `runs/<model>/report/roc.png`, `pr.png`; score heat maps: `{sheet.name if sheet else 'n/a'}`.

@@ -184,6 +184,11 @@ def evaluate(
     ] = None,
     temperature: Annotated[Optional[float], typer.Option(
         "--temperature", help="T of energy and msp-t (default: their own, 1 and 1000).")] = None,
+    save_scores: Annotated[Optional[list[str]], typer.Option(
+        "--save-scores", metavar="LAYOUT:DIR", help="Also write every method's maps, repeatable: "
+        "smiyc:DIR (DIR/anomaly_p/<method>/<dataset>/<frame>.hdf5, float16) | fishyscapes:DIR "
+        "(DIR/<method>/<frame>_anomaly.npy + _segmentation.npy) | npy:DIR (DIR/<method>/<frame>.npy); "
+        "docs/formats.md §4.")] = None,
 ) -> None:
     """Score frames and write metrics (exact by default; --protocol smiyc|fishyscapes|all: as the benchmarks'
     own code computes them), ROC/PR plots and heat-map overlays."""
@@ -200,7 +205,7 @@ def evaluate(
                                       bins=bins, max_overlays=max_overlays, threshold_from=threshold_from,
                                       threshold_kind=threshold_kind, resize=resize_scores,
                                       progress=progress, workers=workers, protocol=protocol,
-                                      component_rule=component_rule)
+                                      component_rule=component_rule, save_scores=save_scores or ())
             if res.extra_names:
                 _echo(f"note: {len(res.extra_names)} score map(s) have no ground-truth frame and were not used: "
                       + ", ".join(res.extra_names[:5]) + (" ..." if len(res.extra_names) > 5 else ""))
@@ -212,7 +217,8 @@ def evaluate(
                                   threshold_kind=threshold_kind, device=device,
                                   progress=progress, workers=workers, protocol=protocol,
                                   component_rule=component_rule, border=sml_border,
-                                  boundary_width=boundary_width, temperature=temperature)
+                                  boundary_width=boundary_width, temperature=temperature,
+                                  save_scores=save_scores or ())
         _print_summary(res)
 
 
@@ -250,6 +256,28 @@ def datasets_convert(
         px = meta["pixels"]
         typer.echo(f"{dst}: {len(meta['names'])} frames from {preset} (region {meta['region']}); pixels: "
                    f"{px['id']} ID, {px['anomaly']} anomaly, {px['void']} void")
+
+
+@app.command("compare")
+def compare(
+    reports: Annotated[list[Path], typer.Argument(help="Report folders of `oodscore evaluate` (with metrics.json).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for leaderboard.md/.csv/.tex (and roc.png, pr.png).")],
+    metric: Annotated[Optional[str], typer.Option(
+        "--metric", help="Columns, comma-separated: auroc,ap,fpr95,f1,precision,recall,fpr,threshold,"
+        "siou,ppv,mean_f1 (default: the usual ones the reports have).")] = None,
+    names: Annotated[Optional[str], typer.Option(
+        "--names", help="Run names, comma-separated, one per report folder (default: folder names).")] = None,
+) -> None:
+    """One leaderboard over several reports (runs x methods x protocols), best per column marked, as markdown,
+    CSV and LaTeX; overlaid ROC/PR curves when the reports hold curve data."""
+    with user_errors():
+        from .compare import compare_reports
+
+        res = compare_reports(reports, out, metrics=metric, names=names.split(",") if names is not None else None)
+        for note in res["notes"]:
+            _echo(f"note: {note}")
+        typer.echo(f"{len(res['rows'])} rows x {len(res['metrics'])} metrics: "
+                   + ", ".join(str(f) for f in res["files"]))
 
 
 def main() -> None:

@@ -5,7 +5,9 @@ the SML statistics, :mod:`cocodag.formats.sml_stats`.)
 
 Score maps of any method (``oodscore evaluate --scores PATH --dataset PRESET:ROOT``, docs/formats.md §4) are read by
 :func:`open_score_maps`: a directory of ``<name>.npy`` / ``<name>.npz`` / ``<name>.hdf5`` (the SegmentMeIfYouCan
-tooling's ``value`` dataset, float16) or a single ``scores.h5`` with ``score`` (N,H,W) and ``image_id`` (N,).
+tooling's ``value`` dataset, float16; its ``anomaly_p/<method>/<dataset>`` folder), a directory of the Fishyscapes
+container's ``<name>_anomaly.npy`` (its ``<name>_segmentation.npy`` skipped), or a single ``scores.h5`` with
+``score`` (N,H,W) and ``image_id`` (N,). :mod:`oodscore.layouts` writes these layouts (``--save-scores``).
 
 A fitted :class:`~oodscore.scores.oodmc.OODMC` is written by :func:`save_oodmc` and read by :func:`load_oodmc`:
 a joblib file (a pickle, so only load files you trust) holding a dict ``{"format": "oodscore-oodmc", "version": 1,
@@ -38,6 +40,8 @@ def _listing(names: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------------- score maps
 SCORE_EXTS = (".npy", ".npz", ".hdf5")
 SMIYC_DATASET = "value"          # road-anomaly-benchmark's ChannelLoaderHDF5 var_name (float16 per frame)
+FISHYSCAPES_SUFFIX = "_anomaly"                  # Fishyscapes container protocol: <frame>_anomaly.npy
+FISHYSCAPES_SEGMENTATION = "_segmentation"       # ... and <frame>_segmentation.npy (skipped when reading scores)
 
 
 class ScoreMaps:
@@ -135,6 +139,9 @@ class ScoreMaps:
 def open_score_maps(path: Path | str) -> ScoreMaps:
     """Open score maps from a directory of ``<name>.npy|.npz|.hdf5`` or one ``scores.h5`` (docs/formats.md §4).
 
+    A directory whose ``.npy`` files are all ``<name>_anomaly.npy`` / ``<name>_segmentation.npy`` (the Fishyscapes
+    container layout, ``--save-scores fishyscapes``) gives the frames ``<name>`` of the ``_anomaly`` files.
+
     Raises
     ------
     OodscoreError
@@ -144,12 +151,21 @@ def open_score_maps(path: Path | str) -> ScoreMaps:
     path = Path(path)
     if path.is_dir():
         files: dict[str, Path] = {}
-        for p in sorted(path.iterdir()):
-            if p.suffix in SCORE_EXTS and p.is_file():
-                if p.stem in files:
-                    raise OodscoreError(f"{path}: frame {p.stem!r} has two score files "
-                                        f"({files[p.stem].name}, {p.name}); keep one")
-                files[p.stem] = p
+        found = [p for p in sorted(path.iterdir()) if p.suffix in SCORE_EXTS and p.is_file()]
+        npy = [p.stem for p in found if p.suffix == ".npy"]
+        # the Fishyscapes container layout: <frame>_anomaly.npy (+ <frame>_segmentation.npy, not a score map)
+        fishyscapes = (any(s.endswith(FISHYSCAPES_SUFFIX) for s in npy)
+                       and all(s.endswith((FISHYSCAPES_SUFFIX, FISHYSCAPES_SEGMENTATION)) for s in npy))
+        for p in found:
+            stem = p.stem
+            if fishyscapes and p.suffix == ".npy":
+                if stem.endswith(FISHYSCAPES_SEGMENTATION):
+                    continue
+                stem = stem[:-len(FISHYSCAPES_SUFFIX)]
+            if stem in files:
+                raise OodscoreError(f"{path}: frame {stem!r} has two score files "
+                                    f"({files[stem].name}, {p.name}); keep one")
+            files[stem] = p
         if not files:
             raise OodscoreError(f"{path}: no score maps (<name>.npy, .npz or .hdf5) in this directory")
         return ScoreMaps(path, sorted(files), files=files)

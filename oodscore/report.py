@@ -43,6 +43,7 @@ from cocodag.outputs import disk_errors, prepare_output
 
 from . import OodscoreError
 from .scores import METHODS  # the registry's names (cheap: no scorer is imported)
+from .layouts import ScoreSaver
 from .workers import SerialFrames, WorkerFrames, check_workers
 
 THRESHOLDS_FORMAT = "oodscore-thresholds"
@@ -154,6 +155,15 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_curves(path: Path | str, curves: dict[str, dict]) -> None:
+    """The plotted ROC / PR curves as ``curves.npz`` (arrays ``<method>/fpr``, ``/tpr``, ``/precision``,
+    ``/recall``; float64), atomically: what ``oodscore compare`` overlays across reports."""
+    arrays = {f"{m}/{k}": np.asarray(c[k], dtype=np.float64) for m, c in curves.items()
+              for k in ("fpr", "tpr", "precision", "recall") if k in c}
+    with atomic_write(path, keep_suffix=True) as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def plot_curves(out_dir: Path | str, curves: dict[str, dict], results: dict[str, dict] | None = None) -> None:
@@ -346,8 +356,9 @@ class _PixelTask:
 
     accs: dict             # (protocol, method) -> accumulator
     keep: bool
+    save: bool = False     # --save-scores: hand the frame's maps back to the parent, which writes them in order
 
-    def run(self, item: tuple, describe: Callable[[str], str] | None) -> tuple[dict, tuple | None]:
+    def run(self, item: tuple, describe: Callable[[str], str] | None) -> tuple[dict, tuple | None, tuple | None]:
         name, label, scores, image = item
         out = {}
         for key, acc in self.accs.items():
@@ -364,7 +375,7 @@ class _PixelTask:
         if self.keep and image is not None:
             kept = (name, label, {m: scores[m].astype(np.float16) for m in dict.fromkeys(k[1] for k in self.accs)},
                     image)
-        return out, kept
+        return out, kept, ((name, scores) if self.save else None)
 
 
 @dataclass(frozen=True)
@@ -387,9 +398,10 @@ def _pixel_accumulator(protocol: str, bins: int | None):
 
 
 def _pixel_pass(methods: Sequence[str], runner, num_frames: int, *, bins: int | None, overlay_at: set[int],
-                progress: bool, protocols: Sequence[str] = ("exact",)) -> tuple[dict, list]:
+                progress: bool, protocols: Sequence[str] = ("exact",), saver=None) -> tuple[dict, list]:
     """Pass 1: every frame's metric summaries, folded in frame order into one accumulator per (protocol, method)
-    (what ``update`` with each frame gives); the overlay frames are kept."""
+    (what ``update`` with each frame gives); the overlay frames are kept. ``saver``
+    (:class:`oodscore.layouts.ScoreSaver`): each frame's maps are written, in frame order, as they come back."""
     from tqdm import tqdm
 
     keys = [(p, m) for p in protocols for m in methods]
@@ -397,14 +409,16 @@ def _pixel_pass(methods: Sequence[str], runner, num_frames: int, *, bins: int | 
     kept: list[tuple[str, np.ndarray, dict, np.ndarray]] = []   # only the few overlay frames are kept
 
     def task(i: int) -> _PixelTask:  # made when frame i is submitted: binned edges as fixed by then
-        return _PixelTask({k: pm[k].empty_copy() for k in keys}, i in overlay_at)
+        return _PixelTask({k: pm[k].empty_copy() for k in keys}, i in overlay_at, saver is not None)
 
-    for summaries, overlay in tqdm(runner.results(task, num_frames), total=num_frames, desc="evaluate",
+    for summaries, overlay, maps in tqdm(runner.results(task, num_frames), total=num_frames, desc="evaluate",
                                    unit="frame", disable=not progress):
         for k in keys:
             pm[k].add_summary(summaries[k])
         if overlay is not None:
             kept.append(overlay)
+        if maps is not None:
+            saver.write(*maps)
     return pm, kept
 
 
@@ -501,7 +515,7 @@ def evaluate_frames(methods: Sequence[str], frames: Callable[[], Iterable[tuple]
                     bins: int | None = None, components: str = "none", threshold_from: dict[str, float] | None = None,
                     threshold_kind: str = "f1", overlay_at: set[int] = frozenset(), progress: bool = False,
                     describe: Callable[[str], str] | None = None, protocol: str = "exact",
-                    component_rule: str | None = None) -> Evaluation:
+                    component_rule: str | None = None, saver=None) -> Evaluation:
     """Evaluate streamed frames; writes nothing.
 
     Parameters
@@ -516,6 +530,7 @@ def evaluate_frames(methods: Sequence[str], frames: Callable[[], Iterable[tuple]
     protocol : ``exact`` (default), ``smiyc``, ``fishyscapes`` (:mod:`oodscore.protocols`) or ``all`` (every
         protocol in :attr:`Evaluation.protocols`, ``results`` the exact one's)
     component_rule : ``gt`` / ``ge``; None = the protocol's own (exact: ge, smiyc: gt)
+    saver : :class:`oodscore.layouts.ScoreSaver`, optional; writes every frame's maps (pass 1, frame order)
 
     Raises
     ------
@@ -525,12 +540,12 @@ def evaluate_frames(methods: Sequence[str], frames: Callable[[], Iterable[tuple]
     """
     return _evaluate(methods, SerialFrames(frames, describe), num_frames, bins=bins, components=components,
                      threshold_from=threshold_from, threshold_kind=threshold_kind, overlay_at=overlay_at,
-                     progress=progress, protocol=protocol, component_rule=component_rule)
+                     progress=progress, protocol=protocol, component_rule=component_rule, saver=saver)
 
 
 def _evaluate(methods: Sequence[str], runner, num_frames: int, *, bins: int | None, components: str,
               threshold_from: dict[str, float] | None, threshold_kind: str, overlay_at: set[int], progress: bool,
-              protocol: str = "exact", component_rule: str | None = None) -> Evaluation:
+              protocol: str = "exact", component_rule: str | None = None, saver=None) -> Evaluation:
     """:func:`evaluate_frames` with the frames computed by ``runner`` (:mod:`oodscore.workers`)."""
     from .protocols import COMPONENT_RULES
 
@@ -543,7 +558,7 @@ def _evaluate(methods: Sequence[str], runner, num_frames: int, *, bins: int | No
                                 f"{', '.join(missing)}; it has {', '.join(sorted(threshold_from)) or 'none'}")
     main = protocols[0]
     pm, kept = _pixel_pass(methods, runner, num_frames, bins=bins, overlay_at=overlay_at, progress=progress,
-                           protocols=protocols)
+                           protocols=protocols, saver=saver)
     every = {k: acc.compute() for k, acc in pm.items()}
     results = {m: every[(main, m)] for m in methods}
     curves = {m: pm[(main, m)].curves() for m in methods}
@@ -569,8 +584,10 @@ def write_report(out_dir: Path | str, ev: Evaluation, *, threshold_from: dict[st
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(out_dir, ev.results)
     plot_curves(out_dir, ev.curves, ev.results)
+    save_curves(out_dir / "curves.npz", ev.curves)
     save_thresholds(out_dir / "thresholds.json", ev.thresholds, source=source)
-    files = [out_dir / f for f in ("metrics.json", "metrics.csv", "roc.png", "pr.png", "thresholds.json")]
+    files = [out_dir / f for f in ("metrics.json", "metrics.csv", "roc.png", "pr.png", "curves.npz",
+                                   "thresholds.json")]
     for name, label, scores, image in ev.overlays:
         for m, score in scores.items():
             if threshold_from is not None:
@@ -617,7 +634,7 @@ def write_protocols(out_dir: Path | str, by_protocol: dict[str, dict[str, dict]]
 
 def _run(out_dir: Path, methods: Sequence[str], runner, num_frames: int, *, bins: int | None, components: str,
          threshold_from: dict[str, float] | None, threshold_kind: str, overlay_at: set[int], progress: bool,
-         source: str, protocol: str = "exact", component_rule: str | None = None) -> EvalOutput:
+         source: str, protocol: str = "exact", component_rule: str | None = None, saver=None) -> EvalOutput:
     """Evaluate, then write the report: :func:`evaluate_frames` (frames from ``runner``) + :func:`write_report`.
 
     ``out_dir`` is checked (:func:`cocodag.outputs.prepare_output`) before the first frame is scored and held
@@ -630,7 +647,7 @@ def _run(out_dir: Path, methods: Sequence[str], runner, num_frames: int, *, bins
         with runner:
             ev = _evaluate(methods, runner, num_frames, bins=bins, components=components,
                            threshold_from=threshold_from, threshold_kind=threshold_kind, overlay_at=overlay_at,
-                           progress=progress, protocol=protocol, component_rule=component_rule)
+                           progress=progress, protocol=protocol, component_rule=component_rule, saver=saver)
         with disk_errors(out_dir, option="--out"):
             files = write_report(out_dir, ev, threshold_from=threshold_from, threshold_kind=threshold_kind,
                                  source=source)
@@ -734,20 +751,28 @@ def _score_frame(lf, i: int, image_id: str, scorers: dict, inputs: dict, size: t
     return scores
 
 
-def _logits_frame(lf, scorers: dict, region: str, overlay_at: set[int], i: int) -> tuple:
-    """Frame ``i`` of a ``LogitsFile`` as :func:`evaluate_frames` takes it, every method's scores computed."""
+def _logits_frame(lf, scorers: dict, region: str, overlay_at: set[int], i: int, segmentation: bool = False
+                  ) -> tuple:
+    """Frame ``i`` of a ``LogitsFile`` as :func:`evaluate_frames` takes it, every method's scores computed
+    (``segmentation``: plus the argmax trainIds under ``layouts.SEGMENTATION_KEY``, for --save-scores)."""
     kinds = {sc.requires for sc in scorers.values()}
     fr = lf.frame(i, image=i in overlay_at)
     label = _apply_region(fr.label, fr.roi, region, fr.image_id)
     inputs = {k: _INPUT_READERS[k](lf, i, fr) for k in kinds}
-    return fr.image_id, label, _score_frame(lf, i, fr.image_id, scorers, inputs, label.shape), fr.image
+    scores = _score_frame(lf, i, fr.image_id, scorers, inputs, label.shape)
+    if segmentation:
+        from .layouts import SEGMENTATION_KEY
+
+        scores[SEGMENTATION_KEY] = np.argmax(fr.logits, axis=0).astype(np.uint8)
+    return fr.image_id, label, scores, fr.image
 
 
-def _logits_frames(lf, scorers: dict, region: str, overlay_at: set[int]) -> Callable[[], Iterable[tuple]]:
+def _logits_frames(lf, scorers: dict, region: str, overlay_at: set[int], segmentation: bool = False
+                   ) -> Callable[[], Iterable[tuple]]:
     """The ``frames()`` callable of :func:`evaluate_frames` for a ``LogitsFile``: scores every frame on the fly."""
     def frames():
         for i in range(len(lf)):
-            yield _logits_frame(lf, scorers, region, overlay_at, i)
+            yield _logits_frame(lf, scorers, region, overlay_at, i, segmentation)
 
     return frames
 
@@ -761,13 +786,15 @@ class _LogitsSource:
     options: dict          # build_scorers' keyword arguments besides the file's own num_classes / has_mc
     region: str
     overlay_at: frozenset
+    segmentation: bool = False
 
     def open(self, stack):
         from cocodag.formats.logits import LogitsFile
 
         lf = stack.enter_context(LogitsFile(self.path))
         scorers = build_scorers(self.methods, num_classes=lf.num_classes, has_mc=lf.has_mc, **self.options)
-        return (lambda i: _logits_frame(lf, scorers, self.region, self.overlay_at, i)), (lambda _n: str(lf.path))
+        return ((lambda i: _logits_frame(lf, scorers, self.region, self.overlay_at, i, self.segmentation)),
+                (lambda _n: str(lf.path)))
 
 
 def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Path | str, *,
@@ -777,7 +804,8 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
                     threshold_from: Path | str | None = None, threshold_kind: str = "f1",
                     device: str | None = None, progress: bool = True, workers: int = 1, protocol: str = "exact",
                     component_rule: str | None = None, border: str | None = None,
-                    boundary_width: int | None = None, temperature: float | None = None) -> EvalOutput:
+                    boundary_width: int | None = None, temperature: float | None = None,
+                    save_scores: Sequence[str] = ()) -> EvalOutput:
     """Score every frame of a ``logits.h5`` file with each method and write the report to ``out_dir``.
 
     Parameters
@@ -800,6 +828,9 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
     border, boundary_width, temperature
         Scorer options, given to the methods that take them (sml / vde: ``border``, ``boundary_width``;
         energy / msp-t: ``temperature``); None keeps each scorer's default.
+    save_scores : ``["LAYOUT:DIR", ...]``
+        Also write every method's maps in these layouts (:mod:`oodscore.layouts`: ``smiyc`` with the file's
+        ``dataset`` attribute as ``<dataset>``, ``fishyscapes`` with ``_segmentation.npy``, ``npy``).
     """
     from cocodag.formats.logits import LogitsFile
 
@@ -822,16 +853,18 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
             raise OodscoreError(f"{lf.path}: --region road needs a 'roi' dataset in the logits file "
                                 "(export from a road-region preset, e.g. lostandfound)")
         scorers = build_scorers(methods, num_classes=lf.num_classes, has_mc=lf.has_mc, **options)
+        saver = ScoreSaver.from_specs(save_scores, str(lf.attrs.get("dataset") or "dataset"))
+        seg = saver is not None and saver.wants_segmentation
         overlay_at = set(_overlay_indices(len(lf), max_overlays)) if lf.has_images else set()
         if workers > 1:
             # workers start in this working directory: the paths as given name the same files (and messages)
-            runner = WorkerFrames(_LogitsSource(str(lf.path), tuple(scorers), options, region, frozenset(overlay_at)),
-                                  workers, len(lf))
+            runner = WorkerFrames(_LogitsSource(str(lf.path), tuple(scorers), options, region, frozenset(overlay_at),
+                                                seg), workers, len(lf))
         else:
-            runner = SerialFrames(_logits_frames(lf, scorers, region, overlay_at), lambda _name: str(lf.path))
+            runner = SerialFrames(_logits_frames(lf, scorers, region, overlay_at, seg), lambda _name: str(lf.path))
         return _run(Path(out_dir), list(scorers), runner, len(lf), bins=bins, components=components,
                     threshold_from=given, threshold_kind=threshold_kind, overlay_at=overlay_at, progress=progress,
-                    source=str(logits_path), protocol=protocol, component_rule=component_rule)
+                    source=str(logits_path), protocol=protocol, component_rule=component_rule, saver=saver)
 
 
 def _check_choices(components: str, region: str) -> None:
@@ -868,6 +901,14 @@ def _score_map_frame(maps, preset, it, region: str, method: str, resize: bool, w
     return it.name, label, {method: s}, image
 
 
+def _method_of(path: Path) -> str:
+    """The default method name of saved maps: ``<method>`` of a SMIYC ``anomaly_p/<method>/<dataset>`` folder, else
+    the path's name."""
+    if path.parent.parent.name == "anomaly_p" and path.parent.name:
+        return path.parent.name
+    return path.stem or "scores"
+
+
 @dataclass(frozen=True)
 class _ScoreMapsSource:
     """What a worker process needs to read frames and score maps itself (see :mod:`oodscore.workers`)."""
@@ -895,7 +936,7 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
                         components: str = "none", region: str | None = None, bins: int | None = None,
                         max_overlays: int = 4, threshold_from: Path | str | None = None, threshold_kind: str = "f1",
                         resize: bool = False, progress: bool = True, workers: int = 1, protocol: str = "exact",
-                        component_rule: str | None = None) -> EvalOutput:
+                        component_rule: str | None = None, save_scores: Sequence[str] = ()) -> EvalOutput:
     """Evaluate any method's saved score maps against an evaluation set given as ``PRESET:ROOT``.
 
     Parameters
@@ -910,6 +951,8 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
     workers : int
         Frames read in this many processes; the numbers and files are those of ``workers=1``, bit for bit.
     protocol, component_rule : as in :func:`evaluate_frames`
+    save_scores : ``["LAYOUT:DIR", ...]``: also write the maps in these layouts (:mod:`oodscore.layouts`; smiyc's
+        ``<dataset>`` = the preset name; no ``_segmentation.npy``: there are no logits)
     """
     from cocodag.formats.evalsets import parse_dataset_spec
 
@@ -921,9 +964,10 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
     check_workers(workers)
     check_protocol_options(protocol, components=components, component_rule=component_rule, bins=bins,
                            threshold_from=threshold_from)
-    method = name or Path(scores_path).stem or "scores"
+    method = name or _method_of(Path(scores_path))
     given = load_thresholds(threshold_from, threshold_kind, [method]) if threshold_from is not None else None
     items = preset.find(root)
+    saver = ScoreSaver.from_specs(save_scores, preset.name)
     with open_score_maps(scores_path) as maps:
         extra = maps.match([it.name for it in items])
         overlay_at = set(_overlay_indices(len(items), max_overlays))
@@ -936,6 +980,7 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
                                   maps.where)
         out = _run(Path(out_dir), [method], runner, len(items), bins=bins, components=components,
                    threshold_from=given, threshold_kind=threshold_kind, overlay_at=overlay_at, progress=progress,
-                   source=f"{scores_path} on {dataset}", protocol=protocol, component_rule=component_rule)
+                   source=f"{scores_path} on {dataset}", protocol=protocol, component_rule=component_rule,
+                   saver=saver)
     out.extra_names = extra
     return out

@@ -178,7 +178,7 @@ def test_evaluation_is_separate_from_writing(tmp_path):
     assert [o[0] for o in ev.overlays] == ["f1"]
     files = write_report(tmp_path / "rep", ev, source="test")
     assert sorted(p.relative_to(tmp_path / "rep").as_posix() for p in files) == sorted(
-        ["metrics.json", "metrics.csv", "roc.png", "pr.png", "thresholds.json", "overlays/f1__a.png"])
+        ["metrics.json", "metrics.csv", "roc.png", "pr.png", "curves.npz", "thresholds.json", "overlays/f1__a.png"])
     assert all(p.is_file() for p in files)
     assert not list((tmp_path / "rep").rglob("*.tmp*"))
 

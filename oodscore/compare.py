@@ -1,0 +1,269 @@
+"""``oodscore compare``: one leaderboard over several report folders (runs x methods x protocols).
+
+Reads what ``oodscore evaluate`` wrote in each report folder:
+
+    metrics.json      {method: {metric: value}} (its protocol: the ``"protocol"`` key, ``exact`` when absent)
+    protocols.csv     (``--protocol all``) every method x protocol: the other protocols' rows
+    curves.json / curves.npz   (optional) per-method ROC / PR curves, for the overlaid plots
+
+and writes, atomically, into ``out``:
+
+    leaderboard.md    markdown table, the best value of each column in **bold**
+    leaderboard.csv   same rows, plain numbers, a ``best`` column naming the metrics where the row is best
+    leaderboard.tex   LaTeX ``tabular``, the best in ``\\textbf{}``
+    roc.png, pr.png   every run/method overlaid, only when the reports hold curve data
+
+Curve files (``evaluate`` writes ``curves.npz``; ``curves.json`` is read too): ``curves.json`` ``{method: {"fpr": [...], "tpr": [...],
+"precision": [...], "recall": [...]}}`` or ``curves.npz`` with arrays named ``<method>/fpr`` etc.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cocodag.atomic import atomic_write_text
+
+from . import OodscoreError
+
+#: metric -> +1 (higher is better), -1 (lower is better) or 0 (no best: e.g. a threshold)
+DIRECTIONS: dict[str, int] = {
+    "auroc": 1, "ap": 1, "fpr95": -1, "f1": 1, "precision": 1, "recall": 1, "fpr": -1, "threshold": 0,
+    "component_siou": 1, "component_ppv": 1, "component_mean_f1": 1,
+}
+#: short names accepted by ``--metric``
+ALIASES = {"siou": "component_siou", "ppv": "component_ppv", "mean_f1": "component_mean_f1"}
+#: the columns when ``--metric`` is not given (those that some row has)
+DEFAULT_METRICS = ("auroc", "ap", "fpr95", "f1", "component_siou", "component_ppv", "component_mean_f1")
+_CURVE_KEYS = ("fpr", "tpr", "precision", "recall")
+
+
+def parse_metrics(metrics: str | Sequence[str] | None) -> list[str] | None:
+    """``"auroc,ap"`` or a list -> canonical metric names; one line listing the valid ones for an unknown name."""
+    if metrics is None:
+        return None
+    items = metrics.split(",") if isinstance(metrics, str) else [x for m in metrics for x in m.split(",")]
+    out: list[str] = []
+    for raw in items:
+        m = raw.strip().lower()
+        if not m:
+            continue
+        m = ALIASES.get(m, m)
+        if m not in DIRECTIONS:
+            valid = ", ".join([*DIRECTIONS, *ALIASES])
+            raise OodscoreError(f"--metric {raw.strip()!r}: unknown metric; valid: {valid}")
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise OodscoreError("--metric: no metric given")
+    return out
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, (int, float)):
+        return float(v) if math.isfinite(float(v)) else None
+    if isinstance(v, str) and v.strip():
+        try:
+            f = float(v)
+        except ValueError:
+            return None
+        return f if math.isfinite(f) else None
+    return None
+
+
+def _read_report(path: Path) -> list[tuple[str, str, dict[str, float | None]]]:
+    """``[(method, protocol, {metric: value})]`` of one report folder."""
+    if not path.is_dir():
+        raise OodscoreError(f"{path}: not a report folder (" + ("is a file" if path.exists() else "not found")
+                            + "); give folders written by `oodscore evaluate --out`")
+    mj = path / "metrics.json"
+    if not mj.is_file():
+        raise OodscoreError(f"{path}: not a report folder (no metrics.json); give folders written by "
+                            "`oodscore evaluate --out`")
+    try:
+        doc = json.loads(mj.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise OodscoreError(f"{mj}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or not all(isinstance(r, dict) for r in doc.values()):
+        raise OodscoreError(f"{mj}: expected {{method: {{metric: value}}}} (a metrics.json of oodscore evaluate)")
+    rows: list[tuple[str, str, dict]] = []
+    for m, r in doc.items():
+        rows.append((str(m), str(r.get("protocol") or "exact"), {k: _num(v) for k, v in r.items() if k in DIRECTIONS}))
+    pc = path / "protocols.csv"
+    if pc.is_file():
+        index = {(m, p): vals for m, p, vals in rows}
+        with open(pc, newline="") as f:
+            for rec in csv.DictReader(f):
+                m, p = rec.get("method"), rec.get("protocol")
+                if not m or not p:
+                    continue
+                vals = {k: _num(v) for k, v in rec.items() if k in DIRECTIONS}
+                if (m, p) in index:      # the metrics.json protocol: fill what it lacks, keep its values
+                    for k, v in vals.items():
+                        index[(m, p)].setdefault(k, v)
+                else:
+                    index[(m, p)] = vals
+                    rows.append((m, p, vals))
+    return rows
+
+
+def _read_curves(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Per-method curves of a report folder, ``{}`` when it holds none."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    cj, cz = path / "curves.json", path / "curves.npz"
+    if cj.is_file():
+        try:
+            doc = json.loads(cj.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise OodscoreError(f"{cj}: not valid JSON ({e})") from None
+        for m, c in (doc.items() if isinstance(doc, dict) else []):
+            if isinstance(c, dict) and all(k in c for k in _CURVE_KEYS):
+                out[str(m)] = {k: np.asarray(c[k], dtype=np.float64) for k in _CURVE_KEYS}
+    elif cz.is_file():
+        with np.load(cz, allow_pickle=False) as z:
+            methods = {n.rsplit("/", 1)[0] for n in z.files if "/" in n}
+            for m in sorted(methods):
+                if all(f"{m}/{k}" in z.files for k in _CURVE_KEYS):
+                    out[m] = {k: np.asarray(z[f"{m}/{k}"], dtype=np.float64) for k in _CURVE_KEYS}
+    return out
+
+
+def _run_names(paths: list[Path], names: Sequence[str] | None) -> list[str]:
+    if names is not None:
+        names = [n.strip() for n in names]
+        if len(names) != len(paths):
+            raise OodscoreError(f"--names: {len(names)} name(s) for {len(paths)} report folder(s); give one per folder")
+        if len(set(names)) != len(names) or not all(names):
+            raise OodscoreError("--names: names must be non-empty and distinct")
+        return list(names)
+    out = [p.resolve().name or str(p) for p in paths]
+    if len(set(out)) != len(out):                        # e.g. runs/a/report, runs/b/report
+        out = [f"{p.resolve().parent.name}/{p.resolve().name}" for p in paths]
+    if len(set(out)) != len(out):
+        raise OodscoreError("two report folders have the same name; give --names a,b,...")
+    return out
+
+
+def _best(rows: list[dict], metrics: list[str]) -> dict[str, set[int]]:
+    best: dict[str, set[int]] = {}
+    for m in metrics:
+        d = DIRECTIONS[m]
+        vals = [(i, r["values"].get(m)) for i, r in enumerate(rows)]
+        vals = [(i, v) for i, v in vals if v is not None]
+        if d == 0 or not vals:
+            best[m] = set()
+            continue
+        target = max(v for _, v in vals) if d > 0 else min(v for _, v in vals)
+        best[m] = {i for i, v in vals if v == target}
+    return best
+
+
+def _tex_escape(s: str) -> str:
+    rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(rep.get(c, c) for c in s)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def compare_reports(paths: Sequence[Path | str], out: Path | str, metrics: str | Sequence[str] | None = None,
+                    names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Write ``leaderboard.md/.csv/.tex`` (and ``roc.png``/``pr.png`` when the reports hold curves) into ``out``.
+
+    Parameters
+    ----------
+    paths : report folders of ``oodscore evaluate`` (each with a ``metrics.json``).
+    out : output folder (created).
+    metrics : columns, e.g. ``"auroc,ap,fpr95"`` (aliases ``siou``, ``ppv``, ``mean_f1``); default: the usual ones
+        that some row has.
+    names : one run name per folder (default: the folder names).
+
+    Returns
+    -------
+    ``{"rows": [{"run", "method", "protocol", "values"}], "metrics": [...], "best": {metric: [row index]},
+    "files": [Path], "plotted": bool, "notes": [str]}``
+    """
+    from cocodag.outputs import disk_errors, prepare_output
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise OodscoreError("no report folders given; give one or more folders written by `oodscore evaluate`")
+    wanted = parse_metrics(metrics)
+    run_names = _run_names(paths, names)
+    rows: list[dict] = []
+    curves: dict[str, dict] = {}
+    labels: dict[str, dict] = {}
+    for run, p in zip(run_names, paths):
+        for m, proto, vals in _read_report(p):
+            rows.append({"run": run, "method": m, "protocol": proto, "values": vals})
+        for m, c in _read_curves(p).items():
+            curves[f"{run}/{m}"] = c
+    if not rows:
+        raise OodscoreError("the report folders hold no methods (empty metrics.json)")
+    if wanted is None:
+        wanted = [k for k in DEFAULT_METRICS if any(r["values"].get(k) is not None for r in rows)]
+        if not wanted:
+            raise OodscoreError("the reports hold none of the metrics " + ", ".join(DEFAULT_METRICS))
+    protos = {r["protocol"] for r in rows}
+    show_proto = len(protos) > 1 or protos != {"exact"}
+    best = _best(rows, wanted)
+    head = ["run", "method", *(["protocol"] if show_proto else [])]
+
+    def key(r: dict) -> list[str]:
+        return [r["run"], r["method"], *([r["protocol"]] if show_proto else [])]
+
+    # markdown
+    lines = ["| " + " | ".join(head + wanted) + " |", "|" + "---|" * len(head) + "---:|" * len(wanted)]
+    for i, r in enumerate(rows):
+        cells = [(f"**{_fmt(r['values'].get(m))}**" if i in best[m] else _fmt(r["values"].get(m))) for m in wanted]
+        lines.append("| " + " | ".join(key(r) + cells) + " |")
+    dirs = ", ".join(f"{m} {'↑' if DIRECTIONS[m] > 0 else '↓' if DIRECTIONS[m] < 0 else '(no best)'}" for m in wanted)
+    md = ("# Leaderboard\n\nReports: " + ", ".join(f"{n} = `{p}`" for n, p in zip(run_names, paths))
+          + f"\n\nBest per column in **bold** ({dirs}); `-`: not in that report.\n\n" + "\n".join(lines) + "\n")
+    # csv
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(head + wanted + ["best"])
+    for i, r in enumerate(rows):
+        vals = r["values"]
+        w.writerow(key(r) + ["" if vals.get(m) is None else repr(vals[m]) for m in wanted]
+                   + [";".join(m for m in wanted if i in best[m])])
+    # tex
+    tex = ["\\begin{tabular}{" + "l" * len(head) + "r" * len(wanted) + "}", "\\hline",
+           " & ".join(_tex_escape(h) for h in head + wanted) + " \\\\", "\\hline"]
+    for i, r in enumerate(rows):
+        cells = [(f"\\textbf{{{_fmt(r['values'].get(m))}}}" if i in best[m] else _fmt(r["values"].get(m)))
+                 for m in wanted]
+        tex.append(" & ".join([_tex_escape(x) for x in key(r)] + cells) + " \\\\")
+    tex += ["\\hline", "\\end{tabular}"]
+
+    out = prepare_output(out, kind="dir", option="--out")
+    files = [out / "leaderboard.md", out / "leaderboard.csv", out / "leaderboard.tex"]
+    notes: list[str] = []
+    with disk_errors(out, option="--out"):
+        atomic_write_text(files[0], md)
+        atomic_write_text(files[1], buf.getvalue())
+        atomic_write_text(files[2], "\n".join(tex) + "\n")
+        if curves:
+            from .report import plot_curves
+
+            for r in rows:
+                if r["protocol"] == "exact" or not show_proto:
+                    labels.setdefault(f"{r['run']}/{r['method']}", {k: v for k, v in r["values"].items()
+                                                                     if v is not None})
+            plot_curves(out, curves, labels)
+            files += [out / "roc.png", out / "pr.png"]
+        else:
+            notes.append("no curve data (curves.json / curves.npz) in the reports: roc.png / pr.png not written")
+    return {"rows": rows, "metrics": wanted, "best": {m: sorted(v) for m, v in best.items()},
+            "files": files, "plotted": bool(curves), "notes": notes}
