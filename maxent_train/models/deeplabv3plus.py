@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from ._split import SplitForward
 import torch.nn.functional as F
 
 from ._registry import register_model
@@ -41,7 +43,7 @@ class ASPP(nn.Module):
         return self.project(torch.cat(outs, dim=1))
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(SplitForward, nn.Module):
     """DeepLabV3+ segmentation network.
 
     Parameters
@@ -78,19 +80,9 @@ class DeepLabV3Plus(nn.Module):
     #: the final upsampling of ``forward``: ``forward(x) == F.interpolate(forward_native(x), x.shape[-2:], **rule)``
     output_upsample = {"mode": "bilinear", "align_corners": False}
 
-    def forward_head(self, feats: torch.Tensor, size=None) -> torch.Tensor:
-        """Stochastic part: dropout -> classifier -> logits (N, C, *size); at stride 4 when ``size`` is None."""
-        logits = self.classifier(self.dropout(feats))
-        if size is None:
-            return logits
-        return F.interpolate(logits, size=tuple(size), **self.output_upsample)
-
-    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits at the network's output resolution (stride 4), before the final upsampling."""
-        return self.forward_head(self.forward_features(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x), x.shape[-2:])
+    def head_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Stochastic part: dropout -> classifier -> logits (N, C, h, w) at stride 4."""
+        return self.classifier(self.dropout(feats))
 
 
 def _create_deeplab(backbone: str, num_classes: int = 19, output_stride: int = 8, dropout: float = 0.1,

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._registry import register_model
+from ._split import SplitForward
 from .resnet import Bottleneck
 
 #: how SML's released network was trained / is fed; ``url`` is the README's download link of the checkpoint
@@ -99,7 +100,7 @@ class SMLASPP(nn.Module):
         return torch.cat(outs, dim=1)
 
 
-class SMLDeepLabV3PlusR101(nn.Module):
+class SMLDeepLabV3PlusR101(SplitForward, nn.Module):
     """SML's DeepLabV3+ ResNet-101 at output stride 8 (module names = the released checkpoint's keys).
 
     Parameters
@@ -145,18 +146,10 @@ class SMLDeepLabV3PlusR101(nn.Module):
     #: the final upsampling of ``forward``: ``forward(x) == F.interpolate(forward_native(x), x.shape[-2:], **rule)``
     output_upsample = {"mode": "bilinear", "align_corners": True}
 
-    def forward_head(self, feats: torch.Tensor, size=None) -> torch.Tensor:
-        """Classifier ``final2`` -> logits upsampled to ``size`` (``align_corners=True``; stride 4 when None); no
-        dropout here."""
-        logits = self.final2(feats)
-        return logits if size is None else _up(logits, size)
-
-    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits at the network's output resolution (stride 4), before the final upsampling."""
-        return self.forward_head(self.forward_features(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x), x.shape[-2:])
+    def head_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Classifier ``final2`` -> logits (N, C, h, w) at stride 4 (upsampled with ``align_corners=True`` by
+        ``forward``); no dropout here."""
+        return self.final2(feats)
 
     def aux_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The auxiliary ``dsn`` head's logits on layer3 (stride 8); upstream uses them only in its training loss."""

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from ._split import SplitForward
 import torch.nn.functional as F
 
 from ._registry import register_model
@@ -40,7 +42,7 @@ class _Residual(nn.Module):
         return F.relu(x + self.bn2(self.conv2(y)), inplace=True)
 
 
-class TinySegNet(nn.Module):
+class TinySegNet(SplitForward, nn.Module):
     """Small encoder-decoder segmentation network; output stride 4, dropout in the head.
 
     Parameters
@@ -80,19 +82,9 @@ class TinySegNet(nn.Module):
     #: the final upsampling of ``forward``: ``forward(x) == F.interpolate(forward_native(x), x.shape[-2:], **rule)``
     output_upsample = {"mode": "bilinear", "align_corners": False}
 
-    def forward_head(self, feats: torch.Tensor, size=None) -> torch.Tensor:
-        """Stochastic part: dropout -> classifier -> logits (N, C, *size); at 1/4 resolution when ``size`` is None."""
-        logits = self.classifier(self.dropout(feats))
-        if size is None:
-            return logits
-        return F.interpolate(logits, size=tuple(size), **self.output_upsample)
-
-    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits at the network's output resolution (1/4 of the input), before the final upsampling."""
-        return self.forward_head(self.forward_features(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x), x.shape[-2:])
+    def head_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Stochastic part: dropout -> classifier -> logits (N, C, h, w) at 1/4 of the input."""
+        return self.classifier(self.dropout(feats))
 
 
 @register_model

@@ -31,6 +31,8 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
+
+from ._split import SplitForward
 import torch.nn.functional as F
 
 from .. import MaxentError
@@ -181,7 +183,7 @@ class MobileNetV2Trunk(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------------------------
 
-class DeepLabV3PlusVainF(nn.Module):
+class DeepLabV3PlusVainF(SplitForward, nn.Module):
     """VainF's DeepLabV3+ (``backbone`` + ``classifier`` head), logits upsampled bilinearly to the input size.
 
     Parameters
@@ -221,19 +223,9 @@ class DeepLabV3PlusVainF(nn.Module):
     #: the final upsampling of ``forward``: ``forward(x) == F.interpolate(forward_native(x), x.shape[-2:], **rule)``
     output_upsample = {"mode": "bilinear", "align_corners": False}
 
-    def forward_head(self, feats: tuple[torch.Tensor, torch.Tensor], size=None) -> torch.Tensor:
-        """Stochastic part (ASPP dropout): ASPP + decoder -> logits upsampled to ``size`` (stride 4 when None)."""
-        logits = self.classifier(*feats)
-        if size is None:
-            return logits
-        return F.interpolate(logits, size=tuple(size), **self.output_upsample)
-
-    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits at the network's output resolution (stride 4), before the final upsampling."""
-        return self.forward_head(self.forward_features(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x), x.shape[-2:])
+    def head_logits(self, feats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Stochastic part (ASPP dropout): ASPP + decoder -> logits (N, C, h, w) at stride 4."""
+        return self.classifier(*feats)
 
 
 def vainf_checkpoint_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
