@@ -139,6 +139,19 @@ def frame_components(score_map, label_map, threshold: float, min_pred_size: int,
     return region_values(glab[region], plab[region], ng, npred)
 
 
+def check_track_threshold(track: str, threshold) -> float:
+    """Validate a component track name and a pixel threshold; returns the threshold as a finite float."""
+    if track not in TRACKS:
+        raise OodscoreError(f"track: expected one of {sorted(TRACKS)}, got {track!r}")
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        raise OodscoreError(f"threshold: expected a real number, got {threshold!r}") from None
+    if not np.isfinite(t):
+        raise OodscoreError(f"threshold: expected a finite number, got {t}")
+    return t
+
+
 class ComponentMetrics:
     """Streaming SegmentMeIfYouCan component metrics: ``update(score_map, label_map)`` per frame, then ``compute()``.
 
@@ -158,14 +171,7 @@ class ComponentMetrics:
 
     def __init__(self, threshold: float, track: str = "anomaly", min_pred_size: int | None = None,
                  min_gt_size: int | None = None, strict: bool = False, rule: str | None = None):
-        if track not in TRACKS:
-            raise OodscoreError(f"track: expected one of {sorted(TRACKS)}, got {track!r}")
-        try:
-            t = float(threshold)
-        except (TypeError, ValueError):
-            raise OodscoreError(f"threshold: expected a real number, got {threshold!r}") from None
-        if not np.isfinite(t):
-            raise OodscoreError(f"threshold: expected a finite number, got {t}")
+        t = check_track_threshold(track, threshold)
         dp, dg = TRACKS[track]
         self.threshold = t
         self.track = track

@@ -292,12 +292,7 @@ def _check_shapes(scores, labels):
 
 def _split_numpy(scores: np.ndarray, labels: np.ndarray):
     """Valid scores per class as float32 (when exact) or float64 numpy arrays: (neg, pos)."""
-    s = np.asarray(scores).reshape(-1)
-    y = np.asarray(labels).reshape(-1)
-    if s.dtype.kind not in "fiub":
-        raise OodscoreError(f"scores: expected a real-valued array, got dtype {s.dtype}")
-    if y.dtype.kind not in "fiub":
-        raise OodscoreError(f"labels: expected an integer array (0/1/void), got dtype {y.dtype}")
+    s, y = _flat_checked(scores, labels)
     if s.dtype == np.float16:
         s = s.astype(np.float32)
     elif s.dtype.kind in "iub":

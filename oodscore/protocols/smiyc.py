@@ -50,6 +50,7 @@ from oodscore.components import (
     TRACKS,
     _to_numpy,
     check_rule,
+    check_track_threshold,
     gt_components,
     pred_components,
     region_values,
@@ -311,14 +312,7 @@ class SmiycComponents:
     """
 
     def __init__(self, threshold: float, track: str = "anomaly", rule: str = "gt"):
-        if track not in TRACKS:
-            raise OodscoreError(f"track: expected one of {sorted(TRACKS)}, got {track!r}")
-        try:
-            t = float(threshold)
-        except (TypeError, ValueError):
-            raise OodscoreError(f"threshold: expected a real number, got {threshold!r}") from None
-        if not np.isfinite(t):
-            raise OodscoreError(f"threshold: expected a finite number, got {t}")
+        t = check_track_threshold(track, threshold)
         self.threshold, self.track, self.rule = t, track, check_rule(rule)
         self.min_pred_size, self.min_gt_size = TRACKS[track]
         self._thresh = legacy_threshold(np.float64(t))   # get_thresh_p_from_curve: an np.float64 from HDF5
