@@ -8,8 +8,9 @@ Run from the repository root::
 Data: labels 5 % anomaly, 10 % void (255); scores float32 ``N(0,1) + 2 * anomaly`` (almost every value distinct,
 the hard case for an exact histogram). sklearn's time covers dropping void pixels, ``roc_auc_score``,
 ``average_precision_score`` and ``roc_curve`` (for FPR95); ours covers ``pixel_metrics`` (all metrics + the
-F1-optimal threshold). The baseline is one ``np.sort`` of the same scores (a copy, sorted): ours and it run in
-turns, ``--repeat`` times, and the best of each is printed with their ratio (sklearn runs once). The machine's load
+F1-optimal threshold). The baseline is one ``np.sort`` of the same scores (a copy, sorted, on one thread): ours
+(default threads: the CPUs this process may use) and it run in turns, ``--repeat`` times, and the best of each is
+printed with their ratio; then ours on one thread, the same way (sklearn runs once). The machine's load
 average is printed before and after. The streaming part runs in a fresh subprocess so that its peak RSS
 (``VmHWM``) is its own.
 """
@@ -75,15 +76,19 @@ def _timed(fn):
 
 def compare(n: int, seed: int, with_sklearn: bool, repeat: int = 3) -> dict:
     s, y = make_data(n, seed)
-    best = {"ours": (float("inf"),) * 3, "sort": (float("inf"),) * 3}
-    for _ in range(max(1, repeat)):  # in turns, so that both see the same machine
+    best = {"ours": (float("inf"),) * 3, "sort": (float("inf"),) * 3, "one": (float("inf"),) * 3}
+    for _ in range(max(1, repeat)):  # in turns, so that all see the same machine
         t, srt = _timed(lambda: np.sort(s))
         del srt
         best["sort"] = min(best["sort"], t)
         t, ours = _timed(lambda: pixel_metrics(s, y))
         best["ours"] = min(best["ours"], t)
+        t, one = _timed(lambda: pixel_metrics(s, y, threads=1))
+        best["one"] = min(best["one"], t)
+        assert one == ours, "the numbers must not depend on the threads"
     (t_ours, u_ours, k_ours), (t_sort, u_sort, k_sort) = best["ours"], best["sort"]
     row = {"n": n, "ours_s": t_ours, "sort_s": t_sort, "ours_per_sort": t_ours / t_sort,
+           "one_s": best["one"][0], "one_per_sort": best["one"][0] / t_sort,
            "cpu": f"user+sys ours {u_ours:.2f}+{k_ours:.2f} s, np.sort {u_sort:.2f}+{k_sort:.2f} s"}
     if with_sklearn:
         t0 = time.perf_counter()
@@ -151,11 +156,15 @@ def main(argv=None) -> None:
         return
     import sklearn
 
-    print(f"numpy {np.__version__}, sklearn {sklearn.__version__}; {_load()}", flush=True)
+    from oodscore.metrics import _threads
+
+    print(f"numpy {np.__version__}, sklearn {sklearn.__version__}; ours on {_threads(None, 1 << 30)} threads;"
+          f" {_load()}", flush=True)
     for size in [int(float(x)) for x in a.sizes.split(",") if x]:
         r = compare(size, a.seed, size <= a.sklearn_max, a.repeat)
         line = (f"n={r['n']:.0e}  ours {r['ours_s']:.2f} s  np.sort {r['sort_s']:.2f} s"
-                f"  ours/np.sort {r['ours_per_sort']:.2f}x")
+                f"  ours/np.sort {r['ours_per_sort']:.2f}x  (one thread: {r['one_s']:.2f} s,"
+                f" {r['one_per_sort']:.2f}x)")
         if "sklearn_s" in r:
             line += (f"  sklearn {r['sklearn_s']:.2f} s  sklearn/ours {r['speedup']:.1f}x"
                      f"  max|diff| {r['max_abs_diff']:.1e}")

@@ -6,7 +6,8 @@ Conventions
 - Scores: higher = more anomalous. A pixel is *predicted anomalous* at threshold ``t`` iff ``score >= t``.
   Candidate thresholds are the distinct score values (as in sklearn's ``roc_curve`` / ``precision_recall_curve``),
   so the F1-optimal threshold ``t*`` is itself a score value and ``score >= t*`` reproduces its confusion counts.
-- AUROC: trapezoid area under the ROC (== ``sklearn.metrics.roc_auc_score``).
+- AUROC: trapezoid area under the ROC (== ``sklearn.metrics.roc_auc_score``), computed exactly (an integer
+  pair count) and rounded once.
 - AP: step-wise ``sum_n (R_n - R_{n-1}) P_n`` (== ``sklearn.metrics.average_precision_score``; not trapezoidal).
 - FPR95: FPR at the first threshold, scanning scores from high to low, where TPR >= 0.95 (Fishyscapes / SMIYC).
 - ``fpr95_interp``: ``np.interp(0.95, tpr, fpr)`` on the full ROC (the point (0, 0) first, then one point per
@@ -31,20 +32,23 @@ present. Measured: 10^9 N(0,1) float32 pixels in chunks of 2e7 (1.4e8 entries) p
 ``bench/metrics.py``). For continuous float32 scores with ~10^9 distinct values, use ``bins=``.
 ``-0.0`` and ``0.0`` are one value. NaN / inf scores on non-void pixels raise; on void pixels they are ignored.
 
-Batches are read in one pass of in-cache chunks (labels compared, scores converted, each class's scores compressed
-out), then each class is sorted once and reduced to (key, count) runs. ``PixelMetrics.summarize`` returns those runs
-without adding them (``add_summary`` adds them, in order): worker processes summarize frames for a parent.
+Batches are read in one pass of in-cache chunks (labels compared, scores converted to keys: the ID keys kept in
+place, zero elsewhere, the anomaly keys compressed out), then each class is sorted once and reduced to (key, count)
+runs. ``PixelMetrics.summarize`` returns those runs without adding them (``add_summary`` adds them, in order):
+worker processes summarize frames for a parent.
 
-One-shot functions (``pixel_metrics``, ``auroc``, ...) on numpy arrays sort all valid scores once, and the anomaly
-scores once; the union of both classes' distinct scores is then walked from the top, chunk by chunk, its distinct
-values and per-class counts found on the way, so that nothing of its size is ever held. At 10^8 float32 pixels this
-costs ~2.7 ``np.sort`` of the same scores on the development machine (``bench/metrics.py``; numpy's AVX-512 sort):
-of ~1.15 s of CPU, the sort takes ~0.36, the in-cache split ~0.2, the runs ~0.26 (half of it placing the anomaly
-keys among the distinct keys) and the metric arithmetic ~0.3 (every distinct key's terms: bit-identical sums).
+Every metric is one pass over the anomaly class's distinct keys only (the ROC and PR curves only turn at them):
+for each, the anomaly pixels at or above it (a cumsum) and the ID pixels below and equal to it (searched in the ID
+keys, block by block in cache). AUROC is the Mann-Whitney pair count with ties as halves (exactly twice the
+trapezoid area), an integer, divided once: correctly rounded. AP's terms are summed by one ``np.sum`` per block of
+``_BLOCK`` anomaly keys: the numbers depend on ``_BLOCK`` only, never on the path, chunk sizes or threads.
 
-Metrics are one pass over the union of distinct keys in descending order, in blocks of at most ``_BLOCK`` keys per
-class (each block's AUROC / AP terms summed by one ``np.sum``), every block evaluated in in-cache chunks with the
-operations of a whole-block evaluation: the numbers depend on the block boundaries only, the same for every path.
+One-shot functions (``pixel_metrics``, ``auroc``, ...) on numpy arrays cut the batch into one part per thread;
+each thread splits its part and sorts its ID keys (numpy releases the GIL while it sorts and searches); the
+anomaly keys are merged, and the pass runs its chunks in the same threads, the ID pixels below a key being summed
+over the parts. At 10^8 float32 pixels this takes ~1.4 ``np.sort`` of the same scores on the development
+machine's 2 cores (``bench/metrics.py``; numpy's AVX-512 sort; ~2.2 on one thread): of ~1.1 s of CPU, the split
+~0.2, the sort ~0.36, the search of 5 x 10^6 anomaly keys ~0.25, their arithmetic ~0.15.
 
 Binned mode (``bins=int``) keeps one count per quantile bin (SMIYC-style): edges are quantiles of the first
 ``edge_samples`` valid scores seen (pooled over both classes), each bin is ``[edge_i, edge_{i+1})`` and acts as one
@@ -53,6 +57,8 @@ Uniform bins over min..max are never used: they collapse heavy tails into one bi
 """
 from __future__ import annotations
 
+import itertools
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -105,7 +111,7 @@ def _to_key_inplace(v: np.ndarray) -> np.ndarray:
 
 
 _U32_MAX = (1 << 32) - 1  # counts stay uint32 while a class has at most this many pixels (no count can exceed it)
-_SEARCH_BLOCK = 1 << 15   # needles per searchsorted call: their haystack range then stays in cache
+_SEARCH_BLOCK = 1 << 12   # needles per searchsorted call: their haystack range then stays in cache
 _MOVE_BLOCK = 1 << 21     # entries per block of the in-place insertion (bounds its temporaries to ~10 MB)
 
 
@@ -167,8 +173,10 @@ def _compact_runs(v: np.ndarray, start: int = 0):
     return v, cnt
 
 
-def _searchsorted_blocked(ka: np.ndarray, kb: np.ndarray, j0: int = 0, j1: int | None = None) -> np.ndarray:
-    """``np.searchsorted(ka, kb[j0:j1])`` for sorted ``kb``, block by block on the slice of ``ka`` each block spans.
+def _searchsorted_blocked(ka: np.ndarray, kb: np.ndarray, j0: int = 0, j1: int | None = None,
+                          side: str = "left") -> np.ndarray:
+    """``np.searchsorted(ka, kb[j0:j1], side)`` for sorted ``kb``, block by block on the slice of ``ka`` each
+    block spans.
 
     A plain searchsorted of ~10^7 sorted needles in a ~10^8 haystack misses the cache on every probe; searching
     each block of needles in only its own range of the haystack is faster and gives the same positions.
@@ -179,7 +187,7 @@ def _searchsorted_blocked(ka: np.ndarray, kb: np.ndarray, j0: int = 0, j1: int |
         b = kb[j:min(j + _SEARCH_BLOCK, j1)]
         lo = int(np.searchsorted(ka, b[0], side="left"))
         hi = int(np.searchsorted(ka, b[-1], side="right"))
-        np.add(np.searchsorted(ka[lo:hi], b, side="left"), lo, out=out[j - j0:j - j0 + b.size])
+        np.add(np.searchsorted(ka[lo:hi], b, side=side), lo, out=out[j - j0:j - j0 + b.size])
     return out
 
 
@@ -373,10 +381,10 @@ def _chunk_values(src: np.ndarray, scratch: np.ndarray | None, valid: np.ndarray
     return out
 
 
-def _split_pass(s: np.ndarray, y: np.ndarray, first: str, wide: bool):
-    """``(keys of every pixel, number of others, keys of the label-1 pixels)``: the first array holds the keys of
-    the ``first`` pixels' scores ("valid": labels 0 and 1; "neg": label 0) and 0 for the others (0 is below the key
-    of every finite score: after a sort they come first); the label-1 keys are compressed out.
+def _split_pass(s: np.ndarray, y: np.ndarray, wide: bool):
+    """``(keys, number of others, anomaly keys)``: ``keys`` holds the keys of the label-0 pixels' scores and 0 for
+    the others (0 is below the key of every finite score: after a sort they come first); the label-1 keys are
+    compressed out.
 
     One pass over the batch in ``_CHUNK`` steps that stay in cache (zeroing by a product with the mask is
     branch-free: a compression of 90 % random entries costs ~5x more); uint32 keys (uint64 when ``wide``). None
@@ -389,13 +397,13 @@ def _split_pass(s: np.ndarray, y: np.ndarray, first: str, wide: bool):
     scratch = None if s.dtype == fdt else np.empty(c, fdt)
     k, m = np.empty(c, udt), np.empty(c, udt)
     is0, is1, valid = np.empty(c, bool), np.empty(c, bool), np.empty(c, bool)
-    sel = valid if first == "valid" else is0
     wa = wp = 0
     for a in range(0, n, c):
         w = min(c, n - a)
         np.equal(y[a:a + w], 0, out=is0[:w])
         np.equal(y[a:a + w], 1, out=is1[:w])
-        np.logical_or(is0[:w], is1[:w], out=valid[:w])
+        if scratch is not None and s.dtype != np.float16:  # only a float64 / integer chunk needs the valid mask
+            np.logical_or(is0[:w], is1[:w], out=valid[:w])
         v = _chunk_values(s[a:a + w], scratch, valid[:w], wide)
         if v is None:
             return None
@@ -404,44 +412,98 @@ def _split_pass(s: np.ndarray, y: np.ndarray, first: str, wide: bool):
         np.right_shift(kw.view(idt), 8 * kw.itemsize - 1, out=mw.view(idt))
         mw |= sign
         kw ^= mw
-        np.multiply(kw, sel[:w], out=out_a[a:a + w])
-        kp = kw[is1[:w]]
+        np.multiply(kw, is0[:w], out=out_a[a:a + w])
+        kp = np.compress(is1[:w], kw)  # faster than kw[is1] for a few per cent selected
         out_p[wp:wp + kp.size] = kp
-        wa, wp = wa + w - int(np.count_nonzero(sel[:w])), wp + kp.size
+        wa, wp = wa + w - int(np.count_nonzero(is0[:w])), wp + kp.size
     out_p.resize(wp, refcheck=False)
     return out_a, wa, out_p
 
 
-def _split_sorted(s: np.ndarray, y: np.ndarray, first: str):
-    """``(wide, keys, skip, anomaly keys)`` of :func:`_flat_checked` arrays, both key arrays sorted: the keys of the
-    ``first`` scores are ``keys[skip:]`` (see :func:`_split_pass`).
+def _finite_keys(k: np.ndarray, skip: int, wide: bool) -> bool:
+    """Whether the sorted keys ``k[skip:]`` are all keys of finite scores."""
+    lo, hi = (k.dtype.type(v) for v in _FINITE_KEYS[wide])  # typed: a Python int would cast all of ``k``
+    # keys of NaN / inf sort to the ends; those of -inf and negative NaNs (one of them is 0) before ``lo``
+    return k.size <= skip or (int(np.searchsorted(k, lo, side="right")) == skip and k[-1] < hi)
 
-    float16 / float32 scores, and float64 / integer scores that float32 holds exactly on every valid pixel, are
-    read as float32 (uint32 keys); other scores as float64 (``wide``: uint64 keys). Non-finite scores on valid
-    pixels raise (one line). (Integer keys sort as fast as floats with a SIMD sort, and faster without one.)
+
+def _split_sorted(s: np.ndarray, y: np.ndarray, threads: int = 1):
+    """``(wide, ID parts, anomaly keys)`` of :func:`_flat_checked` arrays, every key array sorted.
+
+    The batch is cut into ``threads`` consecutive parts, each split (:func:`_split_pass`) and sorted in its own
+    thread (numpy releases the GIL while it sorts): each ID part is ``(keys, skip)``, its keys ``keys[skip:]``;
+    the anomaly keys of all parts are merged into one sorted array. float16 / float32 scores, and float64 /
+    integer scores that float32 holds exactly on every valid pixel, are read as float32 (uint32 keys); other
+    scores as float64 (``wide``: uint64 keys). Non-finite scores on valid pixels raise (one line).
     """
     if s.dtype.kind == "f" and s.dtype.itemsize > 8:  # long double: read as float64
         with np.errstate(over="ignore"):
             s = s.astype(np.float64)
-    wide = False
-    out = _split_pass(s, y, first, wide)
-    if out is None:
-        wide = True
-        out = _split_pass(s, y, first, wide)
-    keys, others, kp = out
-    lo, hi = (keys.dtype.type(v) for v in _FINITE_KEYS[wide])  # typed: a Python int would cast all of ``k``
-    for k, skip in ((keys, others), (kp, 0)):
-        k.sort()
-        # keys of NaN / inf sort to the ends; those of -inf and negative NaNs (one of them is 0) before ``lo``
-        if k.size > skip and (int(np.searchsorted(k, lo, side="right")) != skip or k[-1] >= hi):
-            _split_numpy(s, y)  # raises the general path's message (counts per class)
-            raise OodscoreError("scores: non-finite (NaN/inf) values on non-void pixels")
-    return wide, keys, others, kp
+    n = s.size
+    cuts = [min(n, -(-n * i // threads // _CHUNK) * _CHUNK) for i in range(threads + 1)] if threads > 1 else [0, n]
+    spans = [(a, b) for a, b in itertools.pairwise(cuts) if b > a] or [(0, n)]
+
+    def split(span, wide):
+        out = _split_pass(s[span[0]:span[1]], y[span[0]:span[1]], wide)
+        if out is not None:
+            out[0].sort()
+            out[2].sort()
+        return out
+
+    with _pool(len(spans)) as pool:
+        for wide in (False, True):
+            parts = list(pool.map(lambda sp, w=wide: split(sp, w), spans))
+            if all(p is not None for p in parts):
+                break
+    kp = parts[0][2] if len(parts) == 1 else np.sort(np.concatenate([p[2] for p in parts]), kind="stable")
+    if not (all(_finite_keys(k, skip, wide) for k, skip, _ in parts) and _finite_keys(kp, 0, wide)):
+        _split_numpy(s, y)  # raises the general path's message (counts per class)
+        raise OodscoreError("scores: non-finite (NaN/inf) values on non-void pixels")
+    return wide, [(k, skip) for k, skip, _ in parts], kp
+
+
+class _pool:
+    """A thread pool of ``n`` workers as a context manager, or in-thread ``map`` when ``n`` is 1."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._ex = None
+
+    def __enter__(self):
+        if self.n > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._ex = ThreadPoolExecutor(self.n)
+        return self
+
+    def map(self, fn, items):
+        return list(map(fn, items) if self._ex is None else self._ex.map(fn, items))
+
+    def __exit__(self, *exc):
+        if self._ex is not None:
+            self._ex.shutdown()
+
+
+_PARALLEL_MIN = 1 << 22  # pixels below which the one-shot functions use one thread (a pool costs ~0.1 ms)
+
+
+def _threads(threads, n: int) -> int:
+    """Threads for a one-shot batch of ``n`` pixels: ``threads``, or (None) the CPUs this process may use (<= 8)."""
+    if threads is None:
+        try:
+            avail = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            avail = os.cpu_count() or 1
+        threads = min(8, avail) if n >= _PARALLEL_MIN else 1
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise OodscoreError(f"threads: expected None or an integer >= 1, got {threads!r}")
+    return int(threads)
 
 
 # ----------------------------------------------------------------------------- histogram -> metrics
-_BLOCK = 1 << 22  # entries per class per block of the single pass below: shapes the float sums (see _Sweep)
-_CHUNK = 1 << 15  # entries per in-cache step of the passes over whole arrays (keys, unique runs, metrics)
+_BLOCK = 1 << 22  # distinct anomaly keys per block of the AP sum (one np.sum each): the numbers depend on it only
+_CHUNK = 1 << 15  # entries per in-cache step of the passes over whole arrays (split, unique runs)
+_U_EXACT = 1 << 63  # AUROC's pair count is summed exactly (int64) while 2 x anomaly x ID pixels stays below this
 
 
 def _threshold_key(t: float, wide: bool):
@@ -459,140 +521,149 @@ def _key_value(k, wide: bool) -> float:
     return float(_key_to_f64(arr)[0] if wide else _key_to_f32(arr)[0])
 
 
-class _Sweep:
-    """The arithmetic of every metric: one walk over the union of both classes' keys in descending order.
+class _NegRuns:
+    """The ID class as sorted distinct keys with counts (a streaming state): for ascending anomaly keys, the ID
+    pixels below and equal to each. Calls must come in ascending key order (a running prefix sum is kept)."""
 
-    Fed block by block (:meth:`block`: the ascending keys and per-class counts of one block, blocks from the highest
-    keys down). A block is evaluated ``_CHUNK`` entries at a time, so every temporary stays in cache, with exactly
-    the operations of a whole-block evaluation (integer cumsums, float64 ``tps / P``, ``fps / N``, ...: counts are
-    exact in float64 below 2^53); the AUROC and AP terms of a block are summed by one ``np.sum`` over the whole
-    block. The numbers thus depend on ``_BLOCK`` (the grouping of the float sums), never on ``_CHUNK``.
+    def __init__(self, kn: np.ndarray, cn: np.ndarray):
+        self.kn, self.cn = kn, cn
+        self._i, self._run = 0, 0  # kn[:_i] holds _run pixels
+
+    def counts(self, keys: np.ndarray):
+        kn, cn = self.kn, self.cn
+        idx = _searchsorted_blocked(kn, keys)
+        starts = np.concatenate(([self._i], idx))
+        seg = np.zeros(idx.size, np.int64)  # ID pixels between consecutive needles
+        grow = starts[:-1] < starts[1:]
+        if grow.any():
+            seg[grow] = np.add.reduceat(cn[:int(idx[-1])], starts[:-1][grow], dtype=np.int64)
+        lt = np.cumsum(seg)
+        lt += self._run
+        self._i, self._run = int(idx[-1]), int(lt[-1])
+        eq = np.zeros(idx.size, np.int64)
+        hit = np.flatnonzero(idx < kn.size)
+        hit = hit[kn[idx[hit]] == keys[hit]]
+        eq[hit] = cn[idx[hit]]
+        return lt, eq
+
+
+class _NegParts:
+    """The ID class as sorted key arrays with ties kept (the one-shot path: one per thread that sorted it): for
+    ascending anomaly keys, the ID pixels below and equal to each, summed over the parts. Stateless: chunks of
+    anomaly keys may be looked up in any order, by several threads."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    def counts(self, keys: np.ndarray):
+        lt, eq = np.zeros(keys.size, np.int64), np.zeros(keys.size, np.int64)
+        for part in self.parts:
+            below = _searchsorted_blocked(part, keys)
+            e = np.zeros(keys.size, np.int64)
+            # equal entries follow ``below``: count short runs by stepping (float32 scores tie a few times per
+            # value), search the end of the runs still open after a few steps
+            at = np.flatnonzero(below < part.size)
+            for _ in range(4):
+                at = at[part[below[at] + e[at]] == keys[at]]
+                e[at] += 1
+                at = at[below[at] + e[at] < part.size]
+                if not at.size:
+                    break
+            if at.size:
+                e[at] = _searchsorted_blocked(part, keys[at], side="right") - below[at]
+            lt += below
+            eq += e
+        return lt, eq
+
+
+def _pos_chunk(keys, c, below: int, neg, P: int, N: int, target: float, exact_u: bool, terms: np.ndarray):
+    """One chunk of :func:`_pos_pass` (``below``: anomaly pixels under its first key); AP terms into ``terms``.
+
+    Returns ``(U, best F1, its key, FPR at the chunk's highest key with TPR >= target or None, interpolated FPR
+    or None)``.
     """
-
-    def __init__(self, n_pos: int, n_neg: int, target: float, pick: np.ndarray | None = None):
-        self.P, self.N, self.target, self.pick = float(n_pos), float(n_neg), target, pick
-        self.tp = self.fp = 0
-        self.auc = self.ap = 0.0
-        self.fpr_first = self.interp = None
-        self.best_f1, self.best_key = -1.0, None
-        self.offset = 0
-        self.picked: list = []
-        c = _CHUNK
-        self._ti, self._fi = np.empty(c, np.int64), np.empty(c, np.int64)
-        self._tf, self._sf, self._a, self._b = (np.empty(c) for _ in range(4))
-        self._tpr, self._fpr = np.zeros(c + 1), np.zeros(c + 1)  # [0]: the previous point (first: the origin)
-        self._terms, self._used = np.empty((2, 0)), 0  # the open block's AUROC and AP terms
-
-    def block(self, keys: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> None:
-        """Walk one whole block (ascending arrays), from its highest key down."""
-        n, c = keys.size, _CHUNK
-        self._reserve(n)
-        for o in range(0, n, c):
-            hi = n - o
-            lo = max(hi - c, 0)
-            self.feed(keys[lo:hi][::-1], pos[lo:hi][::-1], neg[lo:hi][::-1])
-        self.end_block()
-
-    def _reserve(self, n: int) -> None:
-        """Room for ``n`` terms of each kind in the open block (kept when the buffer grows)."""
-        if self._terms.shape[1] < n:
-            grown = np.empty((2, max(n, 2 * self._terms.shape[1])))
-            grown[:, :self._used] = self._terms[:, :self._used]
-            self._terms = grown
-
-    def feed(self, keys: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> None:
-        """The next entries (descending, at most ``_CHUNK``) of the open block."""
-        o, n = self._used, keys.size
-        self._reserve(o + n)
-        self._chunk(keys, pos, neg, self._terms[0, o:o + n], self._terms[1, o:o + n])
-        self._used = o + n
-
-    def end_block(self) -> None:
-        """Close the open block: its AUROC and AP terms are summed (one ``np.sum`` each over the whole block)."""
-        if self._used:
-            self.auc += float(np.sum(self._terms[0, :self._used]))
-            self.ap += float(np.sum(self._terms[1, :self._used]))
-        self._used = 0
-
-    def _chunk(self, keys, pos, neg, auc_out, ap_out) -> None:
-        """One chunk (descending): its AUROC / AP terms into ``auc_out`` / ``ap_out``, F1 and the TPR-95 points."""
-        n = keys.size
-        tps, fps = self._ti[:n], self._fi[:n]
-        np.cumsum(pos, dtype=np.int64, out=tps)
-        tps += self.tp
-        np.cumsum(neg, dtype=np.int64, out=fps)
-        fps += self.fp
-        tf, sf, a, b = self._tf[:n], self._sf[:n], self._a[:n], self._b[:n]
-        tpr, fpr = self._tpr[:n + 1], self._fpr[:n + 1]
-        np.copyto(tf, tps)                      # exact: counts < 2^53
-        np.copyto(sf, fps)
-        np.divide(tf, self.P, out=tpr[1:])      # == tps / P (int64 / int: both cast to float64)
-        np.divide(sf, self.N, out=fpr[1:])
-        np.subtract(fpr[1:], fpr[:-1], out=a)
-        np.add(tpr[1:], tpr[:-1], out=b)
-        np.multiply(a, b, out=auc_out)          # (fpr - fpr_prev) * (tpr + tpr_prev)
-        sf += tf                                # tps + fps, exact
-        np.divide(tf, sf, out=b)                # precision
-        np.subtract(tpr[1:], tpr[:-1], out=a)
-        np.multiply(a, b, out=ap_out)           # (tpr - tpr_prev) * precision
-        self._operating_points(tpr, fpr)
-        self._f1(keys, tf, sf)
-        if self.pick is not None:
-            self._pick(keys, tps, fps)
-        self.tp, self.fp = int(tps[-1]), int(fps[-1])
-        tpr[0], fpr[0] = tpr[n], fpr[n]
-        self.offset += n
-
-    def _operating_points(self, tpr: np.ndarray, fpr: np.ndarray) -> None:
-        """FPR at the first TPR >= target, and ``np.interp(target, tpr, fpr)`` (``tpr[0]``: the previous point)."""
-        t = self.target
-        if self.fpr_first is None and tpr[-1] >= t:
-            self.fpr_first = float(fpr[1 + int(np.argmax(tpr[1:] >= t))])
-        if self.interp is None and tpr[-1] > t:
-            # the segment from the last point with tpr <= target to the next one
-            j = int(np.argmax(tpr[1:] > t))
-            x0, y0 = tpr[j], fpr[j]
-            slope = (fpr[j + 1] - y0) / (tpr[j + 1] - x0)
-            self.interp = float(slope * (t - x0) + y0)
-
-    def _f1(self, keys, tf: np.ndarray, sf: np.ndarray) -> None:
-        """``F1 = 2 TP / (TP + FP + P)`` (``sf`` = TP + FP); among equal values the first (highest) key wins.
-
-        F1 grows with TP and falls with FP, so no entry of the chunk exceeds F1(last TP, first FP) (correctly
-        rounded, the float values keep that order): a chunk whose bound does not beat the best is skipped.
-        """
-        if 2.0 * tf[-1] / (tf[-1] + (sf[0] - tf[0]) + self.P) <= self.best_f1:
-            return
-        n = keys.size
-        f1, den = self._a[:n], self._b[:n]
-        np.multiply(tf, 2.0, out=f1)
-        np.add(sf, self.P, out=den)
-        np.divide(f1, den, out=f1)
-        j = int(np.argmax(f1))
-        if f1[j] > self.best_f1:  # strict: among equal F1 the first (highest) threshold wins
-            self.best_f1, self.best_key = float(f1[j]), keys[j]
-
-    def _pick(self, keys, tps, fps) -> None:
-        lo, hi = np.searchsorted(self.pick, [self.offset, self.offset + keys.size])
-        sel = self.pick[lo:hi] - self.offset
-        self.picked.append((keys[sel], tps[sel], fps[sel]))
-
-    def result(self) -> dict:
-        interp = self.interp if self.interp is not None else float(self._fpr[0])  # target 1: the last FPR
-        return {"auroc": self.auc / 2.0, "ap": self.ap, "fpr95": self.fpr_first, "fpr95_interp": interp,
-                "best_key": self.best_key, "n_distinct": self.offset, "picked": self.picked}
+    Pf, Nf = float(P), float(N)
+    c = c.astype(np.int64)
+    lt, eq = neg.counts(keys)
+    tp = np.cumsum(c)                   # anomaly pixels >= each key: P - below - (cumsum - c)
+    np.subtract(P - below + c, tp, out=tp)
+    v = 2 * lt + eq
+    u = int(np.dot(c, v)) if exact_u else float(np.dot(c.astype(np.float64), v.astype(np.float64)))
+    tf = tp.astype(np.float64)
+    sf = (tp + (N - lt)).astype(np.float64)   # TP + FP, exact
+    tpr = tf / Pf
+    prev = (tp - c).astype(np.float64) / Pf   # TPR of the ROC point just above the key
+    np.multiply(tpr - prev, tf / sf, out=terms)
+    f1 = tf * 2.0 / (sf + Pf)
+    j = f1.size - 1 - int(np.argmax(f1[::-1]))  # the last maximum: the highest key
+    fpr_first = interp = None
+    m = int(np.count_nonzero(tpr >= target))    # TPR falls as the key rises: the entries meeting it come first
+    if m:
+        fpr_first = float(N - lt[m - 1]) / Nf
+    m = int(np.count_nonzero(tpr > target))
+    if m:
+        x0, y0 = prev[m - 1], float(N - lt[m - 1] - eq[m - 1]) / Nf
+        slope = (float(N - lt[m - 1]) / Nf - y0) / (tpr[m - 1] - x0)
+        interp = float(slope * (target - x0) + y0)
+    return u, float(f1[j]), keys[j], fpr_first, interp
 
 
-class _Hist:
-    """Exact histogram of both classes: per class, sorted unique keys (ascending) and counts.
+def _pos_pass(kp: np.ndarray, cp: np.ndarray, neg, n_pos: int, n_neg: int, target: float = 0.95,
+              pool: "_pool | None" = None) -> dict:
+    """Every metric from the anomaly class's distinct keys (ascending) and, for each, the ID pixels below / equal.
 
-    Metrics come from one pass over the union of keys in descending order, block by block (:class:`_Sweep`),
-    with running TP/FP offsets; the union is never materialised, so compute() needs little memory beyond the state.
+    The ROC and PR curves only change direction at anomaly keys: a threshold at an ID-only key has the TP of the
+    anomaly key above it and more FP, so it is never the F1 optimum (ties go to the higher threshold), adds no AP
+    term, and the TPR targets are first met at anomaly keys. So one pass over the distinct anomaly keys, with
+    integer counts (exact in float64 below 2^53), gives every number:
+
+    - AUROC = U / (2 P N), ``U = sum_k c_k (2 below_k + equal_k)`` (the Mann-Whitney count with ties as halves,
+      which is exactly twice the trapezoid area): an integer summed exactly, divided once (correctly rounded);
+    - AP = ``sum (TP_k / P - (TP_k - c_k) / P) * TP_k / (TP_k + FP_k)``, summed by one ``np.sum`` per block of
+      ``_BLOCK`` keys from the lowest (the numbers thus depend on ``_BLOCK`` only, the same on every path);
+    - FPR at the highest key with TPR >= target, the interpolation between the last ROC point with TPR <= target
+      (the point just above the first key past it) and that key, and the F1-optimal key.
+
+    The chunks of a block are independent given the anomaly pixels below each: ``pool`` may run them in threads
+    (``neg`` must then be stateless); their results are combined in key order.
     """
+    exact_u = 2 * n_pos * n_neg < _U_EXACT
+    u, ap, below = 0, 0.0, 0
+    fpr_first = interp = best_key = None
+    best_f1 = -1.0
+    step = max(1, 2 * _CHUNK)
+    with (pool or _pool(1)) as run:
+        for b0 in range(0, kp.size, _BLOCK):
+            b1 = min(b0 + _BLOCK, kp.size)
+            terms = np.empty(b1 - b0)
+            starts = np.arange(b0, b1, step)
+            under = np.cumsum(np.add.reduceat(cp[b0:b1], starts - b0, dtype=np.int64))
+            under = np.concatenate(([below], below + under))
+            below = int(under[-1])
 
-    def __init__(self, kn, cn, kp, cp, wide: bool):
-        self.kn, self.cn, self.kp, self.cp, self.wide = kn, cn, kp, cp, wide
-        self._totals(int(cn.sum()), int(cp.sum()))
+            def chunk(i, b0=b0, b1=b1, terms=terms, starts=starts, under=under):
+                a, e = int(starts[i]), min(int(starts[i]) + step, b1)
+                return _pos_chunk(kp[a:e], cp[a:e], int(under[i]), neg, n_pos, n_neg, target, exact_u,
+                                  terms[a - b0:e - b0])
+
+            for cu, f1, key, first, itp in run.map(chunk, range(starts.size)):
+                u += cu
+                if f1 >= best_f1:   # chunks come in ascending key order: among equal F1 the highest key wins
+                    best_f1, best_key = f1, key
+                fpr_first = fpr_first if first is None else first
+                interp = interp if itp is None else itp
+            ap += float(np.sum(terms))
+    auroc = u / (2 * n_pos * n_neg) if exact_u else u / (2.0 * n_pos * n_neg)
+    return {"auroc": float(auroc), "ap": ap, "fpr95": fpr_first, "fpr95_interp": 1.0 if interp is None else interp,
+            "best_key": best_key}
+
+
+class _Counts:
+    """What every metric needs from an exact histogram: the class totals, the anomaly class's distinct keys
+    (``kp``, ascending) with counts (``cp``), and the ID pixels below / equal to them (``_pass``), or below any
+    key (``_below``)."""
+
+    wide = False
 
     def _totals(self, n_neg: int, n_pos: int) -> None:
         self.n_neg, self.n_pos = n_neg, n_pos
@@ -605,41 +676,11 @@ class _Hist:
             raise OodscoreError(f"labels: no in-distribution pixels (label 0) among {self.n_pos} valid pixels; "
                                 "AUROC/FPR95 are undefined")
 
-    def _blocks(self):
-        """Yield ascending (keys, pos, neg) for consecutive blocks of distinct keys, the highest block first.
+    def _pass(self, target: float = 0.95) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
 
-        Each class contributes at most ``_BLOCK`` keys to a block (the lower bound is the larger of the two
-        classes' ``_BLOCK``-th key from the top), and at least one.
-        """
-        kn, kp = self.kn, self.kp
-        i_n, i_p = kn.size, kp.size
-        while i_n > 0 or i_p > 0:
-            cands = []
-            if i_n > 0:
-                cands.append(kn[max(i_n - _BLOCK, 0)])
-            if i_p > 0:
-                cands.append(kp[max(i_p - _BLOCK, 0)])
-            lo = max(cands)
-            s_n = int(np.searchsorted(kn[:i_n], lo, side="left"))
-            s_p = int(np.searchsorted(kp[:i_p], lo, side="left"))
-            keys, neg, pos = _union_counts(kn[s_n:i_n], self.cn[s_n:i_n], kp[s_p:i_p], self.cp[s_p:i_p])
-            yield keys, pos, neg
-            i_n, i_p = s_n, s_p
-
-    def _below(self, k) -> tuple[int, int]:
-        """(ID pixels, anomaly pixels) with a key below ``k``."""
-        return (int(self.cn[:np.searchsorted(self.kn, k, side="left")].sum()),
-                int(self.cp[:np.searchsorted(self.kp, k, side="left")].sum()))
-
-    def _pass(self, target: float = 0.95, pick=None):
-        """One pass: AUROC, AP, FPR at first TPR >= target, interpolated FPR, F1-optimal key; optional picks."""
-        sweep = _Sweep(self.n_pos, self.n_neg, target, pick)
-        for keys, pos, neg in self._blocks():
-            sweep.block(keys, pos, neg)
-        return sweep.result()
-
-    def n_distinct(self) -> int:
-        return sum(k.size for k, _, _ in self._blocks())
+    def _below(self, k) -> tuple[int, int]:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def auroc(self) -> float:
         return self._pass()["auroc"]
@@ -676,13 +717,69 @@ class _Hist:
         out["n_neg"] = self.n_neg
         return {k: out[k] for k in METRIC_KEYS}
 
+
+class _Hist(_Counts):
+    """Exact histogram of both classes: per class, sorted unique keys (ascending) and counts.
+
+    Metrics come from one pass over the anomaly keys (:func:`_pos_pass`); curves from one walk over the union of
+    both classes' keys, block by block, which is never materialised whole.
+    """
+
+    def __init__(self, kn, cn, kp, cp, wide: bool):
+        self.kn, self.cn, self.kp, self.cp, self.wide = kn, cn, kp, cp, wide
+        self._totals(int(cn.sum()), int(cp.sum()))
+
+    def _pass(self, target: float = 0.95) -> dict:
+        return _pos_pass(self.kp, self.cp, _NegRuns(self.kn, self.cn), self.n_pos, self.n_neg, target)
+
+    def _blocks(self):
+        """Yield ascending (keys, pos, neg) for consecutive blocks of the union's distinct keys, the highest first.
+
+        Each class contributes at most ``_BLOCK`` keys to a block (the lower bound is the larger of the two
+        classes' ``_BLOCK``-th key from the top), and at least one.
+        """
+        kn, kp = self.kn, self.kp
+        i_n, i_p = kn.size, kp.size
+        while i_n > 0 or i_p > 0:
+            cands = []
+            if i_n > 0:
+                cands.append(kn[max(i_n - _BLOCK, 0)])
+            if i_p > 0:
+                cands.append(kp[max(i_p - _BLOCK, 0)])
+            lo = max(cands)
+            s_n = int(np.searchsorted(kn[:i_n], lo, side="left"))
+            s_p = int(np.searchsorted(kp[:i_p], lo, side="left"))
+            keys, neg, pos = _union_counts(kn[s_n:i_n], self.cn[s_n:i_n], kp[s_p:i_p], self.cp[s_p:i_p])
+            yield keys, pos, neg
+            i_n, i_p = s_n, s_p
+
+    def _below(self, k) -> tuple[int, int]:
+        """(ID pixels, anomaly pixels) with a key below ``k``."""
+        return (int(self.cn[:np.searchsorted(self.kn, k, side="left")].sum()),
+                int(self.cp[:np.searchsorted(self.kp, k, side="left")].sum()))
+
+    def n_distinct(self) -> int:
+        return sum(k.size for k, _, _ in self._blocks())
+
     def curves(self, max_points: int) -> dict:
+        """Every ``n / max_points``-th ROC point of the union's distinct keys, from the top (endpoints kept)."""
         n = self.n_distinct() + 1  # + the ROC origin
         idx = np.unique(np.round(np.linspace(0, n - 1, min(n, max_points))).astype(np.int64))
-        picked = self._pass(pick=idx[idx > 0] - 1)["picked"]
-        keys = np.concatenate([p[0] for p in picked])
-        tps = np.concatenate([[0], *[p[1] for p in picked]]).astype(np.float64)
-        fps = np.concatenate([[0], *[p[2] for p in picked]]).astype(np.float64)
+        pick = idx[idx > 0] - 1        # union entries, counted from the top
+        keys, tps, fps = [], [0], [0]
+        tp = fp = off = 0
+        for k, pos, neg in self._blocks():
+            k, pos, neg = k[::-1], pos[::-1], neg[::-1]
+            lo, hi = np.searchsorted(pick, [off, off + k.size])
+            sel = pick[lo:hi] - off
+            ct, cf = np.cumsum(pos, dtype=np.int64) + tp, np.cumsum(neg, dtype=np.int64) + fp
+            keys.append(k[sel])
+            tps.append(ct[sel])
+            fps.append(cf[sel])
+            tp, fp, off = int(ct[-1]), int(cf[-1]), off + k.size
+        keys = np.concatenate(keys)
+        tps = np.concatenate([np.ravel(t) for t in tps]).astype(np.float64)
+        fps = np.concatenate([np.ravel(f) for f in fps]).astype(np.float64)
         vals = _key_to_f64(keys.astype(np.uint64)) if self.wide else _key_to_f32(keys).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             precision = np.where(tps + fps > 0, tps / np.maximum(tps + fps, 1), 1.0)
@@ -690,151 +787,21 @@ class _Hist:
                 "recall": tps / self.n_pos, "thresholds": np.concatenate(([np.inf], vals))}
 
 
-def _run_chunks(v: np.ndarray, descending: bool):
-    """``(start, stop)`` of consecutive slices of sorted ``v``, about ``_CHUNK`` entries each, that never split a run
-    of equal values (a run longer than that is one slice); from the top when ``descending``."""
-    n, c = v.size, _CHUNK
-    if descending:
-        b = n
-        while b > 0:
-            a = max(b - c, 0)
-            if a > 0:
-                a += int(np.searchsorted(v[a:b], v[a], side="right"))  # the run through ``a`` may go on below it
-                if a == b:
-                    a = int(np.searchsorted(v[:b], v[b - 1], side="left"))
-            yield a, b
-            b = a
-    else:
-        a = 0
-        while a < n:
-            b = min(a + c, n)
-            if b < n:
-                b = a + int(np.searchsorted(v[a:b], v[b - 1], side="left"))  # the run through ``b - 1`` may go on
-                if b == a:
-                    b = a + int(np.searchsorted(v[a:], v[a], side="right"))
-            yield a, b
-            a = b
+class _PartsHist(_Counts):
+    """The histogram the one-shot functions build: the ID keys as sorted parts with ties kept (one per thread
+    that split and sorted them), and the anomaly class's distinct keys with their counts. Metrics only."""
 
+    def __init__(self, parts: list, pv: np.ndarray, pc: np.ndarray, wide: bool, threads: int):
+        self.parts, self.kp, self.cp, self.wide, self.threads = parts, pv, pc, wide, threads
+        self._totals(sum(p.size for p in parts), int(pc.sum()))
 
-def _chunk_runs(v: np.ndarray, a: int, b: int, pv: np.ndarray, pc: np.ndarray, flag: np.ndarray, pv_range):
-    """Ascending distinct values of ``v[a:b]`` (whole runs) with their anomaly and ID counts (int64).
-
-    ``pv`` / ``pc``: the anomaly class's distinct values (all of them values of ``v``) and counts. ``pv_range``:
-    ``(None, i1)`` when the chunk's values are those of ``pv[:i1]`` from some point on (walking down), ``(i0, None)``
-    when they are those of ``pv[i0:]`` up to some point (walking up); the chunk's ``(i0, i1)`` is returned last.
-    """
-    vc = v[a:b]
-    if vc[0] == vc[-1]:
-        st = np.zeros(1, np.int64)
-    else:
-        f = flag[:vc.size]
-        f[0] = True
-        np.not_equal(vc[1:], vc[:-1], out=f[1:])
-        st = np.flatnonzero(f)
-    vals = vc[st]
-    neg = np.empty(st.size, np.int64)
-    np.subtract(st[1:], st[:-1], out=neg[:-1])
-    neg[-1] = vc.size - st[-1]
-    i0, i1 = pv_range
-    if i0 is None:
-        i0 = int(np.searchsorted(pv[:i1], vals[0], side="left"))
-    else:
-        i1 = i0 + int(np.searchsorted(pv[i0:], vals[-1], side="right"))
-    at = np.searchsorted(vals, pv[i0:i1])
-    pos = np.zeros(st.size, np.int64)
-    pos[at] = pc[i0:i1]
-    neg[at] -= pos[at]
-    return vals, pos, neg, (i0, i1)
-
-
-class _BlockScan:
-    """Where the blocks of :meth:`_Hist._blocks` end, found while walking the union from the top.
-
-    A block ends at the larger of two candidates: the ID class's ``_BLOCK``-th key from the block's top (its
-    lowest key if fewer remain) and the anomaly class's (known from ``pv``); walking down, that is the first of
-    them met.
-    """
-
-    def __init__(self, pv: np.ndarray, low_neg):
-        self.pv, self.low_neg = pv, low_neg   # low_neg: the lowest ID value (None: no ID pixel)
-        self._start(pv.size, low_neg is not None)
-
-    def _start(self, i_p: int, has_neg: bool) -> None:
-        self.has_neg, self.n_neg = has_neg, 0
-        self.p_cand = self.pv[max(i_p - _BLOCK, 0)] if i_p > 0 else None
-
-    def end_in(self, vals: np.ndarray, neg: np.ndarray):
-        """Index in ``vals`` (descending) of the open block's last entry, or None when the block goes on."""
-        asc = vals[::-1]
-        ends = []
-        if self.has_neg:
-            seen = self.n_neg + int(np.count_nonzero(neg))
-            if seen >= _BLOCK:
-                ends.append(int(np.searchsorted(np.cumsum(neg > 0) + self.n_neg, _BLOCK)))
-            if self.low_neg >= asc[0]:
-                ends.append(vals.size - 1 - int(np.searchsorted(asc, self.low_neg)))
-            self.n_neg = seen
-        if self.p_cand is not None and self.p_cand >= asc[0]:
-            ends.append(vals.size - 1 - int(np.searchsorted(asc, self.p_cand)))
-        if not ends:
-            return None
-        end = min(ends)
-        last = vals[end]
-        self._start(int(np.searchsorted(self.pv, last, side="left")), self.has_neg and last > self.low_neg)
-        return end
-
-
-class _SortedHist(_Hist):
-    """The histogram the one-shot functions build: the keys of all valid scores sorted (ties kept), and the
-    anomaly class's distinct keys with their counts. The union is walked chunk by chunk from the top, distinct values and counts
-    found on the way, in the blocks of :meth:`_Hist._blocks` (so the float sums, and every number, are the same as
-    from the per-class form), without ever materialising it.
-    """
-
-    def __init__(self, vv: np.ndarray, pv: np.ndarray, pc: np.ndarray, wide: bool):
-        self.vv, self.pv, self.pc, self.wide = vv, pv, pc, wide
-        n_pos = int(pc.sum())
-        self._totals(vv.size - n_pos, n_pos)
-
-    def _runs(self, descending: bool):
-        """Ascending (values, anomaly counts, ID counts) of consecutive chunks of the union."""
-        flag = np.empty(min(_CHUNK, self.vv.size), bool)
-        rng = (None, self.pv.size) if descending else (0, None)
-        for a, b in _run_chunks(self.vv, descending):
-            vals, pos, neg, (i0, i1) = _chunk_runs(self.vv, a, b, self.pv, self.pc, flag, rng)
-            rng = (None, i0) if descending else (i1, None)
-            yield vals, pos, neg
-
-    def _lowest_neg(self):
-        for vals, _, neg in self._runs(descending=False):
-            hit = np.flatnonzero(neg)
-            if hit.size:
-                return vals[hit[0]]
-        return None
-
-    def _pass(self, target: float = 0.95, pick=None):
-        sweep = _Sweep(self.n_pos, self.n_neg, target, pick)
-        sweep._reserve(min(2 * _BLOCK, self.vv.size))  # a block holds at most _BLOCK keys of each class
-        scan = _BlockScan(self.pv, self._lowest_neg())
-        for vals, pos, neg in self._runs(descending=True):
-            vals, pos, neg = vals[::-1], pos[::-1], neg[::-1]
-            while vals.size:
-                end = scan.end_in(vals, neg)
-                m = vals.size if end is None else end + 1
-                sweep.feed(vals[:m], pos[:m], neg[:m])
-                if end is not None:
-                    sweep.end_block()
-                vals, pos, neg = vals[m:], pos[m:], neg[m:]
-        sweep.end_block()
-        return sweep.result()
+    def _pass(self, target: float = 0.95) -> dict:
+        return _pos_pass(self.kp, self.cp, _NegParts(self.parts), self.n_pos, self.n_neg, target,
+                         _pool(self.threads))
 
     def _below(self, k) -> tuple[int, int]:
-        below = int(np.searchsorted(self.vv, k, side="left"))
-        below_p = int(self.pc[:np.searchsorted(self.pv, k, side="left")].sum())
-        return below - below_p, below_p
-
-    def n_distinct(self) -> int:
-        return sum(v.size for v, _, _ in self._runs(descending=False))
+        return (sum(int(np.searchsorted(p, k, side="left")) for p in self.parts),
+                int(self.cp[:np.searchsorted(self.kp, k, side="left")].sum()))
 
 
 def _check_threshold(threshold):
@@ -1007,7 +974,7 @@ class _ExactState(_State):
 
     def summarize(self, scores: np.ndarray, labels: np.ndarray) -> "BatchSummary":
         """Per class, the batch's sorted distinct keys with their counts (keys made in one in-cache pass)."""
-        wide, kn, skip, kp = _split_sorted(*_flat_checked(scores, labels), "neg")
+        wide, [(kn, skip)], kp = _split_sorted(*_flat_checked(scores, labels))
         return BatchSummary(None, "exact", (_compact_runs(kn, skip), _compact_runs(kp)), wide=wide)
 
     def add_summary(self, summary: "BatchSummary") -> None:
@@ -1310,12 +1277,15 @@ class PixelMetrics:
 
 
 # ----------------------------------------------------------------------------- one-shot functions
-def _sorted_hist(scores, labels) -> _SortedHist:
-    """The exact histogram of a numpy batch for the one-shot functions: the valid scores sorted once (one in-cache
-    pass picks them and the anomaly scores out), and the anomaly class's distinct scores with their counts."""
-    wide, keys, skip, kp = _split_sorted(*_flat_checked(scores, labels), "valid")
+def _parts_hist(scores, labels, threads: int | None) -> _PartsHist:
+    """The exact histogram of a numpy batch for the one-shot functions: one in-cache pass per thread splits its
+    part of the batch into ID and anomaly keys, each part sorted in its thread; the anomaly keys reduced to
+    distinct values with their counts."""
+    s, y = _flat_checked(scores, labels)
+    t = _threads(threads, s.size)
+    wide, parts, kp = _split_sorted(s, y, t)
     pv, pc = _compact_runs(kp)
-    return _SortedHist(keys[skip:], pv, pc, wide)
+    return _PartsHist([k[skip:] for k, skip in parts], pv, pc, wide, t)
 
 
 def _numpy_batch(scores, labels):
@@ -1328,16 +1298,17 @@ def _numpy_batch(scores, labels):
     return (s.float() if s.dtype == torch.bfloat16 else s).cpu().numpy(), y.cpu().numpy()
 
 
-def _hist_of(scores, labels) -> _Hist:
+def _hist_of(scores, labels, threads: int | None = None) -> _Counts:
     _check_shapes(scores, labels)
     if not (_is_torch(scores) or _is_torch(labels)):
-        return _sorted_hist(scores, labels)
+        return _parts_hist(scores, labels, threads)
+    _threads(threads, 0)  # checked, unused: tensors go through the accumulator
     m = PixelMetrics()
     m.update(scores, labels)
     return m._state.counts()
 
 
-def pixel_metrics(scores, labels, threshold: float | None = None) -> dict:
+def pixel_metrics(scores, labels, threshold: float | None = None, *, threads: int | None = None) -> dict:
     """All pixel metrics at once (exact). See the module docstring for the conventions.
 
     Parameters
@@ -1348,6 +1319,9 @@ def pixel_metrics(scores, labels, threshold: float | None = None) -> dict:
         0 = ID, 1 = anomaly, anything else void.
     threshold : float, optional
         Threshold for F1/precision/recall/FPR (``score >= threshold`` is anomalous); None -> F1-optimal.
+    threads : int, optional
+        Threads that split and sort numpy input (numpy releases the GIL while it sorts and searches); None: the
+        CPUs this process may use, at most 8, from 2^22 pixels on. The numbers do not depend on it.
 
     Returns
     -------
@@ -1355,21 +1329,24 @@ def pixel_metrics(scores, labels, threshold: float | None = None) -> dict:
         ``auroc, ap, fpr95, fpr95_interp, threshold, f1, precision, recall, fpr, n_pos, n_neg``.
     """
     t = _check_threshold(threshold)
-    return _hist_of(scores, labels).metrics(t)
+    return _hist_of(scores, labels, threads).metrics(t)
 
 
-def auroc(scores, labels) -> float:
-    """Area under the ROC (trapezoid; == ``sklearn.metrics.roc_auc_score``)."""
-    return _hist_of(scores, labels).auroc()
+def auroc(scores, labels, *, threads: int | None = None) -> float:
+    """Area under the ROC (trapezoid, computed exactly; == ``sklearn.metrics.roc_auc_score``); ``threads`` as in
+    :func:`pixel_metrics`."""
+    return _hist_of(scores, labels, threads).auroc()
 
 
-def average_precision(scores, labels) -> float:
-    """Step-wise average precision (== ``sklearn.metrics.average_precision_score``)."""
-    return _hist_of(scores, labels).ap()
+def average_precision(scores, labels, *, threads: int | None = None) -> float:
+    """Step-wise average precision (== ``sklearn.metrics.average_precision_score``); ``threads`` as in
+    :func:`pixel_metrics`."""
+    return _hist_of(scores, labels, threads).ap()
 
 
-def fpr_at_tpr(scores, labels, tpr: float = 0.95) -> float:
-    """FPR at the first threshold (scanning scores from high to low) where TPR >= ``tpr``."""
+def fpr_at_tpr(scores, labels, tpr: float = 0.95, *, threads: int | None = None) -> float:
+    """FPR at the first threshold (scanning scores from high to low) where TPR >= ``tpr``; ``threads`` as in
+    :func:`pixel_metrics`."""
     if not 0.0 < float(tpr) <= 1.0:
         raise OodscoreError(f"tpr: expected a value in (0, 1], got {tpr!r}")
-    return _hist_of(scores, labels).fpr_at_tpr(float(tpr))
+    return _hist_of(scores, labels, threads).fpr_at_tpr(float(tpr))
