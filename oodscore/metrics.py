@@ -535,8 +535,8 @@ class _NegRuns:
         starts = np.concatenate(([self._i], idx))
         seg = np.zeros(idx.size, np.int64)  # ID pixels between consecutive needles
         grow = starts[:-1] < starts[1:]
-        if grow.any():
-            seg[grow] = np.add.reduceat(cn[:int(idx[-1])], starts[:-1][grow], dtype=np.int64)
+        if grow.any():  # (the slice starts at _i: reduceat casts all of the array it is given)
+            seg[grow] = np.add.reduceat(cn[self._i:int(idx[-1])], starts[:-1][grow] - self._i, dtype=np.int64)
         lt = np.cumsum(seg)
         lt += self._run
         self._i, self._run = int(idx[-1]), int(lt[-1])
