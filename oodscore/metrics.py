@@ -46,9 +46,9 @@ trapezoid area), an integer, divided once: correctly rounded. AP's terms are sum
 One-shot functions (``pixel_metrics``, ``auroc``, ...) on numpy arrays cut the batch into one part per thread;
 each thread splits its part and sorts its ID keys (numpy releases the GIL while it sorts and searches); the
 anomaly keys are merged, and the pass runs its chunks in the same threads, the ID pixels below a key being summed
-over the parts. At 10^8 float32 pixels this takes ~1.4 ``np.sort`` of the same scores on the development
-machine's 2 cores (``bench/metrics.py``; numpy's AVX-512 sort; ~2.2 on one thread): of ~1.1 s of CPU, the split
-~0.2, the sort ~0.36, the search of 5 x 10^6 anomaly keys ~0.25, their arithmetic ~0.15.
+over the parts. At 10^8 float32 pixels this takes ~1.3-1.4 ``np.sort`` of the same scores on the development
+machine's 2 cores (``bench/metrics.py``; numpy's AVX-512 sort; ~1.9 on one thread): of ~1.0 s of CPU, the split
+~0.2, the sort ~0.36, the search of 5 x 10^6 anomaly keys ~0.3 (ties included), their arithmetic ~0.05.
 
 Binned mode (``bins=int``) keeps one count per quantile bin (SMIYC-style): edges are quantiles of the first
 ``edge_samples`` valid scores seen (pooled over both classes), each bin is ``[edge_i, edge_{i+1})`` and acts as one
@@ -558,19 +558,25 @@ class _NegParts:
     def counts(self, keys: np.ndarray):
         lt, eq = np.zeros(keys.size, np.int64), np.zeros(keys.size, np.int64)
         for part in self.parts:
+            if not part.size:
+                continue
             below = _searchsorted_blocked(part, keys)
-            e = np.zeros(keys.size, np.int64)
             # equal entries follow ``below``: count short runs by stepping (float32 scores tie a few times per
-            # value), search the end of the runs still open after a few steps
-            at = np.flatnonzero(below < part.size)
-            for _ in range(4):
-                at = at[part[below[at] + e[at]] == keys[at]]
-                e[at] += 1
-                at = at[below[at] + e[at] < part.size]
+            # value; the first step on every key at once, the next ones on the keys still matching), then search
+            # the end of the runs still open
+            hit = part[np.minimum(below, part.size - 1)] == keys
+            e = hit.astype(np.int64)
+            at = np.flatnonzero(hit)
+            for j in range(1, 4):
+                nxt = below[at] + j
+                keep = nxt < part.size
+                at = at[keep][part[nxt[keep]] == keys[at[keep]]]
                 if not at.size:
                     break
-            if at.size:
-                e[at] = _searchsorted_blocked(part, keys[at], side="right") - below[at]
+                e[at] += 1
+            else:
+                if at.size:
+                    e[at] = _searchsorted_blocked(part, keys[at], side="right") - below[at]
             lt += below
             eq += e
         return lt, eq
