@@ -15,11 +15,13 @@ npy ``<method>`` folder).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 
 from cocodag.atomic import atomic_write
+from cocodag.lock import OutputLock
 from cocodag.outputs import disk_errors, prepare_output
 
 from . import OodscoreError
@@ -79,6 +81,18 @@ class ScoreSaver:
         self.written = 0
         for layout, d in self.targets:
             check_save_dir(layout, d)
+
+    @contextlib.contextmanager
+    def locked(self, held=()):
+        """Hold an :class:`~cocodag.lock.OutputLock` on every target folder while the maps are written, so that two
+        jobs never write the same maps (``held``: folders this job has locked already, e.g. its ``--out``)."""
+        seen = {Path(h).resolve() for h in held}
+        with contextlib.ExitStack() as stack:
+            for _, d in self.targets:
+                if d.resolve() not in seen:
+                    seen.add(d.resolve())
+                    stack.enter_context(OutputLock(d, option=_OPTION, kind="dir"))
+            yield self
 
     @classmethod
     def from_specs(cls, specs, dataset: str) -> "ScoreSaver | None":

@@ -26,6 +26,7 @@ Report folder::
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -639,11 +640,11 @@ def _run(out_dir: Path, methods: Sequence[str], runner, num_frames: int, *, bins
 
     ``out_dir`` is checked (:func:`cocodag.outputs.prepare_output`) before the first frame is scored and held
     exclusively (:class:`cocodag.lock.OutputLock`) until the report is written: a second job on the same folder is
-    refused with one line naming this one. A full disk while writing is one line too. Worker processes (if any)
-    only read; they are stopped before the report is written.
+    refused with one line naming this one; so is every ``--save-scores`` folder (``saver``). A full disk while writing
+    is one line too. Worker processes (if any) only read; they are stopped before the report is written.
     """
     out_dir = prepare_output(out_dir, kind="dir", option="--out")
-    with OutputLock(out_dir, option="--out"):
+    with OutputLock(out_dir, option="--out"), (saver.locked(held=[out_dir]) if saver else contextlib.nullcontext()):
         with runner:
             ev = _evaluate(methods, runner, num_frames, bins=bins, components=components,
                            threshold_from=threshold_from, threshold_kind=threshold_kind, overlay_at=overlay_at,

@@ -425,3 +425,23 @@ def test_bad_inputs_are_one_line(bad_inputs, case):
     assert set(bad_inputs) == set(_BAD_INPUTS)
     args, matches = bad_inputs[case]
     _one_line_error(_run(*args), *matches)
+
+
+def test_save_scores_folder_is_locked_like_out(tmp_path, logits_file):
+    """Two jobs never write the same maps: a --save-scores folder held by another job refuses the second one."""
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    child = _hold_in_child(maps, tmp_path / "ready")
+    try:
+        res = _run("evaluate", "--logits", logits_file, "--method", "msp", "--out", tmp_path / "rep",
+                   "--save-scores", f"npy:{maps}", "--no-progress")
+        _one_line_error(res, f"--save-scores {maps}: in use by another job (pid {child.pid} on ")
+        assert not list(maps.rglob("*.npy"))
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    # released: the same command writes the maps; the report folder itself as a save folder needs no second lock
+    res = _run("evaluate", "--logits", logits_file, "--method", "msp", "--out", tmp_path / "rep",
+               "--save-scores", f"npy:{maps}", "--save-scores", f"smiyc:{tmp_path / 'rep'}", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert list(maps.rglob("*.npy")) and list((tmp_path / "rep").rglob("*.hdf5"))
