@@ -70,14 +70,15 @@ _FIT_RENAMES = {"lambda_": "lam"}
 def fit(
     ctx: typer.Context,
     data: Annotated[Optional[Path], typer.Option(help="cocodag dataset directory (with manifest.json).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model name (`maxent-train models`) or pkg.module:factory.")]
+    model: Annotated[Optional[str], typer.Option(help="Model name (`maxent-train models`) or pkg.module:factory "
+                                                      "(default: the one an --init of ours names).")]
     = None,
     model_kwargs: Annotated[Optional[str], typer.Option(help=MODEL_KWARGS_HELP)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory: config.json, log.jsonl, checkpoints (locked "
                                                     "while the run goes: OUT/.lock).")] = None,
     init: Annotated[Optional[Path], typer.Option(help="Initial weights: a released checkpoint as it is (NVIDIA/meta-ood, "
-                                                     "SML, VainF, PEBAL; see the README) or one of ours; strict key "
-                                                     "check.")] = None,
+                                                     "SML, VainF, PEBAL; see the README) or one of ours (which names "
+                                                     "its --model and --model-kwargs); strict key check.")] = None,
     num_classes: Annotated[int, typer.Option(help="Number of in-distribution classes.")] = 19,
     epochs: Annotated[int, typer.Option(help="Epochs over the original stream (meta-ood: 4).")] = 4,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps in total.")] = None,

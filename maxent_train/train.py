@@ -95,6 +95,8 @@ class FitConfig:
     def validate(self) -> None:
         if not self.data:
             raise MaxentError("--data is required (a cocodag dataset directory)")
+        if not self.model and self.init:
+            self._model_from_init()
         if not self.model:
             raise MaxentError("--model is required (see `maxent-train models`)")
         if not self.out:
@@ -115,6 +117,26 @@ class FitConfig:
             raise MaxentError(f"--lr must be > 0, got {self.lr}")
         if not 0.0 <= self.lam <= 1.0:
             raise MaxentError(f"--lambda must be in [0, 1], got {self.lam}")
+
+
+    def _model_from_init(self) -> None:
+        """``--model`` (and ``--model-kwargs`` when not given) from the metadata of one of our checkpoints."""
+        from .models import read_checkpoint
+
+        path = Path(self.init)
+        if not path.is_file():
+            raise MaxentError(f"--init {path}: file does not exist")
+        _, meta = read_checkpoint(path)
+        if not meta.get("model"):
+            raise MaxentError(f"--init {path}: has no metadata naming the model (a released checkpoint); pass "
+                              "--model NAME (see `maxent-train models`; e.g. deeplabv3plus_wrn38 for NVIDIA's "
+                              "cityscapes_best.pth)")
+        if meta.get("num_classes") not in (None, self.num_classes):
+            raise MaxentError(f"--num-classes {self.num_classes} differs from the {meta['num_classes']} classes of "
+                              f"--init {path}; pass --num-classes {meta['num_classes']}")
+        self.model = str(meta["model"])
+        if not self.model_kwargs:
+            self.model_kwargs = dict(meta.get("model_kwargs") or {})
 
 
 # Options that do not change the result: a resumed/reproduced run may differ in them.

@@ -277,6 +277,28 @@ def test_model_kwargs_are_used_and_recorded_so_later_commands_need_neither(data_
     assert res.exit_code == 0, res.output
 
 
+def test_fit_takes_the_model_from_our_own_init_checkpoint(data_dir, tmp_path):
+    """A second fine-tuning from one of our checkpoints needs no --model: its metadata names the model and options."""
+    first = tmp_path / "first"
+    _fit("--data", str(data_dir), "--model", "tiny_segnet", "--model-kwargs", "width=16,dropout=0.2",
+         "--batch-size", "4", "--max-steps", "1", "--out", str(first))
+    second = tmp_path / "second"
+    _fit("--data", str(data_dir), "--init", str(first / "model-final.pt"), "--batch-size", "4", "--max-steps", "1",
+         "--out", str(second))
+    meta = torch.load(second / "model-final.pt", weights_only=True)["metadata"]
+    assert meta["model"] == "tiny_segnet" and meta["model_kwargs"] == {"width": 16, "dropout": 0.2}
+    opts = json.loads((second / "config.json").read_text())["options"]
+    assert opts["model"] == "tiny_segnet" and opts["init"] == str(first / "model-final.pt")
+    # a released file has no metadata: one line asking for --model; another class count: one line too
+    raw = tmp_path / "raw.pt"
+    torch.save(create_model("tiny_segnet").state_dict(), raw)
+    _one_line_error(runner.invoke(app, ["fit", "--data", str(data_dir), "--init", str(raw), "--out",
+                                        str(tmp_path / "r"), "--no-progress"]), "raw.pt", "pass --model NAME")
+    _one_line_error(runner.invoke(app, ["fit", "--data", str(data_dir), "--init", str(first / "model-final.pt"),
+                                        "--num-classes", "5", "--out", str(tmp_path / "r5"), "--no-progress"]),
+                    "--num-classes 5 differs from the 19 classes", "pass --num-classes 19")
+
+
 def test_bad_model_kwargs_are_one_line(data_dir, tmp_path):
     torch.save(create_model("tiny_segnet").state_dict(), tmp_path / "ok.pt")
     for cmd in (["fit", "--data", str(data_dir), "--model", "tiny_segnet", "--out", str(tmp_path / "r"),
