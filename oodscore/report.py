@@ -179,20 +179,25 @@ def plot_curves(out_dir: Path | str, curves: dict[str, dict], results: dict[str,
         "roc": ("fpr", "tpr", "false positive rate", "true positive rate", "auroc"),
         "pr": ("recall", "precision", "recall", "precision", "ap"),
     }.items():
-        fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
-        for m, c in curves.items():
+        many = len(curves) > 5   # (e.g. `oodscore compare` of several reports): the legend goes beside the plot
+        fig, ax = plt.subplots(figsize=(9.0 if many else 5.5, 5), dpi=120)
+        for i, (m, c) in enumerate(curves.items()):
             v = results.get(m, {}).get(mk)
             label = f"{m} ({mk.upper()} {v:.4f})" if v is not None else m
+            ls = ("-", "--", "-.", ":")[(i // 10) % 4]   # past the 10 default colours, another line style
             if kind == "pr":
-                ax.step(c[xk], c[yk], where="post", label=label)   # AP is the step-wise sum, draw it so
+                ax.step(c[xk], c[yk], where="post", label=label, ls=ls)   # AP is the step-wise sum, draw it so
             else:
-                ax.plot(c[xk], c[yk], label=label)
+                ax.plot(c[xk], c[yk], label=label, ls=ls)
         if kind == "roc":
             ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=0.8)
             ax.axvline(0, c="grey", lw=0)
         ax.set(xlabel=xl, ylabel=yl, xlim=(0, 1), ylim=(0, 1.01), title=kind.upper())
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right" if kind == "roc" else "upper right", fontsize=8)
+        if many:
+            ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
+        else:
+            ax.legend(loc="lower right" if kind == "roc" else "upper right", fontsize=8)
         fig.tight_layout()
         with atomic_write(out_dir / f"{kind}.png", keep_suffix=True) as tmp:
             fig.savefig(tmp)
