@@ -8,7 +8,7 @@ On demo-world frames at 2048x1024 (+ 640x480 COCO-style proxies), crop 480, all 
   COCO image of each DAG paste, each COCO-stream image), in one process;
 - full build time (1 worker, default compression) and the ratio full / decode-only (target <= 1.25);
 - samples/s with 1 and 2 workers;
-- shard bytes and build time per compression (none / lzf / gzip-1).
+- shard bytes and build time per compression (none / gzip-1; lzf is no longer written: not byte-deterministic).
 
 The demo world is generated first (not timed in the ratio) and decoded once before timing so every measurement
 reads from the page cache.

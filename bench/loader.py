@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--samples", type=int, default=256, help="crops written to the shard dataset")
     ap.add_argument("--otf-batches", type=int, default=4, help="timed on-the-fly batches")
     ap.add_argument("--shard-batches", type=int, default=30, help="timed shard batches")
-    ap.add_argument("--compression", default="none", help="shard compression: none | lzf | gzip")
+    ap.add_argument("--compression", default="none", help="shard compression: none | gzip")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch/OpenCV threads (1 = fair per-core comparison)")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")

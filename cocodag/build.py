@@ -55,8 +55,9 @@ from .cityscapes import Frame, find_frames, load_frame
 from .coco import (CocoImage, CocoObject, CocoSource, ann_to_mask, coco_paths, crop_proxy, image_masks, load_coco,
                    load_image)
 from .errors import CocodagError
-from .formats.shards import (COMPRESSIONS, KINDS, MANIFEST_NAME, STREAM_CODES, SampleMeta, build_manifest,
-                             commit_bytes, config_hash, read_manifest, sha256_file, shard_name, write_shard)
+from .formats.shards import (COMPRESSIONS, KINDS, LZF_REFUSED, MANIFEST_NAME, STREAM_CODES, SampleMeta,
+                             build_manifest, commit_bytes, config_hash, read_manifest, sha256_file, shard_name,
+                             write_shard)
 from .labels import IGNORE_ID, ROAD_ID
 from .lock import OutputLock, OutputLockedError
 from .outputs import disk_errors, prepare_output
@@ -115,6 +116,8 @@ class BuildConfig:
             raise CocodagError(f"--streams: expected a comma list of {', '.join(KINDS)}, got {','.join(self.streams)}")
         if self.coco_background not in ("ignore", "road"):
             raise CocodagError(f"--coco-background: expected ignore or road, got {self.coco_background!r}")
+        if self.compression == "lzf":
+            raise CocodagError(f"--compression lzf: {LZF_REFUSED}")
         if self.compression not in COMPRESSIONS:
             raise CocodagError(f"--compression: expected one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
         for name in ("dag_samples", "coco_samples", "min_proxy_size"):

@@ -8,7 +8,8 @@ import typer
 
 from .cli_utils import user_errors
 
-_COMPRESSION_HELP = "HDF5 compression of image/label: none | lzf | gzip (level 1). Default measured by bench/build.py."
+_COMPRESSION_HELP = ("HDF5 compression of image/label: none | gzip (level 1). Default measured by bench/build.py. (lzf is "
+                     "refused: h5py's LZF encoder is not byte-deterministic.)")
 
 
 def build(

@@ -168,7 +168,9 @@ def export(
     store_images: Annotated[bool, typer.Option("--store-images", help="Keep downsized RGB for overlays.")] = False,
     image_max_side: Annotated[int, typer.Option(help="Longest side of stored images.")] = 512,
     limit: Annotated[Optional[int], typer.Option(help="Export at most N images.")] = None,
-    compression: Annotated[Compression, typer.Option(help="HDF5 compression of the big datasets.")] = Compression.none,
+    compression: Annotated[Compression, typer.Option(
+        help="HDF5 compression of the big datasets (lzf is refused: h5py's LZF encoder is not byte-deterministic).")
+    ] = Compression.none,
     sml_stats: Annotated[Optional[Path], typer.Option(help="Also write SML statistics JSON (per predicted class "
                                                            "mean/std/count of the max logit).")] = None,
     device: Annotated[DeviceName, typer.Option(help="auto picks cuda when available.")] = DeviceName.auto,

@@ -48,6 +48,7 @@ import torch
 
 from cocodag.atomic import temp_path
 from cocodag.formats.logits import MC_KEYS, LogitsWriter, upsample, upsample_frame
+from cocodag.formats.shards import LZF_REFUSED
 from cocodag.formats.sml_stats import SMLStats
 from cocodag.labels import IGNORE_ID, NUM_CLASSES, OOD_ID
 from cocodag.lock import OutputLock, lock_path_for
@@ -123,8 +124,10 @@ class ExportOptions:
             raise MaxentError(f"--logits-dtype: expected float16 or float32, got {self.logits_dtype!r}")
         if self.logits_resolution not in ("native", "label"):
             raise MaxentError(f"--logits-resolution: expected native or label, got {self.logits_resolution!r}")
-        if self.compression not in ("none", "lzf", "gzip"):
-            raise MaxentError(f"--compression: expected none, lzf or gzip, got {self.compression!r}")
+        if self.compression == "lzf":
+            raise MaxentError(f"--compression lzf: {LZF_REFUSED}")
+        if self.compression not in ("none", "gzip"):
+            raise MaxentError(f"--compression: expected none or gzip, got {self.compression!r}")
         if self.limit is not None and self.limit <= 0:
             raise MaxentError(f"--limit must be > 0, got {self.limit}")
         if self.batch_size <= 0:

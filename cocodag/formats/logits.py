@@ -34,6 +34,7 @@ import numpy as np
 from ..atomic import atomic_write
 from ..errors import CocodagError
 from ..outputs import disk_errors
+from .shards import LZF_REFUSED
 
 LOGITS_FORMAT = "cocodag-logits"
 LOGITS_VERSION = 2
@@ -414,10 +415,10 @@ class LogitsWriter:
         Provenance attributes.
     attrs : dict, optional
         More file attributes (e.g. the exporting package's version); cannot override the format keys.
-    compression : {None, "none", "lzf", "gzip"}
+    compression : {None, "none", "gzip"}
         Of the logits, the MC block and the images; ``gzip`` is level 1 (the measured size/speed choice). Labels
         and ROI masks are always gzip level 1 (measured: ~15 KiB per 2048x1024 label, smaller and faster to read
-        than lzf's ~29 KiB).
+        than lzf's ~29 KiB). ``"lzf"`` is refused (``cocodag.formats.shards.LZF_REFUSED``); lzf files still read.
     logits_resolution : {"label", "native"}
         ``"label"``: logits (and MC block) at the label size. ``"native"``: at the network's output size (h, w),
         any size; the label size and ``upsample_rule`` are recorded, and the reader upsamples with them.
@@ -443,8 +444,10 @@ class LogitsWriter:
                  logits_resolution: str = "label", upsample_rule: dict | None = None):
         if compression == "none":
             compression = None
-        if compression not in (None, "lzf", "gzip"):
-            raise CocodagError(f"compression {compression!r}: expected None, 'lzf' or 'gzip'")
+        if compression == "lzf":
+            raise CocodagError(f"compression 'lzf': {LZF_REFUSED}")
+        if compression not in (None, "gzip"):
+            raise CocodagError(f"compression {compression!r}: expected None or 'gzip'")
         if logits_dtype not in ("float16", "float32"):
             raise CocodagError(f"logits_dtype {logits_dtype!r}: expected 'float16' or 'float32'")
         if mc_dtype not in (None, "float16", "float32"):

@@ -46,7 +46,14 @@ KINDS = ("dag", "cityscapes", "coco")
 # Stream code of each kind, in KINDS order. The builder seeds every unit's generator with it
 # (SeedSequence([seed, code, unit])): changing a value changes the bytes of every build.
 STREAM_CODES = {kind: code for code, kind in enumerate(KINDS)}
-COMPRESSIONS = ("none", "lzf", "gzip")
+COMPRESSIONS = ("none", "gzip")   # what is written; files compressed with lzf (earlier versions) still read
+# h5py's bundled LZF encoder keeps its hash table on the stack and never clears it (liblzf's INIT_HTAB 0): entries
+# left by earlier chunks can point into the next chunk's buffer, so the same data compresses to different, valid
+# bytes depending on what the thread compressed before (measured: 10 lzf builds, 7 different byte sets; gzip and
+# none: always one). Builds and exports must not depend on the worker count, so lzf is refused, with this reason.
+LZF_REFUSED = ("lzf is no longer written: h5py's LZF encoder never clears its hash table, so the same data can "
+               "compress to different bytes (run to run and worker count to worker count); use gzip (level 1: "
+               "deterministic, and smaller) or none; files written with lzf still read")
 NO_QUADRANT = 255
 
 
@@ -70,7 +77,7 @@ def _compression_kwargs(compression: str) -> dict[str, Any]:
     if compression == "none":
         return {}
     if compression == "lzf":
-        return {"compression": "lzf"}
+        raise CocodagError(f"--compression lzf: {LZF_REFUSED}")
     if compression == "gzip":
         return {"compression": "gzip", "compression_opts": 1}
     raise CocodagError(f"--compression: expected one of {', '.join(COMPRESSIONS)}, got {compression!r}")

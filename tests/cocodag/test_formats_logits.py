@@ -299,3 +299,23 @@ def test_folder_empty_and_damaged_files(tmp_path):
         lf.frame(1)
         with pytest.raises(CocodagError, match=r"gz.h5: cannot read 'logits' of frame 2 \('frame_002'\): .*re-export"):
             lf.frame(2)
+
+
+def test_lzf_is_refused_for_writing_and_lzf_files_still_read(tmp_path):
+    rng = np.random.default_rng(9)
+    frames = _frames(rng, 2, mc_order=3)
+    with pytest.raises(CocodagError, match=r"compression 'lzf': lzf is no longer written: .* use gzip"):
+        _write(tmp_path / "x.h5", frames, compression="lzf")
+    assert not list(tmp_path.iterdir())
+    path = tmp_path / "old.h5"
+    _write(path, frames, compression="gzip")
+    with h5py.File(path, "r+") as f:   # as an earlier version wrote it: the big datasets lzf-compressed
+        for name in ("logits", "image", "mc/mean", "mc/central", "mc/entropy"):
+            data, chunks = f[name][()], f[name].chunks
+            del f[name]
+            f.create_dataset(name, data=data, chunks=chunks, compression="lzf")
+    with LogitsFile(path) as lf:
+        for i, fr in enumerate(frames):
+            got = lf.frame(i)
+            assert np.array_equal(got.logits, fr["logits"]) and np.array_equal(got.label, fr["label"])
+            assert np.array_equal(lf.mc(i)["central"], fr["mc"]["central"]) and np.array_equal(got.image, fr["image"])

@@ -106,3 +106,36 @@ def test_manifest_with_bad_version_or_type_is_one_line(tmp_path):
     (tmp_path / "manifest.json").write_text("[1, 2]")
     with pytest.raises(CocodagError, match="corrupt manifest \\(a JSON list, expected an object\\)"):
         open_dataset(tmp_path)
+
+
+def _recompress_lzf(path):
+    """Rewrite a shard's image/label with lzf, as earlier versions could (same data, other encoding)."""
+    with h5py.File(path, "r+") as f:
+        for name in ("image", "label"):
+            data, chunks = f[name][()], f[name].chunks
+            del f[name]
+            f.create_dataset(name, data=data, chunks=chunks, compression="lzf")
+
+
+def test_lzf_is_refused_for_writing_and_lzf_shards_still_read(tmp_path):
+    rng = np.random.default_rng(5)
+    imgs, labs = _samples(rng, 3, 16)
+    with pytest.raises(CocodagError, match=r"--compression lzf: lzf is no longer written: h5py's LZF encoder never "
+                                           r"clears its hash table.*use gzip .* files written with lzf still read"):
+        write_shard(tmp_path / "dag-00000.h5", "dag", imgs, labs, [SampleMeta("a")] * 3, compression="lzf")
+    assert not list(tmp_path.iterdir())
+    # a dataset of an earlier version, with lzf shards: opens, verifies and reads the same samples
+    root = tmp_path / "old"
+    with ShardWriter(root, crop_size=16, shard_size=2, config={"a": 1}, seed=0) as w:
+        for i in range(3):
+            w.add("dag", imgs[i], labs[i], frame=f"f{i}")
+    manifest = json.loads((root / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        _recompress_lzf(root / entry["file"])
+        entry["sha256"], entry["bytes"] = sha256_file(root / entry["file"]), (root / entry["file"]).stat().st_size
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    ds = open_dataset(root)
+    with h5py.File(ds.shards[0].path) as f:
+        assert f["image"].compression == "lzf"
+    got = list(ds.iter_samples("dag"))
+    assert all((g[0] == imgs[i]).all() and (g[1] == labs[i]).all() for i, g in enumerate(got))

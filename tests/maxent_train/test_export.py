@@ -147,7 +147,7 @@ def test_export_writes_the_logits_contract_and_sml_stats_of_the_stored_logits(se
     out, sml_path = d / "contract.h5", d / "contract-sml.json"
     res = export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), kinds=("cityscapes", "dag"),
                                       limit=4, mc_samples=3, moment_order=3, seed=2, sml_stats=str(sml_path),
-                                      compression="lzf", progress=False))
+                                      compression="gzip", progress=False))
     assert res == {"out": str(out), "num_images": 4, "shape": (4, 19, 6, 6), "logits_resolution": "native"}
     with LogitsFile(out) as lf:
         assert len(lf) == 4 and lf.num_classes == 19 and lf.shape == (24, 24) and lf.has_mc and not lf.has_roi
@@ -234,6 +234,9 @@ def test_export_refuses_bad_options(setup, tmp_path):
     with pytest.raises(MaxentError, match="class"):
         export_logits(ExportOptions(checkpoint=str(ckpt), out=str(tmp_path / "x.h5"), data=str(data),
                                     num_classes=5, progress=False))
+    with pytest.raises(MaxentError, match=r"--compression lzf: lzf is no longer written: .* use gzip"):
+        export_logits(ExportOptions(checkpoint=str(ckpt), out=str(tmp_path / "x.h5"), data=str(data),
+                                    compression="lzf", progress=False))
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.h5.tmp").exists()
 
 
@@ -311,7 +314,7 @@ def test_export_disk_full_inside_hdf5_is_one_line_exit_1(small_fs, setup):
         app(sys.argv[1:])
     """)
     root = Path(__file__).resolve().parents[2]
-    for extra in ([], ["--compression", "lzf"], ["--store-images"]):       # MC: ~200 KB a frame, 11 frames
+    for extra in ([], ["--compression", "gzip"], ["--store-images"]):       # MC: ~200 KB a frame, 11 frames
         res = subprocess.run([sys.executable, "-c", code, "export", "--checkpoint", str(ckpt), "--data", str(data),
                               "--kinds", "dag,cityscapes", "--out", str(out), "--no-progress", "--mc-samples", "2",
                               "--logits-resolution", "label", *extra],
