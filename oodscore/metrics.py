@@ -450,7 +450,7 @@ def _split_sorted(s: np.ndarray, y: np.ndarray, threads: int = 1):
             out[2].sort()
         return out
 
-    with _pool(len(spans)) as pool:
+    with _Pool(len(spans)) as pool:
         for wide in (False, True):
             parts = list(pool.map(lambda sp, w=wide: split(sp, w), spans))
             if all(p is not None for p in parts):
@@ -462,7 +462,7 @@ def _split_sorted(s: np.ndarray, y: np.ndarray, threads: int = 1):
     return wide, [(k, skip) for k, skip, _ in parts], kp
 
 
-class _pool:
+class _Pool:
     """A thread pool of ``n`` workers as a context manager, or in-thread ``map`` when ``n`` is 1."""
 
     def __init__(self, n: int):
@@ -615,7 +615,7 @@ def _pos_chunk(keys, c, below: int, neg, P: int, N: int, target: float, exact_u:
 
 
 def _pos_pass(kp: np.ndarray, cp: np.ndarray, neg, n_pos: int, n_neg: int, target: float = 0.95,
-              pool: "_pool | None" = None) -> dict:
+              pool: "_Pool | None" = None) -> dict:
     """Every metric from the anomaly class's distinct keys (ascending) and, for each, the ID pixels below / equal.
 
     The ROC and PR curves only change direction at anomaly keys: a threshold at an ID-only key has the TP of the
@@ -638,7 +638,7 @@ def _pos_pass(kp: np.ndarray, cp: np.ndarray, neg, n_pos: int, n_neg: int, targe
     fpr_first = interp = best_key = None
     best_f1 = -1.0
     step = max(1, 2 * _CHUNK)
-    with (pool or _pool(1)) as run:
+    with (pool or _Pool(1)) as run:
         for b0 in range(0, kp.size, _BLOCK):
             b1 = min(b0 + _BLOCK, kp.size)
             terms = np.empty(b1 - b0)
@@ -803,7 +803,7 @@ class _PartsHist(_Counts):
 
     def _pass(self, target: float = 0.95) -> dict:
         return _pos_pass(self.kp, self.cp, _NegParts(self.parts), self.n_pos, self.n_neg, target,
-                         _pool(self.threads))
+                         _Pool(self.threads))
 
     def _below(self, k) -> tuple[int, int]:
         return (sum(int(np.searchsorted(p, k, side="left")) for p in self.parts),
