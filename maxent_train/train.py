@@ -118,7 +118,6 @@ class FitConfig:
         if not 0.0 <= self.lam <= 1.0:
             raise MaxentError(f"--lambda must be in [0, 1], got {self.lam}")
 
-
     def _model_from_init(self) -> None:
         """``--model`` (and ``--model-kwargs`` when not given) from the metadata of one of our checkpoints."""
         from .models import read_checkpoint
