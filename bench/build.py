@@ -24,16 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cocodag.build import BuildConfig, _dag_draw_object, build_dataset, plan_build  # noqa: E402
+from cocodag.build import BuildConfig, build_dataset, plan_build  # noqa: E402
+from cocodag.build._plan import dag_draw_object  # noqa: E402  (the bench replays the build's own object draw)
+from cocodag.demo_world import generate_demo_world  # noqa: E402
+from cocodag.formats.compression import COMPRESSIONS  # noqa: E402
 from cocodag.imageio import decode_image  # noqa: E402
-from cocodag.formats.shards import COMPRESSIONS  # noqa: E402
 
 
 def make_world(root: Path, frames: int, coco_images: int) -> tuple[Path, Path]:
-    try:
-        from cocodag.demo_world import generate_demo_world
-    except ImportError:  # pragma: no cover - the demo world ships with cocodag; kept for partial checkouts
-        raise SystemExit("bench/build.py needs cocodag.demo_world (cocodag demo-data)") from None
     marker = root / f".bench-{frames}-{coco_images}"
     if marker.is_file():        # --workdir reuse: same world, skip the slow generation
         print(f"demo world: reusing {root}")
@@ -63,7 +61,7 @@ def decode_only(cs: Path, coco: Path, cfg: BuildConfig) -> tuple[float, float, i
                 decode_image(fr.label, color=False)
                 n += 2
                 if u < r["dag_samples"]:
-                    _, oi = _dag_draw_object(r["seed"], u, len(plan.coco.objects))
+                    _, oi = dag_draw_object(r["seed"], u, len(plan.coco.objects))
                     decode_image(plan.coco.images[plan.coco.objects[oi].image].path)
                     n += 1
             else:
@@ -72,7 +70,7 @@ def decode_only(cs: Path, coco: Path, cfg: BuildConfig) -> tuple[float, float, i
     return time.perf_counter() - t, time.process_time() - c, n
 
 
-def timed_build(cs: Path, coco: Path, out: Path, cfg: BuildConfig, workers: int) -> tuple[float, dict]:
+def timed_build(cs: Path, coco: Path, out: Path, cfg: BuildConfig, workers: int) -> tuple[float, dict, float]:
     shutil.rmtree(out, ignore_errors=True)
     t, c = time.perf_counter(), time.process_time()
     res = build_dataset(cs, coco, out, cfg, workers=workers, progress=False)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def temp_path(path: Path | str, *, keep_suffix: bool = False) -> Path:

@@ -1,4 +1,4 @@
-"""Cityscapes tree loader (DESIGN §2): find the frames of a split, decode RGB + labels as trainIds.
+"""Cityscapes tree loader: find the frames of a split, decode RGB + labels as trainIds.
 
 Layout (the real one, unchanged)::
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
@@ -23,7 +24,9 @@ from .labels import IGNORE_ID, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
 LABEL_TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
-LABEL_SOURCES = ("auto", "labelIds", "labelTrainIds")
+# which label PNG is read: labelTrainIds when present (auto), or one forced
+LabelSource = Literal["auto", "labelIds", "labelTrainIds"]
+LABEL_SOURCES: tuple[str, ...] = get_args(LabelSource)
 
 
 @dataclass(frozen=True)
@@ -39,13 +42,13 @@ class Frame:
 
 
 # ------------------------------------------------------------------------------------------------------- the tree
-def find_frames(root: Path | str, split: str = "train", *, label_source: str = "auto",
+def find_frames(root: Path | str, split: str = "train", *, label_source: LabelSource = "auto",
                 check_sizes: bool = True) -> list[Frame]:
     """List the frames of ``split`` (sorted by name) with their label file.
 
     ``label_source``: ``auto`` uses ``*_gtFine_labelTrainIds.png`` when present, else ``*_gtFine_labelIds.png``
-    (DESIGN §2); ``labelIds`` / ``labelTrainIds`` force one. With ``check_sizes`` every image/label pair's PNG header
-    is read (cheap) and a size mismatch raises :class:`CocodagError` naming both files.
+    (converted with the official table); ``labelIds`` / ``labelTrainIds`` force one. With ``check_sizes`` every
+    image/label pair's PNG header is read (cheap) and a size mismatch raises :class:`CocodagError` naming both files.
     """
     if label_source not in LABEL_SOURCES:
         raise CocodagError(f"--label-source: expected one of {', '.join(LABEL_SOURCES)}, got {label_source!r}")

@@ -6,7 +6,7 @@ imports that layer; ``python -m cocodag.cli`` runs the builder's commands alone.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import typer
 

@@ -2,30 +2,34 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
+# Only the choice types at import time (no h5py, no pycocotools): `cocodag --help` stays quick. The commands import
+# the library where they run.
+from .cityscapes import LabelSource
 from .cli_utils import user_errors
+from .formats.compression import Compression
+from .labels import CocoBackground
 
-_COMPRESSION_HELP = ("HDF5 compression of image/label: none | gzip (level 1). Default measured by bench/build.py. (lzf is "
-                     "refused: h5py's LZF encoder is not byte-deterministic.)")
+_COMPRESSION_HELP = "HDF5 compression of image/label (gzip: level 1). Default measured by bench/build.py."
 
 
 def build(
     out: Annotated[Path, typer.Option(
         help="Output dataset directory (shards + manifest.json); required. One build at a time holds it (a second "
              "one is refused, naming the holder); a rerun of the same command resumes and repairs it.")],
-    cityscapes: Annotated[Optional[Path], typer.Option(
+    cityscapes: Annotated[Path | None, typer.Option(
         help="Cityscapes root (holds leftImg8bit/ and gtFine/).")] = None,
-    coco: Annotated[Optional[Path], typer.Option(
+    coco: Annotated[Path | None, typer.Option(
         help="COCO root (annotations/instances_<split>.json + <split>/).")] = None,
     split: Annotated[str, typer.Option(help="Cityscapes split to read frames from.")] = "train",
     coco_split: Annotated[str, typer.Option(
         help="COCO split: reads annotations/instances_<split>.json, images <split>/.")] = "train2017",
-    coco_json: Annotated[Optional[Path], typer.Option(
+    coco_json: Annotated[Path | None, typer.Option(
         help="Explicit COCO JSON (overrides the --coco layout; a bare list of annotations is accepted).")] = None,
-    coco_images: Annotated[Optional[Path], typer.Option(
+    coco_images: Annotated[Path | None, typer.Option(
         help="Explicit COCO image folder (overrides the --coco layout).")] = None,
     crop: Annotated[int, typer.Option(help="Crop size S of every sample (S x S).")] = 480,
     shard_size: Annotated[int, typer.Option(help="Target number of crops per shard.")] = 128,
@@ -35,26 +39,26 @@ def build(
         help="Object scale range MIN:MAX (1:1 = original COCO scale, the seed's).")] = "1:1",
     min_object_area: Annotated[float, typer.Option(
         help="Minimum COCO annotation area (px) of a pasteable object.")] = 1000.0,
-    min_proxy_size: Annotated[Optional[int], typer.Option(
+    min_proxy_size: Annotated[int | None, typer.Option(
         help="Minimum proxy image width and height (default: --crop).")] = None,
-    dag_samples: Annotated[Optional[int], typer.Option(
+    dag_samples: Annotated[int | None, typer.Option(
         help="Number of pasted frames (each gives up to 4 crops); default one per Cityscapes frame.")] = None,
     cityscapes_crops_per_frame: Annotated[int, typer.Option(
         help="Random crops (with flip) per Cityscapes frame in the cityscapes stream.")] = 1,
-    coco_samples: Annotated[Optional[int], typer.Option(
+    coco_samples: Annotated[int | None, typer.Option(
         help="Crops in the coco stream; default one per proxy image.")] = None,
     streams: Annotated[str, typer.Option(
         help="Comma list of streams to build: dag,cityscapes,coco.")] = "dag,cityscapes,coco",
-    coco_background: Annotated[str, typer.Option(
+    coco_background: Annotated[CocoBackground, typer.Option(
         help="Label of COCO background: ignore (255, ours) or road (0, meta-ood).")] = "ignore",
-    compression: Annotated[str, typer.Option(help=_COMPRESSION_HELP)] = "none",
+    compression: Annotated[Compression, typer.Option(help=_COMPRESSION_HELP)] = "none",
     feather: Annotated[float, typer.Option(
         help="Gaussian sigma (px) of a feathered paste edge; 0 = hard paste (ours, off).")] = 0.0,
     paste_window: Annotated[str, typer.Option(
         help="Centroid window R0:R1:C0:C1 on a 1024x2048 frame, scaled to the frame size.")] = "250:774:250:1798",
-    label_source: Annotated[str, typer.Option(
+    label_source: Annotated[LabelSource, typer.Option(
         help="Cityscapes labels: auto (labelTrainIds if present), labelIds, labelTrainIds.")] = "auto",
-    shard_range: Annotated[Optional[str], typer.Option(
+    shard_range: Annotated[str | None, typer.Option(
         help="Build only shard tasks A..B-1 (A:B) and write manifest.part-A-B.json. Range jobs may fill one --out at "
              "once (each locks the tasks it builds and waits for those another job holds); manifest.json is written "
              "by a run without --shard-range (the merge step), or by the last range job.")] = None,
@@ -105,7 +109,7 @@ def verify(
 
 def inspect_cmd(
     dataset: Annotated[Path, typer.Argument(help="Dataset directory written by `cocodag build`.")],
-    out: Annotated[Optional[Path], typer.Option(
+    out: Annotated[Path | None, typer.Option(
         help="Write a contact sheet PNG of crops with the OOD mask outlined.")] = None,
     per_stream: Annotated[int, typer.Option(help="Crops per stream on the contact sheet.")] = 8,
 ) -> None:

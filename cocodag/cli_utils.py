@@ -6,8 +6,8 @@ is printed; anything else — a bug, a ``ValueError`` from inside numpy — prop
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import typer
 

@@ -1,4 +1,4 @@
-"""COCO loader and the meta-ood proxy filter (DESIGN §2, §4.1.1).
+"""COCO loader and the meta-ood proxy filter (docs/methods.md §1.2, §2.1).
 
 ``instances_<split>.json`` is validated here (one-line :class:`CocodagError` naming the file and the key), then
 reduced to small picklable records so worker processes never receive the whole COCO index:
@@ -8,7 +8,7 @@ reduced to small picklable records so worker processes never receive the whole C
 - an *object* is a non-crowd polygon annotation with ``area >= min_object_area``.
 
 Masks come from pycocotools' ``COCO.annToMask`` only (never rasterized by hand). :func:`crop_proxy` turns a decoded
-proxy image and its masks into one sample of the ``coco`` stream (DESIGN §4.1.4).
+proxy image and its masks into one sample of the ``coco`` stream (docs/methods.md §2.4).
 
 Variants seen in real data are accepted where that is sensible: a bare JSON *list* of annotations (HF transformers'
 ``coco_annotations.txt``: images are found as ``<image_dir>/<id:012d>.{jpg,png}`` and sized from the file header;
@@ -117,9 +117,9 @@ def load_image(image: CocoImage) -> np.ndarray:
 def crop_proxy(image: np.ndarray, object_mask: np.ndarray, crowd_mask: np.ndarray, size: int,
                rng: np.random.Generator, *, background: int = IGNORE_ID, tries: int = PROXY_CROP_TRIES,
                ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]] | None:
-    """One sample of the COCO stream (meta-ood's OOD proxies, DESIGN §4.1.4): a random ``size``×``size`` crop of a
-    proxy image that keeps some object pixels, labelled ``OOD_ID`` (254) on objects, 255 on crowd regions and
-    ``background`` elsewhere (ours: 255; meta-ood: 0 = road).
+    """One sample of the COCO stream (meta-ood's OOD proxies, docs/methods.md §2.4): a random ``size``×``size``
+    crop of a proxy image that keeps some object pixels, labelled ``OOD_ID`` (254) on objects, 255 on crowd regions
+    and ``background`` elsewhere (ours: 255; meta-ood: 0 = road).
 
     Parameters
     ----------
@@ -307,7 +307,7 @@ class _Filter:
 def load_coco(json_path: Path | str, image_dir: Path | str, *, min_size: int = 480, min_object_area: float = 0.0,
               exclude: tuple[str, ...] = EXCLUDED_CATEGORIES, skip_bad: bool = False,
               require_objects: bool = True) -> CocoSource:
-    """Load, validate and filter a COCO instances file into a :class:`CocoSource` (DESIGN §4.1.1).
+    """Load, validate and filter a COCO instances file into a :class:`CocoSource` (docs/methods.md §2.1).
 
     Parameters
     ----------
@@ -338,12 +338,13 @@ def load_coco(json_path: Path | str, image_dir: Path | str, *, min_size: int = 4
             objects.extend(CocoObject(aid, len(images) - 1, area) for aid, area in kept[1])
     stats["proxies"], stats["objects"] = len(images), len(objects)
     if require_objects and not objects:
+        missing = f", {stats['missing_file']:d} image files missing" if stats["missing_file"] else ""
+        bad = f", {stats['bad_annotations']:d} bad annotations skipped" if stats["bad_annotations"] else ""
         raise CocodagError(
             f"{json_path}: no usable object left after filtering ({stats['images']} images: "
             f"{stats['excluded_category']} contain {'/'.join(exclude)}, {stats['too_small']} smaller than "
             f"{min_size}x{min_size}, {stats['no_object']} without a non-crowd polygon of area >= {min_object_area:g}"
-            f"{', %d image files missing' % stats['missing_file'] if stats['missing_file'] else ''}"
-            f"{', %d bad annotations skipped' % stats['bad_annotations'] if stats['bad_annotations'] else ''})")
+            f"{missing}{bad})")
     fingerprint = {"json": str(json_path), "json_sha256": digest, "proxy_images": len(images),
                    "proxy_files_hash": flt.fp.hexdigest()[:16]}
     return CocoSource(str(json_path), str(image_dir), images, objects, stats, fingerprint)

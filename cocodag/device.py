@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     import torch
 
 
-def resolve_device(name: "str | torch.device | None", *, option: str = "--device") -> "torch.device":
+def resolve_device(name: str | torch.device | None, *, option: str = "--device") -> torch.device:
     """``"auto"`` (or None) -> CUDA when available, else CPU; anything else -> ``torch.device(name)``, checked.
 
     Raises

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from .errors import CocodagError
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
+
+
 def png_size(path: Path | str) -> tuple[int, int]:
     """(width, height) from a PNG's IHDR chunk without decoding it; raises :class:`CocodagError` if not a PNG."""
     with open(path, "rb") as f:
@@ -57,7 +60,7 @@ def decode_image(path: Path | str, *, color: bool = True) -> np.ndarray:
         raise CocodagError(f"{path}: corrupt image file (cannot be decoded)")
     if img.dtype != np.uint8:
         if img.dtype == np.uint16 and color:
-            img = (img >> 8).astype(np.uint8)
+            img = (img.view(np.uint16) >> 8).astype(np.uint8)
         else:
             raise CocodagError(f"{path}: expected 8-bit image, got {img.dtype}")
     if not color:
@@ -73,7 +76,6 @@ def decode_image(path: Path | str, *, color: bool = True) -> np.ndarray:
     return img
 
 
-
 def read_rgb(path: Path | str) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB of an image file (see :func:`decode_image` for the checks)."""
     return np.ascontiguousarray(decode_image(path, color=True)[..., ::-1])
@@ -81,8 +83,6 @@ def read_rgb(path: Path | str) -> np.ndarray:
 
 def read_label(path: Path | str) -> np.ndarray:
     """Read a single-channel label / mask image unchanged (palette PNGs give their indices, not colours)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             if im.mode not in ("L", "P", "I", "I;16", "1"):
@@ -99,8 +99,6 @@ def read_label(path: Path | str) -> np.ndarray:
 
 def image_size(path: Path | str) -> tuple[int, int]:
     """``(width, height)`` of an image from its header only (no decoding)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             w, h = im.size

@@ -1,12 +1,20 @@
 """Label constants and the official Cityscapes labelId -> trainId table (defined once, used everywhere)."""
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 
 NUM_CLASSES = 19
 OOD_ID = 254       # pasted / proxy object pixels in shards
 IGNORE_ID = 255    # void in shards and in evaluation masks
 ROAD_ID = 0
+
+# The label of a COCO proxy crop's background pixels (`cocodag build --coco-background`): ignore (IGNORE_ID, ours)
+# or road (ROAD_ID, as meta-ood trains).
+CocoBackground = Literal["ignore", "road"]
+COCO_BACKGROUNDS: tuple[str, ...] = get_args(CocoBackground)
+COCO_BACKGROUND_IDS = {"ignore": IGNORE_ID, "road": ROAD_ID}
 
 TRAIN_CLASS_NAMES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",

@@ -87,7 +87,7 @@ class OutputLock:
         self.took_over_: dict | None = None
 
     # ------------------------------------------------------------------------------------------------ acquire
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         if self._fd is not None:
             return self
         try:
@@ -102,7 +102,7 @@ class OutputLock:
             os.close(fd)
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise CocodagError(f"{self.option} {self.path}: cannot lock {self.lock_file} "
-                                   f"({os.strerror(e.errno)})") from None
+                                   f"({os.strerror(e.errno) if e.errno else e})") from None
             holder = (_holder_text(info) if info else
                       "jobs that share it (e.g. `cocodag build --shard-range` jobs)")
             raise OutputLockedError(f"{self.option} {self.path}: in use by another job ({holder}); wait for it to "
@@ -135,7 +135,7 @@ class OutputLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import CocodagError
 
@@ -35,13 +35,20 @@ def _first_file_ancestor(path: Path) -> Path | None:
     return None
 
 
+def _os_reason(e: OSError) -> str:
+    """The short reason of an ``OSError``: our wording for the disk errnos, else the system's."""
+    if not e.errno:
+        return str(e)
+    return _DISK_ERRNOS.get(e.errno, os.strerror(e.errno))
+
+
 def _probe_writable(folder: Path, option: str, path: Path) -> None:
     probe = folder / f".cocodag-write-test-{os.getpid()}"
     try:
         with open(probe, "wb") as f:
             f.write(b"0")
     except OSError as e:
-        what = _DISK_ERRNOS.get(e.errno, os.strerror(e.errno) if e.errno else str(e))
+        what = _os_reason(e)
         raise CocodagError(f"{option} {path}: cannot write in {folder} ({what}); choose another {option}") from None
     finally:
         try:
@@ -79,7 +86,7 @@ def prepare_output(path: Path | str, *, kind: str, option: str = "--out") -> Pat
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        what = _DISK_ERRNOS.get(e.errno, os.strerror(e.errno) if e.errno else str(e))
+        what = _os_reason(e)
         raise CocodagError(f"{option} {path}: cannot create {folder} ({what}); choose another {option}") from None
     _probe_writable(folder, option, path)
     return path

@@ -1,4 +1,4 @@
-"""Paste one COCO object into a Cityscapes frame (DESIGN §4.1.2). Pure: inputs are never modified."""
+"""Paste one COCO object into a Cityscapes frame (docs/methods.md §2.2). Pure: inputs are never modified."""
 from __future__ import annotations
 
 import cv2

@@ -1,4 +1,4 @@
-"""Split a pasted frame by the object's centroid into four S×S quadrant crops (DESIGN §4.1.3). Pure functions."""
+"""Split a pasted frame by the object's centroid into four S×S quadrant crops (docs/methods.md §2.3). Pure functions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -74,7 +74,7 @@ def split_by_centroid(image: np.ndarray, label: np.ndarray, size: int, *,
     -------
     CentroidSplit
         The centroid and the kept quadrants (views, in quadrant order). A quadrant without OOD pixels, or without
-        in-distribution pixels, is dropped and counted (DESIGN §4.1.3), never emitted.
+        in-distribution pixels, is dropped and counted (``no_ood`` / ``no_id``), never emitted.
     """
     H, W = label.shape
     # Only the search box is compared: on a 2048x1024 frame a full compare costs more than the paste itself.

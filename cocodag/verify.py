@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from .errors import CocodagError
-from .labels import IGNORE_ID, NUM_CLASSES, OOD_ID
 from .formats.shards import KINDS, open_dataset
+from .labels import IGNORE_ID, NUM_CLASSES, OOD_ID
 
 _ALLOWED = np.zeros(256, dtype=bool)
 _ALLOWED[:NUM_CLASSES] = True

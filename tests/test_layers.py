@@ -1,4 +1,4 @@
-"""The layers (DESIGN §1, §7): data flows one way, cocodag -> maxent_train -> oodscore, with the apps on top.
+"""The layers (docs/architecture.md): data flows one way, cocodag -> maxent_train -> oodscore, with the apps on top.
 
 * ``cocodag`` (foundation: dataset builder, shared base, file formats) imports none of the others;
 * ``maxent_train`` (trainer, export) never loads ``oodscore``; ``oodscore`` never loads ``maxent_train``;

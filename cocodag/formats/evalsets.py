@@ -1,4 +1,4 @@
-"""Anomaly evaluation-set presets: each set's own files -> one documented 0/1/255 layout (DESIGN §2, §4.5).
+"""Anomaly evaluation-set presets: each set's own files -> one documented 0/1/255 layout (docs/methods.md §1.3).
 
 Every preset knows where a set keeps its images and ground truth and how to map its label values to
 **0 = in-distribution, 1 = anomaly, 255 = void**. ``convert`` writes the documented layout (docs/formats.md §2)::
@@ -15,13 +15,15 @@ Every preset knows where a set keeps its images and ground truth and how to map 
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
+import cv2
 import numpy as np
 
 from ..atomic import atomic_write, atomic_write_bytes, atomic_write_json
@@ -30,6 +32,7 @@ from ..imageio import decode_image, image_size, read_label
 from ..labels import IGNORE_ID, LABEL_ID_TO_TRAIN_ID
 from ..lock import OutputLock
 from ..outputs import disk_errors, prepare_output
+from ..progress import progress_bar
 from .logits import invalid_label_values, label_values_message
 
 EVALSET_FORMAT = "cocodag-evalset"
@@ -252,7 +255,8 @@ def _find_road_anomaly(root: Path) -> list[EvalItem]:
 
 
 def _find_city_tree(preset: str, root: Path, split: str, gt_folder: str, label_suffix: str) -> list[EvalItem]:
-    """Cityscapes-style trees: ``leftImg8bit/<split>/<city>/*_leftImg8bit.*`` + ``<gt_folder>/<split>/<city>/*<suffix>``."""
+    """Cityscapes-style trees: ``leftImg8bit/<split>/<city>/*_leftImg8bit.*`` +
+    ``<gt_folder>/<split>/<city>/*<suffix>``."""
     layout = PRESETS[preset].layout
     img_root = _require_dir(preset, root / "leftImg8bit" / split, layout)
     gt_root = _require_dir(preset, root / gt_folder / split, layout)
@@ -350,8 +354,6 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        import difflib
-
         close = difflib.get_close_matches(name, PRESETS, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise CocodagError(f"unknown evaluation-set preset {name!r}{hint}; known: {', '.join(PRESETS)}") from None
@@ -369,8 +371,6 @@ def parse_dataset_spec(spec: str) -> tuple[Preset, Path]:
 
 # ------------------------------------------------------------------------------------------------------ convert
 def _write_png(path: Path, array: np.ndarray) -> None:
-    import cv2
-
     ok, buf = cv2.imencode(".png", array)
     if not ok:
         raise CocodagError(f"{path}: PNG encoding failed")
@@ -441,15 +441,13 @@ def convert(preset: Preset | str, src: Path | str, dst: Path | str, *, progress:
 
 def _convert_frames(preset: Preset, items: list[EvalItem], dst: Path, progress: bool) -> np.ndarray:
     """Write every frame's image, label and roi under ``dst``; returns the ID / anomaly / void pixel counts."""
-    from tqdm import tqdm
-
     (dst / "images").mkdir(parents=True, exist_ok=True)
     (dst / "labels").mkdir(exist_ok=True)
     if preset.region == "road" or any(it.roi_path for it in items):
         (dst / "roi").mkdir(exist_ok=True)
     mismatched = []
     counts = np.zeros(3, dtype=np.int64)        # ID, anomaly, void pixels
-    for it in tqdm(items, desc=f"convert {preset.name}", unit="frame", disable=not progress):
+    for it in progress_bar(items, desc=f"convert {preset.name}", unit="frame", disable=not progress):
         label = preset.load_label(it.label_path)
         w, h = image_size(it.image_path)
         if label.shape != (h, w):

@@ -1,4 +1,4 @@
-"""The ``logits.h5`` contract (docs/formats.md §3, DESIGN §4.3): its one writer and its one reader.
+"""The ``logits.h5`` contract (docs/formats.md §3): its one writer and its one reader.
 
 ``maxent-train export`` writes through :class:`LogitsWriter`; ``oodscore`` reads through :class:`LogitsFile`,
 which validates the file once, when it is opened (format attr, version, shapes, dtypes); after that frames are
@@ -24,9 +24,11 @@ stored frame on the CPU (what the reader returns, and what export feeds its SML 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Literal, get_args
 
 import h5py
 import numpy as np
@@ -34,13 +36,18 @@ import numpy as np
 from ..atomic import atomic_write
 from ..errors import CocodagError
 from ..outputs import disk_errors
-from .shards import LZF_REFUSED
+from .compression import GZIP_LEVEL1, LZF_REFUSED
 
 LOGITS_FORMAT = "cocodag-logits"
 LOGITS_VERSION = 2
 READABLE_VERSIONS = (1, 2)      # 1: logits at label resolution, no layout attributes
-RESOLUTIONS = ("native", "label")
-UPSAMPLE_MODES = ("bilinear", "bicubic")
+# the writer's choices, as Literal types and their tuples (a command line offers exactly these)
+LogitsResolution = Literal["native", "label"]
+RESOLUTIONS: tuple[str, ...] = get_args(LogitsResolution)
+LogitsDtype = Literal["float16", "float32"]
+LOGITS_DTYPES: tuple[str, ...] = get_args(LogitsDtype)
+UpsampleMode = Literal["bilinear", "bicubic"]
+UPSAMPLE_MODES: tuple[str, ...] = get_args(UpsampleMode)
 #: the rule of version-1 files and of models that record none
 DEFAULT_RULE = {"mode": "bilinear", "align_corners": False}
 MC_KEYS = ("mean", "central", "entropy")
@@ -106,7 +113,7 @@ class Frame:
 
 
 class LogitsFile:
-    """Validated, read-only access to a ``logits.h5`` file (DESIGN §4.3).
+    """Validated, read-only access to a ``logits.h5`` file (docs/formats.md §3).
 
     Parameters
     ----------
@@ -141,11 +148,14 @@ class LogitsFile:
     def _err(self, msg: str) -> CocodagError:
         return CocodagError(f"{self.path}: {msg}")
 
-    def _dataset(self, name: str, ndim: int, dtypes: tuple, required: bool = True) -> h5py.Dataset | None:
+    def _optional_dataset(self, name: str, ndim: int, dtypes: tuple) -> h5py.Dataset | None:
+        """Dataset ``name`` checked (kind, rank, dtype), or None when the file has none."""
+        return self._dataset(name, ndim, dtypes) if name in self._f else None
+
+    def _dataset(self, name: str, ndim: int, dtypes: tuple) -> h5py.Dataset:
+        """Dataset ``name``, which the file must hold, checked (kind, rank, dtype)."""
         if name not in self._f:
-            if required:
-                raise self._err(f"missing dataset '{name}' (is this a {LOGITS_FORMAT} file?)")
-            return None
+            raise self._err(f"missing dataset '{name}' (is this a {LOGITS_FORMAT} file?)")
         ds = self._f[name]
         if not isinstance(ds, h5py.Dataset):
             raise self._err(f"'{name}' is a group, expected a dataset")
@@ -183,7 +193,8 @@ class LogitsFile:
         shape = self._f.attrs.get("label_shape")
         if shape is None or np.asarray(shape).shape != (2,) or np.asarray(shape).min() <= 0:
             raise self._err(f"label_shape attribute is {shape!r}, expected (H, W) for native-resolution logits")
-        self._label_hw = tuple(int(v) for v in np.asarray(shape))
+        label_h, label_w = (int(v) for v in np.asarray(shape))
+        self._label_hw = (label_h, label_w)
         rule = {"mode": self._attr("upsample_mode"), "align_corners": self._attr("upsample_align_corners")}
         try:
             self._rule = check_upsample_rule(rule)
@@ -209,10 +220,10 @@ class LogitsFile:
         if self._label.shape != (n, lh, lw):
             raise self._err(f"'label' has shape {self._label.shape}, expected {(n, lh, lw)} {what}")
         self._read_ids(n)
-        self._roi = self._dataset("roi", 3, (np.uint8,), required=False)
+        self._roi = self._optional_dataset("roi", 3, (np.uint8,))
         if self._roi is not None and self._roi.shape != (n, lh, lw):
             raise self._err(f"'roi' has shape {self._roi.shape}, expected {(n, lh, lw)}")
-        self._image = self._dataset("image", 4, (np.uint8,), required=False)
+        self._image = self._optional_dataset("image", 4, (np.uint8,))
         if self._image is not None and (self._image.shape[0] != n or self._image.shape[3] != 3):
             raise self._err(f"'image' has shape {self._image.shape}, expected ({n}, h, w, 3)")
         self._mc = self._mc_datasets(n, c, h, w) if "mc" in self._f else None
@@ -372,7 +383,8 @@ class LogitsFile:
         if self._mc is None:
             return None
         i = self._index(i)
-        out = {k: self._read(ds, i, f"mc/{k}").astype(np.float32, copy=False) for k, ds in zip(MC_KEYS, self._mc)}
+        out: dict[str, Any] = {k: self._read(ds, i, f"mc/{k}").astype(np.float32, copy=False)
+                               for k, ds in zip(MC_KEYS, self._mc)}
         moments_of = self.mc_attrs.get("moments_of")
         if moments_of is not None:      # lets OODMC refuse moments of probs when it was fitted on logits
             out["moments_of"] = moments_of
@@ -388,7 +400,7 @@ class LogitsFile:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "LogitsFile":
+    def __enter__(self) -> LogitsFile:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -418,7 +430,8 @@ class LogitsWriter:
     compression : {None, "none", "gzip"}
         Of the logits, the MC block and the images; ``gzip`` is level 1 (the measured size/speed choice). Labels
         and ROI masks are always gzip level 1 (measured: ~15 KiB per 2048x1024 label, smaller and faster to read
-        than lzf's ~29 KiB). ``"lzf"`` is refused (``cocodag.formats.shards.LZF_REFUSED``); lzf files still read.
+        than lzf's ~29 KiB). ``"lzf"`` is refused (``cocodag.formats.compression.LZF_REFUSED``); lzf files still
+        read.
     logits_resolution : {"label", "native"}
         ``"label"``: logits (and MC block) at the label size. ``"native"``: at the network's output size (h, w),
         any size; the label size and ``upsample_rule`` are recorded, and the reader upsamples with them.
@@ -436,7 +449,7 @@ class LogitsWriter:
     _RESERVED = ("format", "version", "num_classes", "logits_resolution", "label_shape", "upsample_mode",
                  "upsample_align_corners")
     #: labels and roi: always compressed (mostly constant regions)
-    _LABEL_CK = {"compression": "gzip", "compression_opts": 1}
+    _LABEL_CK = dict(GZIP_LEVEL1)
 
     def __init__(self, path: Path | str, num_classes: int, *, dataset: str = "cocodag", model: str = "",
                  checkpoint: str = "", attrs: dict | None = None, compression: str | None = None,
@@ -448,9 +461,9 @@ class LogitsWriter:
             raise CocodagError(f"compression 'lzf': {LZF_REFUSED}")
         if compression not in (None, "gzip"):
             raise CocodagError(f"compression {compression!r}: expected None or 'gzip'")
-        if logits_dtype not in ("float16", "float32"):
+        if logits_dtype not in LOGITS_DTYPES:
             raise CocodagError(f"logits_dtype {logits_dtype!r}: expected 'float16' or 'float32'")
-        if mc_dtype not in (None, "float16", "float32"):
+        if mc_dtype is not None and mc_dtype not in LOGITS_DTYPES:
             raise CocodagError(f"mc_dtype {mc_dtype!r}: expected 'float16' or 'float32'")
         clash = sorted(set(attrs or {}) & set(self._RESERVED))
         if clash:
@@ -461,15 +474,13 @@ class LogitsWriter:
                        "dataset": dataset, "model": model, "checkpoint": checkpoint, **(attrs or {}),
                        **self._layout_attrs(logits_resolution, upsample_rule)}
         self.native = logits_resolution == "native"
-        self._ck = ({} if compression is None else
-                    {"compression": "gzip", "compression_opts": 1} if compression == "gzip" else
-                    {"compression": compression})
+        self._ck: dict[str, Any] = {} if compression is None else dict(GZIP_LEVEL1)
         self._mc_attrs = dict(mc_attrs or {})
         self._dtype = np.dtype(logits_dtype)
         self._mc_dtype = None if mc_dtype is None else np.dtype(mc_dtype)
         self._f: h5py.File | None = None
         self._file: _WriteGuard | None = None
-        self._atomic = None
+        self._atomic: AbstractContextManager[Path] | None = None
         self._n = 0
 
     @staticmethod
@@ -485,7 +496,7 @@ class LogitsWriter:
         return {"logits_resolution": "native", "upsample_mode": rule["mode"],
                 "upsample_align_corners": rule["align_corners"]}
 
-    def __enter__(self) -> "LogitsWriter":
+    def __enter__(self) -> LogitsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._atomic = atomic_write(self.path)
         tmp = self._atomic.__enter__()
@@ -503,12 +514,19 @@ class LogitsWriter:
         if self._f is not None and "mc" in self._f:
             self._f["mc"].attrs.update(attrs)
 
+    @property
+    def _h5(self) -> h5py.File:
+        """The open HDF5 file (between ``__enter__`` and ``__exit__``)."""
+        if self._f is None:
+            raise CocodagError("LogitsWriter used outside its `with` block")
+        return self._f
+
     def _create(self, name: str, frame_shape: tuple, dtype, ck: dict | None = None) -> h5py.Dataset:
-        return self._f.create_dataset(name, shape=(0, *frame_shape), maxshape=(None, *frame_shape), dtype=dtype,
+        return self._h5.create_dataset(name, shape=(0, *frame_shape), maxshape=(None, *frame_shape), dtype=dtype,
                                       chunks=(1, *frame_shape), **(self._ck if ck is None else ck))
 
     def _append(self, name: str, value: np.ndarray) -> None:
-        ds = self._f[name]
+        ds = self._h5[name]
         if ds.shape[1:] != value.shape:
             raise CocodagError(f"{self.path}: '{name}' of frame {self._n} has shape {value.shape}, "
                                f"expected {ds.shape[1:]} like the first frame")
@@ -516,7 +534,7 @@ class LogitsWriter:
         ds[self._n] = value
 
     def _first_frame(self, logits: np.ndarray, label: np.ndarray, roi, image, mc) -> None:
-        f = self._f
+        f = self._h5
         self._create("logits", logits.shape, self._dtype)
         self._create("label", label.shape, np.uint8, self._LABEL_CK)
         f.attrs["label_shape"] = np.asarray(label.shape, dtype=np.int64)
@@ -602,7 +620,7 @@ class LogitsWriter:
                 raise self._file.error
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        assert self._f is not None and self._atomic is not None
+        assert self._f is not None and self._file is not None and self._atomic is not None   # set by __enter__
         self._f.close()             # never fails on a full disk: the guard swallowed the writes after the first error
         self._f = None
         self._file.close()

@@ -1,4 +1,4 @@
-"""The only writer and reader of cocodag shards (DESIGN §3).
+"""The only writer and reader of cocodag shards (the contract: docs/formats.md §1).
 
 A dataset directory holds ``<kind>-NNNNN.h5`` shards and a ``manifest.json`` written last; the dataset exists iff the
 manifest exists. Each shard is built in memory (HDF5 never touches the output file system, so a full disk cannot
@@ -24,9 +24,10 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -36,6 +37,7 @@ from ..errors import CocodagError
 from ..labels import IGNORE_ID, NUM_CLASSES, OOD_ID, TRAIN_CLASS_NAMES
 from ..outputs import disk_errors
 from ..versions import library_versions
+from .compression import COMPRESSIONS, GZIP_LEVEL1, LZF_REFUSED, Compression
 
 SHARD_FORMAT = "cocodag-shard"
 SHARD_VERSION = 1
@@ -46,14 +48,6 @@ KINDS = ("dag", "cityscapes", "coco")
 # Stream code of each kind, in KINDS order. The builder seeds every unit's generator with it
 # (SeedSequence([seed, code, unit])): changing a value changes the bytes of every build.
 STREAM_CODES = {kind: code for code, kind in enumerate(KINDS)}
-COMPRESSIONS = ("none", "gzip")   # what is written; files compressed with lzf (earlier versions) still read
-# h5py's bundled LZF encoder keeps its hash table on the stack and never clears it (liblzf's INIT_HTAB 0): entries
-# left by earlier chunks can point into the next chunk's buffer, so the same data compresses to different, valid
-# bytes depending on what the thread compressed before (measured: 10 lzf builds, 7 different byte sets; gzip and
-# none: always one). Builds and exports must not depend on the worker count, so lzf is refused, with this reason.
-LZF_REFUSED = ("lzf is no longer written: h5py's LZF encoder never clears its hash table, so the same data can "
-               "compress to different bytes (run to run and worker count to worker count); use gzip (level 1: "
-               "deterministic, and smaller) or none; files written with lzf still read")
 NO_QUADRANT = 255
 
 
@@ -79,7 +73,7 @@ def _compression_kwargs(compression: str) -> dict[str, Any]:
     if compression == "lzf":
         raise CocodagError(f"--compression lzf: {LZF_REFUSED}")
     if compression == "gzip":
-        return {"compression": "gzip", "compression_opts": 1}
+        return dict(GZIP_LEVEL1)
     raise CocodagError(f"--compression: expected one of {', '.join(COMPRESSIONS)}, got {compression!r}")
 
 
@@ -102,7 +96,7 @@ def write_shard(
     labels: np.ndarray,
     meta: list[SampleMeta],
     *,
-    compression: str = "none",
+    compression: Compression = "none",
     extra_attrs: dict[str, Any] | None = None,
     before_commit: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
@@ -142,7 +136,8 @@ def _check_shard_arrays(path: Path, kind: str, images, labels, meta: list[Sample
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
         raise CocodagError(f"{path.name}: image must be (N, S, S, 3) uint8, got {images.shape} {images.dtype}")
     if labels.dtype != np.uint8 or labels.shape != images.shape[:3]:
-        raise CocodagError(f"{path.name}: label must be (N, S, S) uint8 matching images, got {labels.shape} {labels.dtype}")
+        raise CocodagError(f"{path.name}: label must be (N, S, S) uint8 matching images, got {labels.shape} "
+                           f"{labels.dtype}")
     if images.shape[0] != n:
         raise CocodagError(f"{path.name}: {images.shape[0]} images but {n} meta records")
 
@@ -190,7 +185,7 @@ class ShardWriter:
     """
 
     def __init__(self, out_dir: Path | str, *, crop_size: int, config: dict | None = None, seed: int = 0,
-                 shard_size: int = 256, compression: str = "none", inputs: dict | None = None):
+                 shard_size: int = 256, compression: Compression = "none", inputs: dict | None = None):
         self.out_dir = Path(out_dir)
         self.crop_size = int(crop_size)
         self.config = dict(config or {})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,16 +13,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from _fixtures import SMALL, TRAIN_IDS, make_cityscapes, make_coco
 from PIL import Image
 from typer.testing import CliRunner
 
 from cocodag.build import BuildConfig, build_dataset
+from cocodag.cityscapes import LABEL_SOURCES
 from cocodag.cli import app
 from cocodag.errors import CocodagError
+from cocodag.formats.compression import COMPRESSIONS
 from cocodag.formats.shards import open_dataset
+from cocodag.labels import COCO_BACKGROUNDS
 from cocodag.verify import verify_dataset
-
-from _fixtures import SMALL, TRAIN_IDS, make_cityscapes, make_coco
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = dict(crop=64, min_object_area=200, shard_size=8)
@@ -146,7 +149,7 @@ def test_crops_without_ood_are_dropped_and_counted(inputs, tmp_path):
     assert m["dropped"]["dag_no_ood"] > 0
     assert m["totals"]["dag"] + m["dropped"]["dag_no_ood"] + m["dropped"]["dag_no_id"] == 4 * 6
     assert verify_dataset(tmp_path / "o")["counts"]["dag"] == m["totals"]["dag"]
-    for name, (_, lab, _) in _arrays(tmp_path / "o").items():
+    for _, lab, _ in _arrays(tmp_path / "o").values():
         assert all((lab[i] == 254).any() for i in range(len(lab)))
 
 
@@ -285,9 +288,6 @@ def _bad(tmp_path, inputs):
         (["--cityscapes", str(size), "--coco", str(co)], f"{lp.name}: label size 256x100 differs"),
         (["--cityscapes", str(cs), "--coco", str(co), "--crop", "200"], "--crop 200 is larger than the frame"),
         (["--cityscapes", str(cs), "--coco", str(co), "--object-scale", "2:1"], "--object-scale"),
-        (["--cityscapes", str(cs), "--coco", str(co), "--compression", "zstd"], "--compression"),
-        (["--cityscapes", str(cs), "--coco", str(co), "--compression", "lzf"],
-         "--compression lzf: lzf is no longer written: h5py's LZF encoder never clears its hash table"),
         (["--cityscapes", str(cs), "--coco", str(co), "--paste-window", "1:x:3:4"], "--paste-window"),
         (["--cityscapes", str(cs), "--coco", str(co), "--shard-range", "9:2"], "--shard-range"),
     ]
@@ -299,6 +299,28 @@ def test_bad_inputs_one_line_errors(inputs, tmp_path):
         assert code == 1, (args, out)
         assert out.startswith("error:") and len(out.splitlines()) == 1 and "Traceback" not in out, out
         assert needle in out, (needle, out)
+
+
+def test_choices_come_from_the_library(inputs, tmp_path):
+    """--compression, --coco-background, --label-source offer exactly the library's tuples (lzf is not one of
+    them); another value is a usage error naming the choices, before any work."""
+    r = CliRunner().invoke(app, ["build", "--help"], env={"COLUMNS": "200"})
+    for option, choices in (("--compression", COMPRESSIONS), ("--coco-background", COCO_BACKGROUNDS),
+                            ("--label-source", LABEL_SOURCES)):
+        assert re.search(re.escape(option) + r"\s+" + re.escape(f"<{'|'.join(choices)}>"), r.output), r.output
+    assert "lzf" not in r.output
+    cs, co = inputs
+    for option, bad in (("--compression", "lzf"), ("--compression", "zstd"), ("--coco-background", "sky"),
+                        ("--label-source", "colors")):
+        code, out = _cli(["build", "--out", str(tmp_path / "o"), *SMALL, "--cityscapes", str(cs), "--coco", str(co),
+                          option, bad])
+        assert code == 2 and f"Invalid value for '{option}'" in out and bad in out, out
+    assert not (tmp_path / "o").exists()
+    # the library itself (a caller that bypasses the CLI) still refuses lzf with its reason, as one line
+    with pytest.raises(CocodagError, match="--compression lzf: lzf is no longer written: h5py's LZF encoder never "
+                                           "clears its hash table"):
+        build_dataset(cs, co, tmp_path / "lib", BuildConfig(**CFG, compression="lzf"), progress=False)
+
 
 
 def test_cli_refuses_other_config(inputs, tmp_path):

@@ -15,17 +15,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from _fixtures import SMALL, make_cityscapes, make_coco
 from typer.testing import CliRunner
 
-import cocodag.build as build_mod
-from cocodag.build import BuildConfig, build_dataset
+from cocodag.build import BuildConfig, _outdir, _run, build_dataset
+from cocodag.build._tasks import TASK_DELAY_ENV
 from cocodag.cli import app
 from cocodag.errors import CocodagError
 from cocodag.formats.shards import open_dataset, sha256_file
 from cocodag.lock import OutputLock, OutputLockedError
 from cocodag.verify import verify_dataset
-
-from _fixtures import SMALL, make_cityscapes, make_coco
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = dict(crop=64, min_object_area=200, shard_size=8)          # = SMALL on the command line
@@ -62,9 +61,9 @@ def _cmd(inputs, out, *extra):
 
 def _env(delay: float | None = None, **extra):
     env = dict(os.environ, **extra)
-    env.pop(build_mod._SLOW_ENV, None)
+    env.pop(TASK_DELAY_ENV, None)
     if delay:
-        env[build_mod._SLOW_ENV] = str(delay)
+        env[TASK_DELAY_ENV] = str(delay)
     return env
 
 
@@ -126,7 +125,7 @@ def test_full_build_and_range_jobs_exclude_each_other(inputs, tmp_path, monkeypa
             build_dataset(*inputs, out, BuildConfig(**CFG), progress=False)
         r = build_dataset(*inputs, out, BuildConfig(**CFG), shard_range="0:2", progress=False)   # ranges share
         assert r.manifest is None and r.built_tasks == 2
-    monkeypatch.setattr(build_mod, "_SHARED_GRACE_S", 0.3)
+    monkeypatch.setattr(_run, "_SHARED_GRACE_S", 0.3)
     with OutputLock(out):                         # a full build (or the merge step) holds it
         t0 = time.monotonic()
         with pytest.raises(OutputLockedError, match=rf"pid {os.getpid()} on "):
@@ -211,8 +210,8 @@ def test_flipped_byte_then_same_command_repairs(inputs, solo, tmp_path, monkeypa
     assert _digest(out) == _digest(solo)
     verify_dataset(out)
     calls = []
-    real = build_mod.sha256_file
-    monkeypatch.setattr(build_mod, "sha256_file", lambda p, *a: calls.append(p) or real(p, *a))
+    real = _outdir.sha256_file
+    monkeypatch.setattr(_outdir, "sha256_file", lambda p, *a: calls.append(p) or real(p, *a))
     build_dataset(*inputs, out, BuildConfig(**CFG), progress=False)    # may re-hash entries of the same clock tick
     calls.clear()
     again = build_dataset(*inputs, out, BuildConfig(**CFG), progress=False)

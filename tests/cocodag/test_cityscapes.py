@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
+from _fixtures import TRAIN_IDS, make_cityscapes
 from PIL import Image
 
 from cocodag.cityscapes import find_frames, load_frame, load_frame_rgb
-from cocodag.imageio import decode_image
 from cocodag.errors import CocodagError
-
-from _fixtures import TRAIN_IDS, make_cityscapes
+from cocodag.imageio import decode_image
 
 # The full official labelId -> trainId table (cityscapesScripts helpers/labels.py), written out independently.
 OFFICIAL = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,

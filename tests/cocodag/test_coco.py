@@ -2,12 +2,11 @@ import json
 
 import numpy as np
 import pytest
+from _fixtures import make_coco
 from pycocotools.coco import COCO
 
 from cocodag.coco import CocoImage, ann_to_mask, crop_proxy, image_masks, load_coco, load_image, read_coco_json
 from cocodag.errors import CocodagError
-
-from _fixtures import make_coco
 
 
 def _src(tmp_path, **kw):

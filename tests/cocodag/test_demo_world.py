@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cocodag import demo_world as dw
+from cocodag.demo_world import _street
 from cocodag.errors import CocodagError
 from cocodag.labels import LABEL_IDS, TRAIN_CLASS_NAMES, label_ids_to_train_ids
 
@@ -204,13 +205,13 @@ def test_proxy_and_anomaly_shapes_textures_are_disjoint(monkeypatch):
         used |= {(a["_shape"], a["_texture"]) for a in anns if not a["iscrowd"]}
     assert {s for s, _ in used} <= set(dw.PROXY_SHAPES) and {t for _, t in used} <= set(dw.PROXY_TEXTURES)
     calls = []
-    real = dw._draw_anomaly
+    real = _street.draw_anomaly
 
     def spy(cv, cam, rng, x, z, shape, texture):
         calls.append((shape, texture))
         return real(cv, cam, rng, x, z, shape, texture)
 
-    monkeypatch.setattr(dw, "_draw_anomaly", spy)
+    monkeypatch.setattr(_street, "draw_anomaly", spy)
     for i in range(8):
         dw.render_anomaly_frame(dw.frame_rng(0, dw.STREAM_ANOMALY, i), 128, 64)
     assert calls and {s for s, _ in calls} <= set(dw.ANOMALY_SHAPES)

@@ -1,17 +1,16 @@
 import h5py
 import numpy as np
 import pytest
+from _fixtures import make_cityscapes, make_coco
 from PIL import Image
 from typer.testing import CliRunner
 
 from cocodag.build import BuildConfig, build_dataset
 from cocodag.cli import app
 from cocodag.errors import CocodagError
-from cocodag.inspect import inspect_dataset
 from cocodag.formats.shards import SampleMeta, ShardWriter
+from cocodag.inspect import inspect_dataset
 from cocodag.verify import verify_dataset
-
-from _fixtures import make_cityscapes, make_coco
 
 
 @pytest.fixture(scope="module")
