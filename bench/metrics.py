@@ -4,6 +4,7 @@ Run from the repository root::
 
     python bench/metrics.py                          # 10^7 and 10^8 vs sklearn, then 10^9 streamed
     python bench/metrics.py --sizes 1e6,1e7 --stream 1e8   # quicker
+    python bench/metrics.py --quick                  # 10^6 and 10^7 vs sklearn, 10^7 streamed (a smoke run)
 
 Data: labels 5 % anomaly, 10 % void (255); scores float32 ``N(0,1) + 2 * anomaly`` (almost every value distinct,
 the hard case for an exact histogram). sklearn's time covers dropping void pixels, ``roc_auc_score``,
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -28,7 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cocodag.progress import progress_bar  # noqa: E402
 from oodscore.metrics import PixelMetrics, pixel_metrics  # noqa: E402
+from oodscore.metrics._batch import threads_for  # noqa: E402
 
 
 def make_data(n: int, seed: int, dtype=np.float32):
@@ -47,8 +51,6 @@ def vm_hwm_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -66,8 +68,6 @@ def sklearn_metrics(s, y):
 
 def _timed(fn):
     """(wall s, user CPU s, system CPU s, result): system time is mostly the kernel finding fresh (huge) pages."""
-    import resource
-
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     out = fn()
     t, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
@@ -107,12 +107,7 @@ def stream(total: int, chunk: int, seed: int, dtype: str) -> dict:
     m = PixelMetrics()
     t_gen = t_upd = 0.0
     done, i = 0, 0
-    try:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="px", unit_scale=True, file=sys.stderr, desc="stream")
-    except ImportError:  # pragma: no cover
-        bar = None
+    bar = progress_bar(total=total, unit="px", unit_scale=True, file=sys.stderr, desc="stream")
     while done < total:
         n = min(chunk, total - done)
         t0 = time.perf_counter()
@@ -123,10 +118,8 @@ def stream(total: int, chunk: int, seed: int, dtype: str) -> dict:
         t_gen += t1 - t0
         done += n
         i += 1
-        if bar is not None:
-            bar.update(n)
-    if bar is not None:
-        bar.close()
+        bar.update(n)
+    bar.close()
     t0 = time.perf_counter()
     out = m.compute()
     t_comp = time.perf_counter() - t0
@@ -149,16 +142,17 @@ def main(argv=None) -> None:
     p.add_argument("--stream-dtype", default="float32", choices=["float16", "float32"], help="streamed score dtype")
     p.add_argument("--seed", type=int, default=0, help="data seed")
     p.add_argument("--repeat", type=int, default=3, help="runs of ours and of np.sort (the best is printed)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: --sizes 1e6,1e7 --stream 1e7 --chunk 2e6")
     p.add_argument("--_stream-child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.quick:
+        a.sizes, a.stream, a.chunk = "1e6,1e7", 1e7, 2e6
     if a._stream_child:
         print(json.dumps(stream(int(a.stream), int(a.chunk), a.seed, a.stream_dtype)))
         return
     import sklearn
 
-    from oodscore.metrics import _threads
-
-    print(f"numpy {np.__version__}, sklearn {sklearn.__version__}; ours on {_threads(None, 1 << 30)} threads;"
+    print(f"numpy {np.__version__}, sklearn {sklearn.__version__}; ours on {threads_for(None, 1 << 30)} threads;"
           f" {_load()}", flush=True)
     for size in [int(float(x)) for x in a.sizes.split(",") if x]:
         r = compare(size, a.seed, size <= a.sklearn_max, a.repeat)

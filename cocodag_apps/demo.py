@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import io
 import json
 import os
 import shlex
@@ -19,18 +20,27 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from cocodag.atomic import atomic_write, atomic_write_text
+from cocodag.device import resolve_device
 from cocodag.errors import CocodagError
+from cocodag.progress import ENV as PROGRESS_ENV
+from cocodag.progress import use_bars
 
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"
-SHIPPED_BASELINE = REPO_DATA / "demo_baseline.pt"
-SHIPPED_BASELINE_INFO = REPO_DATA / "demo_baseline.json"
+# The shipped baseline is package data (pyproject's [tool.setuptools.package-data]): read through importlib.resources,
+# it is found in a wheel install as in a source checkout. `data/make_baseline.py` (in the repository) remakes it.
+SHIPPED_DATA = resources.files("cocodag_apps") / "data"
+SHIPPED_BASELINE = SHIPPED_DATA / "demo_baseline.pt"
+SHIPPED_BASELINE_INFO = SHIPPED_DATA / "demo_baseline.json"
+#: what a trained baseline leaves beside its model-final.pt (maxent_train.train.RunDir); a copied one leaves none
+_TRAINING_FILES = ("log.jsonl", "checkpoint-last.pt", "config.json")
 
 
 @dataclass
@@ -49,7 +59,7 @@ class DemoConfig:
     crops_per_frame: int = 4
     dag_samples: int = 240         # pasted frames (each gives up to 4 crops)
     model: str = "tiny_segnet"
-    baseline: str = "auto"         # auto: the shipped checkpoint if it matches this world, else train; or a path; or "train"
+    baseline: str = "auto"         # auto: the shipped checkpoint if it matches this world, else train; a path; "train"
     baseline_steps: int = 1500
     baseline_lr: float = 2e-3
     steps: int = 300               # MaxEnt fine-tuning steps per run
@@ -89,11 +99,13 @@ def _cmd(module: str, *args: Any) -> list[str]:
     return [sys.executable, "-m", module, *[str(a) for a in args]]
 
 
-def _tee_stderr(cmd: list[str], fh, env: dict[str, str]) -> int:
-    """Run ``cmd`` with stdout to ``fh`` and stderr both to ours (progress bars) and to ``fh`` (the log)."""
+def _tee_stderr(cmd: list[str], fh: BinaryIO, env: dict[str, str]) -> int:
+    """Run ``cmd`` with stdout to ``fh`` and stderr both to ours (progress) and to ``fh`` (the log)."""
     decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
     with subprocess.Popen(cmd, stdout=fh, stderr=subprocess.PIPE, env=env) as p:
-        for chunk in iter(lambda: p.stderr.read1(1 << 16), b""):
+        stderr = p.stderr
+        assert isinstance(stderr, io.BufferedReader)    # stderr=PIPE
+        for chunk in iter(lambda: stderr.read1(1 << 16), b""):
             sys.stderr.write(decode(chunk))
             sys.stderr.flush()
             fh.write(chunk)
@@ -114,6 +126,23 @@ def _what_failed(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
+def _child_env(shown: bool) -> dict[str, str]:
+    """The environment of a stage's process; ``shown``: its stderr is passed on to ours.
+
+    A child never sees a terminal (its stderr is a pipe or the log), so its progress would be plain lines
+    (:mod:`cocodag.progress`): where ours is a terminal, a shown child is told to draw bars
+    (``COCODAG_PROGRESS=bar``); otherwise the variable is left as the user set it (unset: lines in the log).
+    """
+    # plain Python tracebacks in the logs: rich's boxed ones wrap the exception line at 80 columns
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TYPER_STANDARD_TRACEBACK="1")
+    # GNU OpenMP threads spin while they wait by default, several times slower when another process holds a core;
+    # only the environment of a fresh process can change it (a user's own setting wins)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if shown and use_bars():
+        env[PROGRESS_ENV] = "bar"
+    return env
+
+
 def _run(cmd: list[str], log: Path, quiet: bool = True) -> None:
     """Run one stage command, its output appended to ``log`` (``quiet=False``: stderr shown too).
 
@@ -125,8 +154,7 @@ def _run(cmd: list[str], log: Path, quiet: bool = True) -> None:
     shown = " ".join(shlex.quote(c) for c in [Path(cmd[0]).name, *cmd[1:]])
     print(f"  $ {shown}", file=sys.stderr, flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
-    # plain Python tracebacks in the logs: rich's boxed ones wrap the exception line at 80 columns
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TYPER_STANDARD_TRACEBACK="1")
+    env = _child_env(shown=not quiet)
     with open(log, "ab") as fh:
         fh.write(f"\n$ {shown}\n".encode())
         fh.flush()
@@ -151,10 +179,24 @@ def _copy_atomic(src: Path | str, dst: Path) -> None:
 
 
 def _baseline_matches(cfg: DemoConfig) -> bool:
+    """Whether the shipped baseline was trained on the world ``cfg`` generates."""
     if not (SHIPPED_BASELINE.is_file() and SHIPPED_BASELINE_INFO.is_file()):
         return False
     info = json.loads(SHIPPED_BASELINE_INFO.read_text())
     return info.get("world") == cfg.world_key()
+
+
+def baseline_source(cfg: DemoConfig) -> str:
+    """Where the demo's baseline comes from: ``"shipped"`` (``--baseline auto`` on the world the shipped checkpoint
+    was trained on), ``"train"`` (trained here), or the path of a given checkpoint."""
+    if cfg.baseline == "auto":
+        return "shipped" if _baseline_matches(cfg) else "train"
+    return str(cfg.baseline)
+
+
+def _resume(run_dir: Path) -> list[str]:
+    """``--resume`` when an interrupted ``fit`` left its checkpoint in ``run_dir`` (a fresh fit there is refused)."""
+    return ["--resume"] if (run_dir / "checkpoint-last.pt").is_file() else []
 
 
 class _Demo:
@@ -198,20 +240,33 @@ class _Demo:
             "--cityscapes-crops-per-frame", cfg.crops_per_frame, "--dag-samples", cfg.dag_samples,
             "--workers", cfg.workers, "--seed", cfg.seed, "--no-progress"), self.logs / "build.log"))
 
+    def place_baseline(self) -> str:
+        """Put a shipped or given baseline at ``runs/baseline/model-final.pt`` (unless one is there); returns
+        :func:`baseline_source` (``"train"``: the baseline stage trains it)."""
+        source = baseline_source(self.cfg)
+        if source == "train" or self.base_ckpt.exists():
+            return source
+        for name in _TRAINING_FILES:       # an interrupted training's files: they do not describe a copied model
+            (self.base_dir / name).unlink(missing_ok=True)
+        if source == "shipped":
+            with resources.as_file(SHIPPED_BASELINE) as src:
+                _copy_atomic(src, self.base_ckpt)
+            print(f"[baseline] using the shipped checkpoint {SHIPPED_BASELINE} (trained by data/make_baseline.py)",
+                  file=sys.stderr)
+        else:
+            _copy_atomic(source, self.base_ckpt)
+        return source
+
     def baseline(self) -> dict[str, Any]:
         """A segmentation model of the world's in-distribution classes (no OOD training) and its val mIoU."""
         cfg, base_dir, base_ckpt = self.cfg, self.base_dir, self.base_ckpt
-        if cfg.baseline == "auto" and _baseline_matches(cfg) and not base_ckpt.exists():
-            _copy_atomic(SHIPPED_BASELINE, base_ckpt)
-            print(f"[baseline] using the shipped checkpoint {SHIPPED_BASELINE} (trained by data/make_baseline.py)",
-                  file=sys.stderr)
-        elif cfg.baseline not in ("auto", "train") and not base_ckpt.exists():
-            _copy_atomic(cfg.baseline, base_ckpt)
+        self.place_baseline()
         self.stage("baseline", base_ckpt, lambda: _run(_cmd(
             "maxent_train", "fit", "--data", self.shards, "--model", cfg.model, "--out", base_dir,
             "--lambda", 0.0, "--coco-fraction", 0.0, "--embedding-img-interval", 0, "--lr", cfg.baseline_lr,
             "--max-steps", cfg.baseline_steps, "--epochs", 10000, "--batch-size", cfg.batch_size, "--seed", cfg.seed,
-            "--keep-optimizer", *self.dev, *self.prog), self.logs / "baseline.log", quiet=False))
+            "--keep-optimizer", *self.dev, *self.prog, *_resume(base_dir)), self.logs / "baseline.log",
+            quiet=False))
         self.stage("baseline-miou", base_dir / "miou.json", lambda: _run(_cmd(
             "maxent_train", "miou", "--checkpoint", base_ckpt, "--cityscapes", self.world / "cityscapes",
             "--split", "val", "--out", base_dir / "miou.json", *self.dev), self.logs / "miou.log"))
@@ -235,7 +290,8 @@ class _Demo:
                   "--out", rdir, "--optim-target", target, "--lambda", cfg.lam, "--lr", cfg.lr,
                   "--embedding-img-interval", cfg.embedding_img_interval if dag else 0,
                   "--max-steps", cfg.steps, "--epochs", 10000, "--batch-size", cfg.batch_size,
-                  "--seed", 1000 + s, *self.dev, *self.prog), self.logs / f"fit-{name}-s{s}.log", quiet=False)
+                  "--seed", 1000 + s, *self.dev, *self.prog, *_resume(rdir)), self.logs / f"fit-{name}-s{s}.log",
+             quiet=False)
 
     def score(self, name: str, ckpt: Path) -> dict[str, Any]:
         """Export the anomaly set's logits, fit SML (and OODMC), evaluate every score; return metrics.json."""
@@ -284,6 +340,7 @@ def run_demo(cfg: DemoConfig, until: str | None = None) -> dict[str, Any]:
     """
     if cfg.baseline not in ("auto", "train") and not Path(cfg.baseline).is_file():
         raise CocodagError(f"--baseline {cfg.baseline}: not 'auto', 'train' or an existing checkpoint file")
+    resolve_device(cfg.device)       # a bad --device is one line now, not a failed stage later
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     demo = _Demo(cfg)
     demo.make_data()
@@ -354,8 +411,8 @@ def _tables(results: dict[str, list[dict]]) -> tuple[str, str, str, str]:
         for method in ("msp", "maxlogit", "entropy", "sml", "vde", "oodmc"):
             if not any(method in r for r in results[run]):
                 continue
-            rows4.append([run, method, _fmt(_col(results, run, method, "auroc")), _fmt(_col(results, run, method, "ap")),
-                          _fmt(_col(results, run, method, "fpr95")),
+            rows4.append([run, method, _fmt(_col(results, run, method, "auroc")),
+                          _fmt(_col(results, run, method, "ap")), _fmt(_col(results, run, method, "fpr95")),
                           _fmt(_col(results, run, method, "component_siou")),
                           _fmt(_col(results, run, method, "component_ppv")),
                           _fmt(_col(results, run, method, "component_mean_f1"))])
@@ -418,15 +475,15 @@ ROC / PR curves per model: `runs/<model>/report/roc.png`, `pr.png`; score heat m
 
 def _heatmap_sheet(path: Path, runs: Path, cfg: DemoConfig) -> Path | None:
     """Tile the evaluate overlays (a few frames x a few model/score pairs) into one PNG."""
-    import cv2
+    import cv2  # here, not at the top: the console scripts import this module at start-up
 
     picks = [("baseline", "entropy"), ("baseline", "sml"), ("baseline", "vde"), ("entropy_noDAG-s0", "entropy"),
              ("entropy_DAG-s0", "entropy"), ("entropy_DAG-s0", "oodmc")]
-    rows = []
+    rows: list[np.ndarray] = []
     for run, method in picks:
         files = sorted((runs / run / "report" / "overlays").glob(f"*__{method}.png"))
-        imgs = [cv2.imread(str(f)) for f in files[: cfg.overlays]]
-        imgs = [cv2.resize(i, (720, int(i.shape[0] * 720 / i.shape[1]))) for i in imgs if i is not None]
+        read = [cv2.imread(str(f)) for f in files[: cfg.overlays]]
+        imgs = [cv2.resize(i, (720, int(i.shape[0] * 720 / i.shape[1]))) for i in read if i is not None]
         if imgs:
             tag = np.full((imgs[0].shape[0], 180, 3), 255, np.uint8)
             for j, text in enumerate((run.replace("-s0", ""), method)):

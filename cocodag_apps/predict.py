@@ -12,21 +12,25 @@ Per image ``<name>`` it writes to ``OUT`` (each file atomically):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
+from matplotlib.figure import Figure
 
+from cocodag.arrays import to_numpy
 from cocodag.atomic import atomic_write
 from cocodag.device import resolve_device
 from cocodag.imageio import read_rgb
+from cocodag.progress import progress_bar
 from maxent_train import MaxentError
 from maxent_train.data import normalize
 from maxent_train.export import load_model_for_export, predict_logits
 from oodscore import OodscoreError
+from oodscore.options import ThresholdKind
 from oodscore.report import load_thresholds, normalize_scores, save_overlay
 from oodscore.scores import METHODS, check_methods, get_scorer, scorer_class
 
@@ -45,24 +49,17 @@ def _list_images(path: Path) -> list[Path]:
 
 
 def _heat_png(path: Path, norm: np.ndarray, lo: float, hi: float, method: str) -> None:
-    """Colour-mapped normalized score with a colour bar (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Colour-mapped normalized score with a colour bar (matplotlib's object API: no pyplot, no global backend)."""
     h, w = norm.shape
-    fig, ax = plt.subplots(figsize=(6.4 * w / max(h, w) + 1.2, 6.4 * h / max(h, w)), dpi=100)
+    fig = Figure(figsize=(6.4 * w / max(h, w) + 1.2, 6.4 * h / max(h, w)), dpi=100)
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="inferno", vmin=0, vmax=1)
     ax.axis("off")
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     cb.set_label(f"{method} score, normalized ({lo:.3g} -> 0, {hi:.3g} -> 1)", fontsize=8)
     fig.tight_layout()
-    try:
-        with atomic_write(path, keep_suffix=True) as tmp:
-            fig.savefig(tmp)
-    finally:
-        plt.close(fig)
+    with atomic_write(path, keep_suffix=True) as tmp:
+        fig.savefig(tmp)
 
 
 def _scorer_and_threshold(method: str, sml_stats: str | Path | None, threshold: float | None,
@@ -116,21 +113,37 @@ def _write_outputs(out: Path, name: str, rgb: np.ndarray, score: np.ndarray, *, 
             np.save(tmp, score.astype(np.float32))
 
 
-@torch.no_grad()
-def predict_images(checkpoint: str | Path, inputs: str | Path, out: str | Path, *, method: str = "entropy",
-                   sml_stats: str | Path | None = None, threshold: float | None = None,
-                   threshold_from: str | Path | None = None, threshold_kind: str = "f1", device: str = "auto",
-                   window: int | None = None, stride: int | None = None, save_scores: bool = False,
-                   progress: bool = True, model: str | None = None, model_kwargs: dict | None = None,
-                   num_classes: int | None = None) -> dict[str, Any]:
-    """Score every image of ``inputs`` with ``method`` and write heat map, mask and overlay PNGs to ``out``.
+@dataclass
+class PredictOptions:
+    """Options of ``maxent-train predict`` (see the CLI help).
 
-    The network is the one the checkpoint's metadata names (``model``, ``num_classes``, ``model_kwargs``); ``model``
-    / ``model_kwargs`` / ``num_classes`` (``--model``, ...) build it for a released file without metadata, or
-    override it, as in ``maxent-train export``.
-
+    The network is the one the checkpoint's metadata names; ``model`` / ``model_kwargs`` / ``num_classes``
+    (``--model``, ...) build it for a released file without metadata, or override it, as in ``maxent-train export``.
     The mask threshold is ``threshold`` if given, else ``threshold_from``'s (a ``thresholds.json`` written by
-    ``oodscore evaluate`` on a validation set) for this method and ``threshold_kind`` (``f1`` or ``tpr95``).
+    ``oodscore evaluate`` on a validation set) for this method and ``threshold_kind`` (``f1`` or ``tpr95``); with
+    neither, no mask is written.
+    """
+
+    method: str = "entropy"
+    sml_stats: str | Path | None = None
+    threshold: float | None = None
+    threshold_from: str | Path | None = None
+    threshold_kind: ThresholdKind = "f1"
+    device: str = "auto"
+    window: int | None = None
+    stride: int | None = None
+    save_scores: bool = False
+    progress: bool = True
+    model: str | None = None
+    model_kwargs: dict | None = None
+    num_classes: int | None = None
+
+
+@torch.no_grad()
+def predict_images(checkpoint: str | Path, inputs: str | Path, out: str | Path,
+                   options: PredictOptions | None = None) -> dict[str, Any]:
+    """Score every image of ``inputs`` with ``options.method`` and write heat map, mask and overlay PNGs to ``out``
+    (see :class:`PredictOptions`).
 
     Raises
     ------
@@ -138,21 +151,22 @@ def predict_images(checkpoint: str | Path, inputs: str | Path, out: str | Path, 
         (``MaxentError``, ``OodscoreError`` or the foundation's own) a missing/undecodable image, a bad option, an
         unreadable checkpoint, statistics or thresholds file.
     """
+    o = PredictOptions() if options is None else options
+    dev = resolve_device(o.device)
     files = _list_images(Path(inputs))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    scorer, threshold = _scorer_and_threshold(method, sml_stats, threshold, threshold_from, threshold_kind)
-    dev = resolve_device(device)
-    net, meta = load_model_for_export(checkpoint, model, num_classes, dev, model_kwargs)
-    threshold_name = f"{threshold_kind}" if threshold_from else "given"
+    scorer, threshold = _scorer_and_threshold(o.method, o.sml_stats, o.threshold, o.threshold_from, o.threshold_kind)
+    net, meta = load_model_for_export(checkpoint, o.model, o.num_classes, dev, o.model_kwargs)
+    threshold_name = f"{o.threshold_kind}" if o.threshold_from else "given"
     written = []
-    for f in tqdm(files, desc="predict", unit="img", disable=not progress):
+    for f in progress_bar(files, desc="predict", unit="img", disable=not o.progress):
         rgb = read_rgb(f)
         x = normalize(torch.from_numpy(rgb)[None].to(dev))
-        logits = predict_logits(net, x, window, stride)
-        score = scorer.score(logits[0].cpu().numpy())
-        _write_outputs(out, f.stem, rgb, score, method=method, threshold=threshold, threshold_name=threshold_name,
-                       save_scores=save_scores)
+        logits = predict_logits(net, x, o.window, o.stride)
+        score = scorer.score(to_numpy(logits[0], "logits"))
+        _write_outputs(out, f.stem, rgb, score, method=o.method, threshold=threshold, threshold_name=threshold_name,
+                       save_scores=o.save_scores)
         written.append(f.stem)
-    return {"images": written, "out": str(out), "method": method, "threshold": threshold,
+    return {"images": written, "out": str(out), "method": o.method, "threshold": threshold,
             "model": str(meta["model"])}

@@ -6,54 +6,24 @@ The installed ``maxent-train`` console script is :func:`cocodag_apps.cli.maxent_
 """
 from __future__ import annotations
 
-import enum
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Callable, Mapping, Optional
+from typing import Annotated
 
 import typer
 
+from cocodag.atomic import atomic_write_json
 from cocodag.cli_utils import user_errors
+from cocodag.outputs import disk_errors, prepare_output
+
+# the choices of the options, from the library's one definition (typer lists and enforces them); cheap: no torch
+from .choices import Compression, LogitsDtype, LogitsResolution, McDtype, MomentsOf, OptimTarget
 
 HELP = "MaxEnt fine-tuning on cocodag shards; logit and MC-dropout export."
 
-
-class OptimTarget(str, enum.Enum):
-    entropy = "entropy"
-    logit = "logit"
-
-
-class DeviceName(str, enum.Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class MomentsOf(str, enum.Enum):
-    logits = "logits"
-    probs = "probs"
-
-
-class McDtype(str, enum.Enum):
-    float32 = "float32"
-    float16 = "float16"
-
-
-class LogitsResolution(str, enum.Enum):
-    native = "native"
-    label = "label"
-
-
-class LogitsDtype(str, enum.Enum):
-    float16 = "float16"
-    float32 = "float32"
-
-
-class Compression(str, enum.Enum):
-    none = "none"
-    lzf = "lzf"
-    gzip = "gzip"
-
-
+#: ``--device`` of every command (a plain string: cocodag.device.resolve_device checks it, one line when wrong)
+DEVICE_HELP = "auto (cuda when available), cpu, cuda or cuda:N."
 MODEL_KWARGS_HELP = ("Model options passed to its factory: KEY=VALUE[,KEY=VALUE...] (int/float/bool/str, e.g. "
                      "output_stride=16,dropout=0.1) or a JSON object; recorded in the checkpoint's metadata.")
 RESOLUTION_HELP = ("native: logits and MC block at the network's output resolution, before its final upsampling "
@@ -69,31 +39,30 @@ _FIT_RENAMES = {"lambda_": "lam"}
 
 def fit(
     ctx: typer.Context,
-    data: Annotated[Optional[Path], typer.Option(help="cocodag dataset directory (with manifest.json).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model name (`maxent-train models`) or pkg.module:factory "
-                                                      "(default: the one an --init of ours names).")]
-    = None,
-    model_kwargs: Annotated[Optional[str], typer.Option(help=MODEL_KWARGS_HELP)] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory: config.json, log.jsonl, checkpoints (locked "
-                                                    "while the run goes: OUT/.lock).")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="Initial weights: a released checkpoint as it is (NVIDIA/meta-ood, "
-                                                     "SML, VainF, PEBAL; see the README) or one of ours (which names "
-                                                     "its --model and --model-kwargs); strict key check.")] = None,
+    data: Annotated[Path | None, typer.Option(help="cocodag dataset directory (with manifest.json).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name (`maxent-train models`) or pkg.module:factory "
+                                                   "(default: the one an --init of ours names).")] = None,
+    model_kwargs: Annotated[str | None, typer.Option(help=MODEL_KWARGS_HELP)] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory: config.json, log.jsonl, checkpoints (locked "
+                                                  "while the run goes: OUT/.lock).")] = None,
+    init: Annotated[Path | None, typer.Option(help="Initial weights: a released checkpoint as it is (NVIDIA/meta-ood, "
+                                                   "SML, VainF, PEBAL; see the README) or one of ours (which names "
+                                                   "its --model and --model-kwargs); strict key check.")] = None,
     num_classes: Annotated[int, typer.Option(help="Number of in-distribution classes.")] = 19,
     epochs: Annotated[int, typer.Option(help="Epochs over the original stream (meta-ood: 4).")] = 4,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps in total.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps in total.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size per process.")] = 8,
     lr: Annotated[float, typer.Option(help="Adam learning rate (constant).")] = 1e-5,
     lambda_: Annotated[float, typer.Option("--lambda", help="λ: weight of the OOD term (1-λ on ID pixels).")] = 0.9,
     optim_target: Annotated[OptimTarget, typer.Option(help="entropy (meta-ood soft targets) or logit (the seed's).")]
-    = OptimTarget.entropy,
+    = "entropy",
     embedding_img_interval: Annotated[int, typer.Option(help="Every k-th batch is a DAG batch (0 = none, 1 = all).")]
     = 0,
     coco_fraction: Annotated[float, typer.Option(help="COCO crops per epoch as a fraction of the Cityscapes count "
                                                       "(meta-ood: 0.1).")] = 0.1,
     block_size: Annotated[int, typer.Option(help="Shuffle unit: runs of this many consecutive crops of a shard "
                                                  "(1 = per-sample shuffle; larger = longer reads).")] = 1,
-    device: Annotated[DeviceName, typer.Option(help="auto picks cuda when available.")] = DeviceName.auto,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="float16 autocast + GradScaler (CUDA only; "
                                                                "ignored on CPU).")] = False,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes (results do not depend on it).")] = 0,
@@ -105,12 +74,14 @@ def fit(
         "--recreate-optimizer-each-epoch/--keep-optimizer",
         help="Fresh Adam at each epoch as meta-ood does (default), or keep its moments.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
-    config: Annotated[Optional[Path], typer.Option(help="run.toml or an earlier run's config.json; CLI flags "
-                                                        "given explicitly override it.")] = None,
+    config: Annotated[Path | None, typer.Option(help="run.toml or an earlier run's config.json; CLI flags "
+                                                     "given explicitly override it.")] = None,
 ) -> None:
     """Fine-tune a segmentation network with MaxEnt on cocodag shards (resumable; DDP under torchrun)."""
+    # imported when the command runs: `maxent-train --help` does not load torch
     from .models import parse_model_kwargs
-    from .train import FitConfig, fit as run_fit, load_config_file
+    from .train import FitConfig, load_config_file
+    from .train import fit as run_fit
 
     with user_errors():
         values = dict(ctx.params)
@@ -125,7 +96,7 @@ def fit(
             if not explicit and field in opts:
                 merged[field] = opts[field]
             else:
-                merged[field] = value.value if isinstance(value, enum.Enum) else value
+                merged[field] = value
         for k in ("data", "out", "init"):
             if merged.get(k) is not None:
                 merged[k] = str(merged[k])
@@ -142,13 +113,14 @@ def export(
                                                   "state_dict with --model).")],
     out: Annotated[Path, typer.Option(help="Output logits.h5 (written via .tmp + rename; locked while the export "
                                            "runs: OUT.lock).")],
-    data: Annotated[Optional[Path], typer.Option(help="A cocodag dataset directory as input.")] = None,
+    data: Annotated[Path | None, typer.Option(help="A cocodag dataset directory as input.")] = None,
     kinds: Annotated[str, typer.Option(help="Shard kinds to export from --data, comma-separated.")] = "dag",
-    images: Annotated[Optional[Path], typer.Option(help="An evaluation-set root as input (with --preset).")] = None,
-    preset: Annotated[str, typer.Option(help="Evaluation-set preset of --images (cocodag.formats.evalsets).")] = "standard",
-    model: Annotated[Optional[str], typer.Option(help=MODEL_HELP)] = None,
-    model_kwargs: Annotated[Optional[str], typer.Option(help=MODEL_KWARGS_HELP)] = None,
-    num_classes: Annotated[Optional[int], typer.Option(help="Classes when the checkpoint has no metadata.")] = None,
+    images: Annotated[Path | None, typer.Option(help="An evaluation-set root as input (with --preset).")] = None,
+    preset: Annotated[str, typer.Option(help="Evaluation-set preset of --images (cocodag.formats.evalsets).")
+                      ] = "standard",
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    model_kwargs: Annotated[str | None, typer.Option(help=MODEL_KWARGS_HELP)] = None,
+    num_classes: Annotated[int | None, typer.Option(help="Classes when the checkpoint has no metadata.")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples read per shard access (--data only).")] = 4,
     sliding_window: Annotated[bool, typer.Option("--sliding-window", help="Full-resolution inference in windows.")]
     = False,
@@ -156,24 +128,24 @@ def export(
     stride: Annotated[int, typer.Option(help="Sliding-window stride (pixels).")] = 512,
     mc_samples: Annotated[int, typer.Option(help="MC-dropout passes T (0 = no mc/* block; 1 is refused: no "
                                                  "moments). Refused when no dropout reaches the logits.")] = 0,
-    mc_dropout: Annotated[Optional[float], typer.Option(
+    mc_dropout: Annotated[float | None, typer.Option(
         help="Insert test-time Dropout2d(P) before the final classifier, for models without dropout on their output "
              "path (e.g. SML's); a deviation from the trained network, recorded in mc/ attrs.")] = None,
     moment_order: Annotated[int, typer.Option(help="Highest central moment K (orders 2..K stored).")] = 4,
     moments_of: Annotated[MomentsOf, typer.Option(help="Moments of logits (paper) or softmax probs (seed code).")]
-    = MomentsOf.logits,
-    mc_dtype: Annotated[McDtype, typer.Option(help="dtype of the mc/* datasets.")] = McDtype.float32,
-    logits_resolution: Annotated[LogitsResolution, typer.Option(help=RESOLUTION_HELP)] = LogitsResolution.native,
-    logits_dtype: Annotated[LogitsDtype, typer.Option(help="dtype of the stored logits.")] = LogitsDtype.float16,
+    = "logits",
+    mc_dtype: Annotated[McDtype, typer.Option(help="dtype of the mc/* datasets.")] = "float32",
+    logits_resolution: Annotated[LogitsResolution, typer.Option(help=RESOLUTION_HELP)] = "native",
+    logits_dtype: Annotated[LogitsDtype, typer.Option(help="dtype of the stored logits.")] = "float16",
     store_images: Annotated[bool, typer.Option("--store-images", help="Keep downsized RGB for overlays.")] = False,
     image_max_side: Annotated[int, typer.Option(help="Longest side of stored images.")] = 512,
-    limit: Annotated[Optional[int], typer.Option(help="Export at most N images.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Export at most N images.")] = None,
     compression: Annotated[Compression, typer.Option(
-        help="HDF5 compression of the big datasets (lzf is refused: h5py's LZF encoder is not byte-deterministic).")
-    ] = Compression.none,
-    sml_stats: Annotated[Optional[Path], typer.Option(help="Also write SML statistics JSON (per predicted class "
-                                                           "mean/std/count of the max logit).")] = None,
-    device: Annotated[DeviceName, typer.Option(help="auto picks cuda when available.")] = DeviceName.auto,
+        help="HDF5 compression of the big datasets (no lzf: h5py's LZF encoder is not byte-deterministic).")
+    ] = "none",
+    sml_stats: Annotated[Path | None, typer.Option(help="Also write SML statistics JSON (per predicted class "
+                                                        "mean/std/count of the max logit).")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the MC-dropout masks.")] = 0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
@@ -189,10 +161,10 @@ def export(
             preset=preset, model=model, num_classes=num_classes, model_kwargs=parse_model_kwargs(model_kwargs),
             batch_size=batch_size, sliding_window=sliding_window, window=window, stride=stride,
             mc_samples=mc_samples, mc_dropout=mc_dropout,
-            moment_order=moment_order, moments_of=moments_of.value, mc_dtype=mc_dtype.value,
-            logits_resolution=logits_resolution.value, logits_dtype=logits_dtype.value,
-            store_images=store_images, image_max_side=image_max_side, limit=limit, compression=compression.value,
-            sml_stats=str(sml_stats) if sml_stats else None, device=device.value, seed=seed, progress=progress)
+            moment_order=moment_order, moments_of=moments_of, mc_dtype=mc_dtype,
+            logits_resolution=logits_resolution, logits_dtype=logits_dtype,
+            store_images=store_images, image_max_side=image_max_side, limit=limit, compression=compression,
+            sml_stats=str(sml_stats) if sml_stats else None, device=device, seed=seed, progress=progress)
         summary = export_logits(opts)
         if summary.get("is_main", True):
             typer.echo(f"{summary['num_images']} images -> {summary['out']}", err=True)
@@ -210,32 +182,25 @@ def miou(
     checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (model-final.pt or a state_dict with --model).")],
     cityscapes: Annotated[Path, typer.Option(help="Cityscapes-layout root (leftImg8bit/, gtFine/).")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
-    model: Annotated[Optional[str], typer.Option(help=MODEL_HELP)] = None,
-    model_kwargs: Annotated[Optional[str], typer.Option(help=MODEL_KWARGS_HELP)] = None,
-    num_classes: Annotated[Optional[int], typer.Option(help="Classes when the checkpoint has no metadata.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Also write the result as JSON here.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate at most N frames.")] = None,
-    device: Annotated[DeviceName, typer.Option(help="auto picks cuda when available.")] = DeviceName.auto,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    model_kwargs: Annotated[str | None, typer.Option(help=MODEL_KWARGS_HELP)] = None,
+    num_classes: Annotated[int | None, typer.Option(help="Classes when the checkpoint has no metadata.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the result as JSON here.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate at most N frames.")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Closed-set segmentation quality: mIoU and pixel accuracy on a Cityscapes-layout split."""
-    import json
-
     from .models import parse_model_kwargs
     from .segeval import evaluate_segmentation
 
     with user_errors():
         kwargs = parse_model_kwargs(model_kwargs)
         if out is not None:
-            from cocodag.outputs import prepare_output
-
             prepare_output(out, kind="file", option="--out")
-        res = evaluate_segmentation(checkpoint, cityscapes, split=split, device=device.value, limit=limit,
+        res = evaluate_segmentation(checkpoint, cityscapes, split=split, device=device, limit=limit,
                                     progress=progress, model=model, model_kwargs=kwargs, num_classes=num_classes)
         if out is not None:
-            from cocodag.atomic import atomic_write_json
-            from cocodag.outputs import disk_errors
-
             with disk_errors(out):
                 atomic_write_json(out, res)
         typer.echo(f"mIoU {100 * res['miou']:.2f}  pixel acc {100 * res['pixel_acc']:.2f}  ({res['n_frames']} frames)")

@@ -1,4 +1,4 @@
-"""Shard data path for MaxEnt fine-tuning (DESIGN §4.2).
+"""Shard data path for MaxEnt fine-tuning: which crops make each batch, and how they are read.
 
 The whole sample order is a pure function of ``(seed, epoch, batch index, rank)``:
 
@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from cocodag.formats.shards import STREAM_CODES
+from cocodag.formats.shards import STREAM_CODES, Dataset, open_dataset
 
 from . import MaxentError
 
@@ -73,7 +73,8 @@ class _KindIndex:
 
 
 class ShardReader:
-    """Reads samples of a :class:`cocodag.formats.shards.Dataset` by (kind, global index); opens h5 files lazily per process.
+    """Reads samples of a :class:`cocodag.formats.shards.Dataset` by (kind, global index); opens h5 files lazily,
+    per process.
 
     Picklable: only paths travel to DataLoader workers; each worker opens its own handles on first use and a
     change of ``os.getpid()`` (fork) drops inherited handles.
@@ -114,8 +115,8 @@ class ShardReader:
         i = 0
         while i < n:
             kind = codes[int(refs[i, 0])]
-            shard, local = self.index[kind].locate(refs[i:i + 1, 1])
-            shard, a = int(shard[0]), int(local[0])
+            shards, local = self.index[kind].locate(refs[i:i + 1, 1])
+            shard, a = int(shards[0]), int(local[0])
             j = i + 1      # extend the run while the next ref is the next sample of the same shard
             limit = self.index[kind].shards[shard].num_samples
             while (j < n and refs[j, 0] == refs[i, 0] and refs[j, 1] == refs[j - 1, 1] + 1
@@ -136,7 +137,7 @@ class ShardReader:
 # --------------------------------------------------------------------------------------------------------- planning
 @dataclass(frozen=True)
 class MixPlan:
-    """Deterministic batch plan of DESIGN §4.2 (see the module docstring).
+    """The deterministic batch plan (the module docstring says how batches are mixed).
 
     Parameters
     ----------
@@ -283,15 +284,15 @@ def _block_shuffle(refs: np.ndarray, rng: np.random.Generator, block_size: int,
     key_change = np.ones(len(refs), bool)
     key_change[1:] = ((kinds[1:] != kinds[:-1]) | (shard_id[1:] != shard_id[:-1])
                       | (refs[1:, 1] != refs[:-1, 1] + 1))
-    starts = []
+    starts: list[int] = []
     run_start = 0
     for i in range(len(refs)):
         if key_change[i]:
             run_start = i
         if key_change[i] or (i - run_start) % block_size == 0:
             starts.append(i)
-    starts = np.array(starts + [len(refs)])
-    blocks = [refs[a:b] for a, b in zip(starts[:-1], starts[1:])]
+    bounds = [*starts, len(refs)]
+    blocks = [refs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     return np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
 
 
@@ -348,12 +349,10 @@ class ShardLoader:
         batches = list(range(start_batch, len(ds)))
         if not batches:
             return
-        kw = {}
-        if self.workers > 0:
-            kw = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False}
+        # prefetch_factor is only accepted with workers (torch refuses it for in-process loading)
         loader = torch.utils.data.DataLoader(
-            ds, batch_size=None, sampler=batches, num_workers=self.workers,
-            pin_memory=self.device.type == "cuda", **kw)
+            ds, batch_size=None, sampler=batches, num_workers=self.workers, pin_memory=self.device.type == "cuda",
+            prefetch_factor=self.prefetch_factor if self.workers > 0 else None, persistent_workers=False)
         for b, (images, labels, is_dag) in zip(batches, loader):
             yield (b, images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True),
                    bool(is_dag))
@@ -401,8 +400,7 @@ def normalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tor
     return normalize_nchw(images.permute(0, 3, 1, 2).contiguous(), mean, std)
 
 
-def open_training_data(data_dir: Path | str, *, verify_checksums: bool = True):
-    """Open a cocodag dataset (manifest + checksums checked by ``cocodag.formats.shards``); errors stay ``CocodagError``."""
-    from cocodag.formats.shards import open_dataset
-
+def open_training_data(data_dir: Path | str, *, verify_checksums: bool = True) -> Dataset:
+    """Open a cocodag dataset (manifest and checksums checked by :mod:`cocodag.formats.shards`; its errors stay
+    ``CocodagError``)."""
     return open_dataset(data_dir, verify_checksums=verify_checksums)

@@ -1,4 +1,4 @@
-"""Logit / MC-dropout export to ``logits.h5`` (DESIGN §4.3, docs/formats.md §3).
+"""Logit / MC-dropout export to ``logits.h5`` (the file: docs/formats.md, section 3).
 
 Inputs: a cocodag dataset (``data``, shard kinds ``kinds``; labels trainId -> 0, 254 -> 1, 255 -> 255) or an
 evaluation set (``images`` + ``preset`` via :mod:`cocodag.formats.evalsets`, full-resolution inference, optionally in
@@ -36,26 +36,51 @@ upsampled with the file's rule) to :class:`cocodag.formats.sml_stats.SMLStats`, 
 """
 from __future__ import annotations
 
+import glob
 import itertools
+import json
 import os
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Protocol, cast
 
+import cv2
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from cocodag.arrays import to_numpy
 from cocodag.atomic import temp_path
-from cocodag.formats.logits import MC_KEYS, LogitsWriter, upsample, upsample_frame
-from cocodag.formats.shards import LZF_REFUSED
+from cocodag.formats.evalsets import get_preset
+from cocodag.formats.logits import MC_KEYS, LogitsFile, LogitsWriter, upsample, upsample_frame
+from cocodag.formats.shards import KINDS, LZF_REFUSED, open_dataset
 from cocodag.formats.sml_stats import SMLStats
+from cocodag.imageio import read_rgb
 from cocodag.labels import IGNORE_ID, NUM_CLASSES, OOD_ID
 from cocodag.lock import OutputLock, lock_path_for
 from cocodag.outputs import check_free_space, disk_errors, prepare_output
+from cocodag.progress import progress_bar
 
 from . import MaxentError, __version__
+from .choices import (
+    COMPRESSIONS,
+    LOGITS_DTYPES,
+    LOGITS_RESOLUTIONS,
+    MC_DTYPES,
+    MOMENTS_OF,
+    Compression,
+    LogitsDtype,
+    LogitsResolution,
+    McDtype,
+    MomentsOf,
+)
 from .data import normalize
+from .mc import mc_moments, prepare_mc_dropout
+from .models import create_model, load_state, native_output_rule, read_checkpoint
+from .train import DistContext, setup_distributed
 
 
 @dataclass
@@ -78,14 +103,14 @@ class ExportOptions:
     mc_samples: int = 0
     mc_dropout: float | None = None
     moment_order: int = 4
-    moments_of: str = "logits"
-    mc_dtype: str = "float32"
-    logits_resolution: str = "native"
-    logits_dtype: str = "float16"
+    moments_of: MomentsOf = "logits"
+    mc_dtype: McDtype = "float32"
+    logits_resolution: LogitsResolution = "native"
+    logits_dtype: LogitsDtype = "float16"
     store_images: bool = False
     image_max_side: int = 512
     limit: int | None = None
-    compression: str = "none"
+    compression: Compression = "none"
     sml_stats: str | None = None
     device: str = "auto"
     seed: int = 0
@@ -116,18 +141,17 @@ class ExportOptions:
         if self.mc_samples and self.sliding_window:
             raise MaxentError("--mc-samples with --sliding-window is not supported (moments of averaged tiles are "
                               "not the moments of the frame); run MC export at full resolution")
-        if self.moments_of not in ("logits", "probs"):
-            raise MaxentError(f"--moments-of: expected logits or probs, got {self.moments_of!r}")
-        if self.mc_dtype not in ("float32", "float16"):
-            raise MaxentError(f"--mc-dtype: expected float32 or float16, got {self.mc_dtype!r}")
-        if self.logits_dtype not in ("float16", "float32"):
-            raise MaxentError(f"--logits-dtype: expected float16 or float32, got {self.logits_dtype!r}")
-        if self.logits_resolution not in ("native", "label"):
-            raise MaxentError(f"--logits-resolution: expected native or label, got {self.logits_resolution!r}")
-        if self.compression == "lzf":
+        for option, value, choices in (("--moments-of", self.moments_of, MOMENTS_OF),
+                                       ("--mc-dtype", self.mc_dtype, MC_DTYPES),
+                                       ("--logits-dtype", self.logits_dtype, LOGITS_DTYPES),
+                                       ("--logits-resolution", self.logits_resolution, LOGITS_RESOLUTIONS)):
+            if value not in choices:
+                raise MaxentError(f"{option}: expected {' or '.join(choices)}, got {value!r}")
+        compression: str = self.compression      # a library caller may pass any string
+        if compression == "lzf":
             raise MaxentError(f"--compression lzf: {LZF_REFUSED}")
-        if self.compression not in ("none", "gzip"):
-            raise MaxentError(f"--compression: expected none or gzip, got {self.compression!r}")
+        if compression not in COMPRESSIONS:
+            raise MaxentError(f"--compression: expected {' or '.join(COMPRESSIONS)}, got {compression!r}")
         if self.limit is not None and self.limit <= 0:
             raise MaxentError(f"--limit must be > 0, got {self.limit}")
         if self.batch_size <= 0:
@@ -160,8 +184,6 @@ def load_model_for_export(checkpoint: str | Path, model: str | None = None, num_
     ``num_classes`` or 19. Returns ``(model in eval mode on device, metadata)``; the metadata's ``model``,
     ``num_classes`` and ``model_kwargs`` are what was built.
     """
-    from .models import create_model, load_state, read_checkpoint
-
     path = Path(checkpoint)
     if not path.is_file():
         raise MaxentError(f"{option} {path}: file does not exist")
@@ -185,13 +207,12 @@ def load_model_for_export(checkpoint: str | Path, model: str | None = None, num_
 def _open_source(opts: ExportOptions) -> _Source:
     if opts.data is not None:
         return _shard_frames(opts.data, opts.kinds, opts.batch_size)
+    assert opts.images is not None          # validate(): exactly one input
     return _evalset_frames(opts.images, opts.preset)
 
 
 def _shard_frames(data: str, kinds: tuple[str, ...], chunk: int) -> _Source:
     """Frames of the shards of ``kinds`` (in that order), read ``chunk`` samples per shard access."""
-    from cocodag.formats.shards import KINDS, open_dataset
-
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise MaxentError(f"--kinds: expected a comma-separated subset of {', '.join(KINDS)}, got {','.join(kinds)!r}")
@@ -221,9 +242,6 @@ def _shard_frames(data: str, kinds: tuple[str, ...], chunk: int) -> _Source:
 
 def _evalset_frames(root: str, preset_name: str) -> _Source:
     """Frames of an evaluation set at full resolution (labels already 0/1/255 via the preset)."""
-    from cocodag.formats.evalsets import get_preset
-    from cocodag.imageio import read_rgb
-
     preset = get_preset(preset_name)
     items = preset.find(root)
     if not items:
@@ -273,11 +291,12 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, window: int | None =
     for y0 in _tile_starts(h, window, stride):
         for x0 in _tile_starts(w, window, stride):
             tile = x[..., y0:y0 + window, x0:x0 + window]
-            out = upsample(model(tile).float(), tile.shape[-2:])
+            out = upsample(model(tile).float(), (tile.shape[-2], tile.shape[-1]))
             if acc is None:
                 acc = torch.zeros((x.shape[0], out.shape[1], h, w), device=x.device)
             acc[..., y0:y0 + tile.shape[-2], x0:x0 + tile.shape[-1]] += out
             count[..., y0:y0 + tile.shape[-2], x0:x0 + tile.shape[-1]] += 1
+    assert acc is not None                  # at least one tile
     return acc / count
 
 
@@ -290,6 +309,12 @@ def _at_size(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------- layout
+class _NativeModel(Protocol):
+    """A model with the native-output hook (:func:`maxent_train.models.native_output_rule` checks it)."""
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass
 class _Layout:
     """How the logits and the MC block are stored: at the network's output resolution (``native``, with the rule
@@ -304,16 +329,12 @@ class _Layout:
 
 
 def _note(msg: str) -> None:
-    import sys
-
     print(f"note: {msg}", file=sys.stderr)
 
 
 def _choose_layout(model: torch.nn.Module, opts: ExportOptions, name: str, quiet: bool = False) -> _Layout:
     """``--logits-resolution native`` when the model has the native-output hook (and no sliding window), else the
     label resolution with a one-line note."""
-    from .models import native_output_rule
-
     if opts.logits_resolution == "label":
         return _Layout("label")
     rule = native_output_rule(model)
@@ -348,11 +369,11 @@ def _compute(model: torch.nn.Module, fr: _Frame, index: int, opts: ExportOptions
     model.eval()      # mc_moments switches dropout on; plain logits are deterministic
     if layout.native:
         with torch.no_grad():
-            t = model.forward_native(x).float()
+            t = cast(_NativeModel, model).forward_native(x).float()
     else:
         window = opts.window if opts.sliding_window else None
         t = upsample(predict_logits(model, x, window, opts.stride), (h, w))
-    stored = t[0].cpu().numpy().astype(opts.logits_dtype)
+    stored = to_numpy(t[0], "logits").astype(opts.logits_dtype)
     _check_finite(stored, fr.name, opts.checkpoint)
     mc, ran = None, head_only
     if opts.mc_samples:
@@ -368,27 +389,26 @@ def _mc_block(model: torch.nn.Module, x: torch.Tensor, opts: ExportOptions, inde
     Seeded with ``opts.seed + index`` so a frame's masks do not depend on batching, on the other frames or on the
     number of processes.
     """
-    from .mc import mc_moments
-
     mom = mc_moments(model, x, samples=opts.mc_samples, order=opts.moment_order, moments_of=opts.moments_of,
                      head_only=head_only, seed=opts.seed + index, native=layout.native)
-    arrays = {k: (mom[k] if layout.native else _at_size(mom[k], size))[0].cpu().numpy() for k in MC_KEYS}
+    arrays = {k: to_numpy((mom[k] if layout.native else _at_size(mom[k], size))[0], k) for k in MC_KEYS}
     return arrays, bool(mom.get("head_only", head_only))
 
 
-def _sml_summary(sml: SMLStats, out: _Output, layout: _Layout) -> tuple:
-    """What ``oodscore fit-sml`` folds in for this frame: the logits the reader returns (the stored values; native
-    ones upsampled with the file's rule on the CPU, as ``LogitsFile.logits`` does)."""
+def _sml_summary(sml: SMLStats, out: _Output, layout: _Layout) -> SMLStats:
+    """This frame's SML state (an empty copy of ``sml`` updated with what ``oodscore fit-sml`` folds in for it: the
+    logits the reader returns, the stored values, native ones upsampled with the file's rule on the CPU, as
+    ``LogitsFile.logits`` does); rank 0 merges the frames' states in frame order."""
     logits = out.logits.astype(np.float32)
     if layout.native:
         logits = upsample_frame(logits, out.frame.label.shape, layout.rule)
-    return sml.batch_summary(logits)
+    state = sml.empty_copy()
+    state.update(logits)
+    return state
 
 
 def _file_attrs(meta: dict[str, Any]) -> dict[str, Any]:
     """Root attributes export adds: our version, and the model options when there are any (JSON)."""
-    import json
-
     attrs: dict[str, Any] = {"maxent_train": __version__}
     if meta.get("model_kwargs"):
         attrs["model_kwargs"] = json.dumps(meta["model_kwargs"], sort_keys=True)
@@ -399,18 +419,14 @@ def _prepare_mc(model: torch.nn.Module, first: _Frame, opts: ExportOptions, name
                 device: torch.device) -> dict[str, Any]:
     """Before any sampling: check on the first frame that dropout reaches the logits (or insert ``--mc-dropout``
     test-time dropout first); returns the extra mc attrs (``mc_dropout``, ``mc_dropout_at``) when inserted."""
-    from .mc import prepare_mc_dropout
-
     x = normalize(torch.from_numpy(np.ascontiguousarray(first.image))[None].to(device))
     where = prepare_mc_dropout(model, x, opts.mc_dropout, name=name)
-    if where is None:
+    if where is None or opts.mc_dropout is None:      # None exactly when no dropout was asked for
         return {}
     return {"mc_dropout": float(opts.mc_dropout), "mc_dropout_at": where}
 
 
 def _downsize(image: np.ndarray, max_side: int) -> np.ndarray:
-    import cv2
-
     h, w = image.shape[:2]
     s = max_side / max(h, w)
     if s >= 1:
@@ -475,18 +491,14 @@ def part_path(out: Path, rank: int, world: int) -> Path:
 
 def _remove_parts(out: Path) -> None:
     """Remove every part file of ``out`` (and their temp files): after a merge, or left by a killed job."""
-    import glob
-
     for p in out.parent.glob(f"{glob.escape(out.name)}.part-*-of-*"):
         p.unlink(missing_ok=True)
 
 
-def _gather(ctx, obj: Any) -> list:
+def _gather(ctx: DistContext, obj: Any) -> list:
     """``obj`` of every rank, in rank order (``[obj]`` in one process)."""
     if not ctx.distributed:
         return [obj]
-    import torch.distributed as dist
-
     objs: list = [None] * ctx.world_size
     dist.all_gather_object(objs, obj)
     return objs
@@ -531,13 +543,9 @@ def export_logits(opts: ExportOptions) -> dict[str, Any]:
 
 
 @contextmanager
-def _process_group(device: str):
+def _process_group(device: str) -> Iterator[DistContext]:
     """The job's :class:`maxent_train.train.DistContext`; under torchrun the process group is joined here and left at
     the end (on every outcome), unless the caller had joined it already."""
-    import torch.distributed as dist
-
-    from .train import setup_distributed
-
     owned = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not (dist.is_available() and dist.is_initialized())
     ctx = setup_distributed(device)
     try:
@@ -547,7 +555,7 @@ def _process_group(device: str):
             dist.destroy_process_group()        # gloo's threads otherwise abort the interpreter's exit (SIGABRT)
 
 
-def _export_locked(opts: ExportOptions, ctx) -> dict[str, Any]:
+def _export_locked(opts: ExportOptions, ctx: DistContext) -> dict[str, Any]:
     """Lock the outputs (rank 0), export, return the summary."""
     out = Path(opts.out)
     sml_path = Path(opts.sml_stats) if opts.sml_stats is not None else None
@@ -566,7 +574,7 @@ def _export_locked(opts: ExportOptions, ctx) -> dict[str, Any]:
     return summary if ctx.is_main else {**summary, "is_main": False}
 
 
-def _export_job(opts: ExportOptions, ctx, out: Path, sml_path: Path | None) -> _RankResult:
+def _export_job(opts: ExportOptions, ctx: DistContext, out: Path, sml_path: Path | None) -> _RankResult:
     """Every rank exports its block; then rank 0 merges the parts (several processes) and writes the SML stats."""
     try:
         with ctx.one_outcome():
@@ -577,8 +585,8 @@ def _export_job(opts: ExportOptions, ctx, out: Path, sml_path: Path | None) -> _
                 _merge_parts(out, ctx.world_size, res)
             if ctx.is_main and sml_path is not None:
                 sml = SMLStats(res.num_classes, source=f"maxent-train export {out.name}")
-                for batch in itertools.chain.from_iterable(summaries):
-                    sml.add_batch(*batch)
+                for state in itertools.chain.from_iterable(summaries):
+                    sml.merge(state)
                 with disk_errors(sml_path, option="--sml-stats"):
                     sml.save(sml_path)
     finally:
@@ -587,7 +595,7 @@ def _export_job(opts: ExportOptions, ctx, out: Path, sml_path: Path | None) -> _
     return res
 
 
-def _export_rank(opts: ExportOptions, ctx, out: Path, with_sml: bool) -> _RankResult:
+def _export_rank(opts: ExportOptions, ctx: DistContext, out: Path, with_sml: bool) -> _RankResult:
     """This process's share: model, its block of frames, free space, then its file (``out`` itself in one process,
     its part file under torchrun)."""
     model, meta = load_model_for_export(opts.checkpoint, opts.model, opts.num_classes, ctx.device, opts.model_kwargs)
@@ -654,8 +662,6 @@ def _merge_parts(out: Path, world: int, res: _RankResult) -> None:
     """Rank 0, once every rank has written its part: copy the parts into ``out`` in rank order (= frame order), one
     frame at a time (bounded memory), through the one writer (atomic: ``out`` appears when complete); each part is
     removed once copied, so the disk holds at most the merged file and the parts not yet copied."""
-    from cocodag.formats.logits import LogitsFile
-
     blocks = [_block(res.num_images, r, world) for r in range(world)]
     parts = [part_path(out, r, world) for r, (start, stop) in enumerate(blocks) if start < stop]
     with LogitsFile(parts[0]) as lf:
@@ -686,14 +692,13 @@ def _check_finite(l16: np.ndarray, frame: str, checkpoint: str) -> None:
 
 
 @contextmanager
-def _progress(enabled: bool, total: int):
-    """A tqdm bar over ``total`` frames (None when disabled), closed on exit."""
+def _progress(enabled: bool, total: int) -> Iterator[Any]:
+    """A progress bar over ``total`` frames (:func:`cocodag.progress.progress_bar`; None when disabled), closed on
+    exit."""
     if not enabled:
         yield None
         return
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="export", unit="img", dynamic_ncols=True)
+    bar = progress_bar(total=total, desc="export", unit="img", dynamic_ncols=True)
     try:
         yield bar
     finally:

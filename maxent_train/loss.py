@@ -1,4 +1,4 @@
-"""MaxEnt fine-tuning loss of meta-ood (DESIGN §4.2): cross-entropy on ID pixels, maximal softmax entropy on OOD.
+"""MaxEnt fine-tuning loss of meta-ood: cross-entropy on ID pixels, maximal softmax entropy on OOD pixels.
 
 Labels: trainIds ``0..C-1`` are in-distribution (ID), ``254`` is OOD, ``255`` and any other value are void.
 
@@ -25,9 +25,7 @@ import torch.nn.functional as F
 from cocodag.labels import OOD_ID
 
 from . import MaxentError
-
-OPTIM_TARGETS = ("entropy", "logit")
-REDUCTIONS = ("mean", "sum", "none")
+from .choices import OPTIM_TARGETS, REDUCTIONS, OptimTarget, Reduction
 
 
 def _masks(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -38,8 +36,9 @@ def _masks(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.
     return is_id, is_ood, safe
 
 
-def maxent_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float = 0.9, optim_target: str = "entropy",
-                num_classes: int | None = None, reduction: str = "mean"):
+def maxent_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float = 0.9, optim_target: OptimTarget = "entropy",
+                num_classes: int | None = None,
+                reduction: Reduction = "mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """meta-ood's MaxEnt loss (see the module docstring for the exact definitions and reduction).
 
     Parameters

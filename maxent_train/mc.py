@@ -1,4 +1,6 @@
-"""MC dropout (DESIGN §4.3): streaming moments of T stochastic passes, BatchNorm frozen, head-only when possible.
+"""MC dropout: streaming moments of T stochastic passes, BatchNorm frozen, head-only when possible.
+
+What export stores of them (the ``mc/*`` block of ``logits.h5``) is in docs/formats.md, section 3.
 
 * ``PowerSums`` accumulates power sums of *shifted* samples ``d = x - shift`` (shift = the first sample, or the mean of
   the first batch of samples), so memory is independent of T and float32 accumulation keeps its precision even for
@@ -24,16 +26,32 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from math import comb
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import MaxentError
+from .choices import MOMENTS_OF, MomentsOf
 
-MOMENTS_OF = ("logits", "probs")
+
+class SplitModel(Protocol):
+    """What head-only sampling calls: ``forward(x) == forward_head(forward_features(x), x.shape[-2:])``, every dropout
+    layer in the head (our models get both from ``maxent_train.models._split.SplitForward``)."""
+
+    def forward_features(self, x: torch.Tensor) -> Any: ...
+
+    def forward_head(self, feats: Any, size: Sequence[int] | None = None) -> torch.Tensor: ...
+
+
+def _as_split(model: nn.Module) -> SplitModel | None:
+    """``model`` when it has the trunk / head split (``forward_features`` and ``forward_head``), else None."""
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        return cast(SplitModel, model)
+    return None
 
 
 def _is_dropout(m: nn.Module) -> bool:
@@ -92,7 +110,9 @@ class PowerSums:
 
     def mean(self) -> torch.Tensor:
         """Mean of the samples (``shape`` of one sample)."""
-        return self.shift + self._raw()[0]
+        raw = self._raw()                  # refuses an empty state
+        assert self.shift is not None      # set by the first update
+        return self.shift + raw[0]
 
     def central(self) -> torch.Tensor:
         """Population central moments of orders 2..K, stacked: ``(K-1, *shape)`` (empty first axis for K=1)."""
@@ -122,7 +142,7 @@ def enable_mc_dropout(model: nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def mc_dropout_mode(model: nn.Module):
+def mc_dropout_mode(model: nn.Module) -> Iterator[int]:
     """Context manager: ``enable_mc_dropout`` inside, each module's previous train/eval flag restored after."""
     flags = [(m, m.training) for m in model.modules()]
     try:
@@ -145,12 +165,12 @@ def _repeat(obj: Any, b: int) -> Any:
     return obj
 
 
-def _features_are_deterministic(model: nn.Module, x: torch.Tensor):
+def _features_are_deterministic(model: nn.Module, x: torch.Tensor) -> tuple[Any, bool]:
     """Run ``forward_features``; return (feats, True) unless a dropout layer fired inside it."""
-    fired = []
+    fired: list[int] = []
     hooks = [m.register_forward_hook(lambda *_: fired.append(1)) for m in model.modules() if _is_dropout(m)]
     try:
-        feats = model.forward_features(x)
+        feats = cast(SplitModel, model).forward_features(x)
     finally:
         for h in hooks:
             h.remove()
@@ -158,7 +178,7 @@ def _features_are_deterministic(model: nn.Module, x: torch.Tensor):
 
 
 @torch.no_grad()
-def mc_moments(model: nn.Module, x: torch.Tensor, samples: int = 128, order: int = 4, moments_of: str = "logits",
+def mc_moments(model: nn.Module, x: torch.Tensor, samples: int = 128, order: int = 4, moments_of: MomentsOf = "logits",
                head_only: bool = True, seed: int = 0, sample_batch: int = 1,
                dtype: torch.dtype = torch.float32, native: bool = False) -> dict[str, Any]:
     """MC-dropout moments of T stochastic passes over a batch of images.
@@ -214,7 +234,11 @@ def mc_moments(model: nn.Module, x: torch.Tensor, samples: int = 128, order: int
         ps, prob_sum = _sample_passes(model, x, feats, samples, order, moments_of, sample_batch, dtype, native)
 
     mean = ps.mean()
-    p_mean = mean if moments_of == "probs" else prob_sum / samples
+    if moments_of == "probs":
+        p_mean = mean
+    else:
+        assert prob_sum is not None        # summed for moments of logits
+        p_mean = prob_sum / samples
     entropy = -torch.special.xlogy(p_mean, p_mean).sum(dim=1)  # 0·log 0 = 0
     return {
         "mean": mean.float(),
@@ -230,7 +254,7 @@ def mc_moments(model: nn.Module, x: torch.Tensor, samples: int = 128, order: int
 
 def _head_features(model: nn.Module, x: torch.Tensor, samples: int) -> Any:
     """``forward_features(x)`` for head-only sampling, or None when the model cannot be sampled head-only."""
-    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+    if _as_split(model) is None:
         return None
     feats, deterministic = _features_are_deterministic(model, x)
     if not deterministic:
@@ -249,16 +273,21 @@ def _sample_passes(model: nn.Module, x: torch.Tensor, feats: Any, samples: int, 
     Returns the power sums of the logits or probs, and the sum of the softmax over passes (moments of logits only:
     the entropy needs the mean softmax too).
     """
-    if native and not callable(getattr(model, "forward_native", None)):
-        raise MaxentError(f"model {type(model).__name__} has no forward_native: cannot sample at native resolution")
+    full: Callable[[torch.Tensor], torch.Tensor] = model
+    if native:
+        forward_native = getattr(model, "forward_native", None)
+        if not callable(forward_native):
+            raise MaxentError(f"model {type(model).__name__} has no forward_native: cannot sample at native "
+                              "resolution")
+        full = forward_native
+    head = cast(SplitModel, model).forward_head if feats is not None else None
     size = None if native else tuple(x.shape[-2:])
-    full = model.forward_native if native else model
     n = x.shape[0]
     ps = PowerSums(order, dtype=dtype)
     prob_sum = None
     for start in range(0, samples, sample_batch):
         b = min(sample_batch, samples - start)
-        out = model.forward_head(_repeat(feats, b), size) if feats is not None else full(_repeat(x, b))
+        out = head(_repeat(feats, b), size) if head is not None else full(_repeat(x, b))
         out = out.float().reshape(b, n, *out.shape[1:])  # (b, N, C, H, W): pass-major, as _repeat stacked them
         probs = F.softmax(out, dim=2)
         ps.update_batch(out if moments_of == "logits" else probs)
@@ -281,20 +310,21 @@ def _fire_recorder(modules: dict[str, nn.Module], fired: list[str], zero: bool) 
     return [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
 
 
-def _forward_fn(model: nn.Module, x: torch.Tensor, modules: dict[str, nn.Module]):
+def _forward_fn(model: nn.Module, x: torch.Tensor, modules: dict[str, nn.Module]) -> Callable[[], torch.Tensor]:
     """A deterministic (eval-mode) forward of ``x``: ``forward_head`` on features computed once when the model has the
     split and none of ``modules`` runs inside ``forward_features``, else a full ``model(x)``."""
-    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+    split = _as_split(model)
+    if split is not None:
         fired: list[str] = []
         hooks = _fire_recorder(modules, fired, zero=False)
         try:
-            feats = model.forward_features(x)
+            feats = split.forward_features(x)
         finally:
             for h in hooks:
                 h.remove()
         if not fired:
             size = tuple(x.shape[-2:])
-            return lambda: model.forward_head(feats, size)
+            return lambda: split.forward_head(feats, size)
     return lambda: model(x)
 
 
@@ -353,7 +383,7 @@ def final_classifier(model: nn.Module, x: torch.Tensor, name: str = "model") -> 
             raise MaxentError(f"model {name}: final_classifier {explicit!r} is not one of its modules")
         return explicit
     nc = getattr(model, "num_classes", None)
-    convs = {n: m for n, m in named.items() if isinstance(m, nn.Conv2d) and m.out_channels == nc}
+    convs: dict[str, nn.Module] = {n: m for n, m in named.items() if isinstance(m, nn.Conv2d) and m.out_channels == nc}
     ran, _ = output_depends_on(model, x, convs) if convs else ([], False)
     for n in reversed(ran):
         if output_depends_on(model, x, {n: convs[n]})[1]:
@@ -363,7 +393,7 @@ def final_classifier(model: nn.Module, x: torch.Tensor, name: str = "model") -> 
 
 
 def _apply_mc_dropout(mod: nn.Module, args: tuple) -> tuple:
-    return (mod.mc_dropout(args[0]), *args[1:])
+    return (mod.get_submodule("mc_dropout")(args[0]), *args[1:])
 
 
 def insert_mc_dropout(model: nn.Module, p: float, x: torch.Tensor, name: str = "model") -> str:
@@ -373,8 +403,9 @@ def insert_mc_dropout(model: nn.Module, p: float, x: torch.Tensor, name: str = "
     the classifier (no parameters: the state_dict is unchanged), applied by a forward pre-hook: identity in eval
     mode, active in MC mode (:func:`enable_mc_dropout`).
     """
-    if hasattr(model, "insert_mc_dropout"):
-        return str(model.insert_mc_dropout(p))
+    own = getattr(model, "insert_mc_dropout", None)
+    if own is not None:
+        return str(own(p))
     target = final_classifier(model, x, name)
     mod = dict(model.named_modules())[target]
     if hasattr(mod, "mc_dropout"):

@@ -9,10 +9,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from cocodag.arrays import to_numpy
+from cocodag.cityscapes import find_frames, load_frame_rgb
 from cocodag.device import resolve_device
 from cocodag.labels import IGNORE_ID, TRAIN_CLASS_NAMES
+from cocodag.progress import progress_bar
 
 from .data import normalize
 from .export import load_model_for_export, predict_logits
@@ -49,17 +51,15 @@ def evaluate_segmentation(checkpoint: str | Path, cityscapes: str | Path, *, spl
     ``model`` / ``model_kwargs`` / ``num_classes`` build the network when the checkpoint has no metadata (a released
     file), or override it (see :func:`maxent_train.export.load_model_for_export`).
     """
-    from cocodag.cityscapes import find_frames, load_frame_rgb
-
     dev = resolve_device(device)
     net, meta = load_model_for_export(checkpoint, model, num_classes, dev, model_kwargs)
     nc = int(meta["num_classes"])
     frames = find_frames(cityscapes, split)[: limit or None]
     conf = np.zeros((nc, nc), np.int64)
-    for fr in tqdm(frames, desc="mIoU", unit="img", disable=not progress, leave=False):
+    for fr in progress_bar(frames, desc="mIoU", unit="img", disable=not progress, leave=False):
         rgb, lab = load_frame_rgb(fr)
         x = normalize(torch.from_numpy(rgb)[None].to(dev))
-        pred = predict_logits(net, x, window, stride).argmax(1)[0].cpu().numpy()
+        pred = to_numpy(predict_logits(net, x, window, stride).argmax(1)[0], "prediction")
         conf += confusion_matrix(pred, lab, nc)
     out = iou_from_confusion(conf)
     out.update(n_frames=len(frames), split=split, checkpoint=str(checkpoint), ignore_id=IGNORE_ID,

@@ -1,4 +1,4 @@
-"""MaxEnt fine-tuning loop with atomic, exactly-resumable checkpoints (DESIGN §4.2).
+"""MaxEnt fine-tuning loop with atomic, exactly-resumable checkpoints.
 
 ``fit(FitConfig(...))`` writes into ``out``:
 
@@ -32,25 +32,38 @@ import math
 import os
 import random
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
+from cocodag.arrays import to_numpy
 from cocodag.atomic import atomic_write, atomic_write_text
 from cocodag.device import resolve_device
 from cocodag.errors import CocodagError
 from cocodag.labels import NUM_CLASSES
 from cocodag.lock import OutputLock
 from cocodag.outputs import disk_errors, prepare_output
+from cocodag.progress import progress_bar
 from cocodag.versions import library_versions
 
 from . import MaxentError, __version__
+from .choices import OPTIM_TARGETS, OptimTarget
 from .data import DeviceAugment, MixPlan, ShardLoader, derive_seed, open_training_data
+from .loss import maxent_loss
+from .models import create_model, load_checkpoint, parse_model_kwargs, read_checkpoint
+from .models._helpers import load_file
+
+if sys.version_info >= (3, 11):
+    import tomllib
 
 CHECKPOINT_LAST = "checkpoint-last.pt"
 MODEL_FINAL = "model-final.pt"
@@ -74,7 +87,7 @@ class FitConfig:
     batch_size: int = 8
     lr: float = 1e-5
     lam: float = 0.9
-    optim_target: str = "entropy"
+    optim_target: OptimTarget = "entropy"
     embedding_img_interval: int = 0
     coco_fraction: float = 0.1
     block_size: int = 1
@@ -101,13 +114,10 @@ class FitConfig:
             raise MaxentError("--model is required (see `maxent-train models`)")
         if not self.out:
             raise MaxentError("--out is required (the run directory)")
-        from .models import parse_model_kwargs
-
         self.model_kwargs = parse_model_kwargs(self.model_kwargs)     # a config file may hold the CLI's string form
-        if self.optim_target not in ("entropy", "logit"):
-            raise MaxentError(f"--optim-target: expected entropy or logit, got {self.optim_target!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise MaxentError(f"--device: expected auto, cpu or cuda, got {self.device!r}")
+        if self.optim_target not in OPTIM_TARGETS:
+            raise MaxentError(f"--optim-target: expected {' or '.join(OPTIM_TARGETS)}, got {self.optim_target!r}")
+        resolve_device(self.device)         # an unknown name, or CUDA where there is none: one line, before any work
         for name in ("epochs", "batch_size", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise MaxentError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
@@ -120,8 +130,7 @@ class FitConfig:
 
     def _model_from_init(self) -> None:
         """``--model`` (and ``--model-kwargs`` when not given) from the metadata of one of our checkpoints."""
-        from .models import read_checkpoint
-
+        assert self.init is not None        # called only with --init
         path = Path(self.init)
         if not path.is_file():
             raise MaxentError(f"--init {path}: file does not exist")
@@ -152,9 +161,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise MaxentError(f"--config {path}: file does not exist")
     try:
         if path.suffix == ".toml":
-            import tomllib
-
-            raw = tomllib.loads(path.read_text())
+            raw = _read_toml(path)
         else:
             raw = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
@@ -174,10 +181,22 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return opts
 
 
+def _read_toml(path: Path) -> Any:
+    if sys.version_info >= (3, 11):
+        return tomllib.loads(path.read_text())
+    raise MaxentError(f"--config {path}: reading TOML needs Python 3.11 or later (tomllib); give the options as a "
+                      "JSON object (e.g. an earlier run's config.json)")
+
+
 def git_commit() -> str | None:
-    """The source tree's git commit (with ``+dirty`` when modified), or None outside a git checkout."""
+    """The git commit (with ``+dirty`` when modified) of the checkout this package runs from, or None when it is not
+    run from one (an installed wheel: its folder may still lie inside some repository, e.g. a venv in a checkout)."""
     root = Path(__file__).resolve().parents[1]
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
+            return None
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
@@ -190,9 +209,10 @@ def git_commit() -> str | None:
 
 def rng_state() -> dict[str, Any]:
     """RNG states in forms ``torch.load(weights_only=True)`` accepts (tensors, lists, ints, strings)."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)      # legacy=True: (name, keys, pos, has_gauss, cached_gaussian)
     py_state = random.getstate()
-    state = {
+    state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
                   int(np_state[3]), float(np_state[4])],
@@ -207,7 +227,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    np.random.set_state((n[0], to_numpy(n[1], "numpy RNG keys").astype(np.uint32), n[2], n[3], n[4]))
     p = state["python"]
     random.setstate((p[0], tuple(p[1]), p[2]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
@@ -251,14 +271,10 @@ class DistContext:
         """``model`` wrapped in DDP when distributed (gradients all-reduced), else ``model`` itself."""
         if not self.distributed:
             return model
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        return DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def barrier(self) -> None:
         if self.distributed:
-            import torch.distributed as dist
-
             dist.barrier()
 
     @contextmanager
@@ -278,8 +294,6 @@ class DistContext:
             yield
         except Exception as e:      # noqa: BLE001 - re-raised below, after telling the other ranks
             err = e
-        import torch.distributed as dist
-
         texts: list[str | None] = [None] * self.world_size
         dist.all_gather_object(texts, None if err is None else _error_line(err, self.rank))
         first = next((t for t in texts if t is not None), None)
@@ -304,8 +318,6 @@ def setup_distributed(device: str) -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dev = resolve_device(device)
     if world > 1:
-        import torch.distributed as dist
-
         if dev.type == "cuda":
             dev = torch.device("cuda", local_rank)
             torch.cuda.set_device(dev)
@@ -369,7 +381,8 @@ class RunDir:
         if not self.checkpoint.is_file():
             raise MaxentError(f"--resume: {self.checkpoint} does not exist (nothing to resume; drop --resume)")
         ck = _load_training_checkpoint(self.checkpoint)
-        meta = ck.get("metadata") if isinstance(ck.get("metadata"), dict) else {}
+        recorded = ck.get("metadata")
+        meta: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
         _check_same_options(self.checkpoint, _recorded_options(meta), options, self.config)
         _check_same_data(self.checkpoint, meta.get("data_manifest_hash"), manifest_hash, data)
         recorded_world = meta.get("world_size")
@@ -493,8 +506,6 @@ def _check_same_data(where: Path, recorded: str | None, manifest_hash: str, data
 
 # --------------------------------------------------------------------------------------------------------- training
 def _build_model(cfg: FitConfig) -> torch.nn.Module:
-    from .models import create_model, load_checkpoint
-
     model = create_model(cfg.model, num_classes=cfg.num_classes, **cfg.model_kwargs)
     if cfg.init:
         load_checkpoint(model, cfg.init, strict=True, name=cfg.model)   # the model's checkpoint_filter applies
@@ -538,7 +549,7 @@ class _Training:
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               x: torch.Tensor, y: torch.Tensor, *, lam: float, optim_target: str, use_amp: bool,
+               x: torch.Tensor, y: torch.Tensor, *, lam: float, optim_target: OptimTarget, use_amp: bool,
                where: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step of the MaxEnt loss on a batch (autocast + GradScaler when ``use_amp``).
 
@@ -556,8 +567,6 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
     MaxentError
         A non-finite loss (checked before the weights are touched).
     """
-    from .loss import maxent_loss
-
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=use_amp):
         logits = model(x)
@@ -723,29 +732,25 @@ def _run_job(job: _Job, cfg: FitConfig, ctx: DistContext, run: RunDir,
 
 
 @contextmanager
-def _progress(enabled: bool, total: int, initial: int):
-    """A tqdm bar over the steps (None when disabled), closed on exit."""
+def _progress(enabled: bool, total: int, initial: int) -> Iterator[Any]:
+    """A progress bar over the steps (:func:`cocodag.progress.progress_bar`; None when disabled), closed on exit."""
     if not enabled:
         yield None
         return
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, initial=initial, desc="fit", unit="step", dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=initial, desc="fit", unit="step", dynamic_ncols=True)
     try:
         yield bar
     finally:
         bar.close()
 
 
-def _f(v) -> float:
+def _f(v: torch.Tensor | float | None) -> float:
     if v is None:
         return math.nan
     return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
 
 
 def _load_training_checkpoint(path: Path) -> dict[str, Any]:
-    from .models._helpers import load_file
-
     ck = load_file(path)
     if not isinstance(ck, dict):
         raise MaxentError(f"{path}: not a maxent-train training checkpoint (holds a {type(ck).__name__}); "

@@ -1,21 +1,26 @@
-"""`oodscore` command line: thin typer shells over library functions (oodscore.report, oodscore.fit, oodscore.io,
-cocodag.formats.evalsets). Every error of ours becomes one red ``error:`` line and exit code 1.
+"""`oodscore` command line: thin typer shells over library functions (oodscore.report, oodscore.compare,
+oodscore.fit, oodscore.io, cocodag.formats.evalsets). Every error of ours becomes one red ``error:`` line and exit
+code 1.
 
-The ``--method`` choices come from the score registry (``oodscore.scores.METHODS``); an unknown name is reported by
-the library as one ``error:`` line with close matches.
+``evaluate``'s options are :class:`oodscore.options.EvalOptions`, built here and checked there; each choice option is
+annotated with that module's ``Literal`` alias (typer lists the choices and refuses others). The ``--method`` choices
+come from the score registry (``oodscore.scores.METHODS``); an unknown name is reported by the library as one
+``error:`` line with close matches. The library modules are imported inside the commands: ``--help`` stays quick.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from cocodag.cli_utils import user_errors
+from cocodag.device import resolve_device
 from cocodag.lock import OutputLock
 from cocodag.outputs import disk_errors, prepare_output
 
 from . import OodscoreError
+from .options import ComponentRule, EvalOptions, ProtocolChoice, Region, SmlBorder, ThresholdKind, Track
 from .scores import METHODS  # the registry's names only: no scorer (nor torch) is imported here
 
 app = typer.Typer(help="Anomaly scores and exact metrics from saved logits or score maps.", no_args_is_help=True,
@@ -31,18 +36,19 @@ def _echo(msg: str) -> None:
 
 @app.command("fit-sml")
 def fit_sml(
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write the SML statistics here (JSON).")] = None,
-    logits: Annotated[Optional[Path], typer.Option(
+    out: Annotated[Path | None, typer.Option("--out", help="Write the SML statistics here (JSON).")] = None,
+    logits: Annotated[Path | None, typer.Option(
         "--logits", help="Training-set logits.h5: stats over every pixel grouped by predicted class.")] = None,
-    import_official: Annotated[Optional[tuple[Path, Path]], typer.Option(
+    import_official: Annotated[tuple[Path, Path] | None, typer.Option(
         "--import-official", help="MEAN.npy VAR.npy of the official SML code (pickled dicts {trainId: value}; "
         "loading them executes code: only use files you trust).")] = None,
-    stats: Annotated[Optional[Path], typer.Option(
+    stats: Annotated[Path | None, typer.Option(
         "--stats", help="Existing stats JSON to re-export (with --export-official).")] = None,
-    export_official: Annotated[Optional[Path], typer.Option(
+    export_official: Annotated[Path | None, typer.Option(
         "--export-official", help="Also write DIR/cityscapes_mean.npy and cityscapes_var.npy (official format).")
     ] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda[:i] (default: cpu).")] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="auto, cpu, cuda or cuda:N (default: cpu).")] = None,
 ) -> None:
     """Fit (or import) SML statistics: per predicted class, mean and variance of the max logit."""
     with user_errors():
@@ -61,6 +67,8 @@ def fit_sml(
             prepare_output(out, kind="file", option="--out")
         if export_official is not None:
             prepare_output(export_official, kind="dir", option="--export-official")
+        if device is not None:
+            resolve_device(device)           # CUDA asked for on a machine without it: one line, before the work
         if logits is not None:
             st = run_fit_sml(logits, device=device)
         elif import_official is not None:
@@ -81,9 +89,9 @@ def fit_sml(
 @app.command("fit-oodmc")
 def fit_oodmc(
     logits: Annotated[Path, typer.Option("--logits", help="Training logits.h5 with the mc/* block and OOD labels.")],
-    out: Annotated[Path, typer.Option("--out", help="Write the fitted classifier here (joblib).")],
+    out: Annotated[Path, typer.Option("--out", help="Write the fitted model here (a numpy archive).")],
     classifier: Annotated[str, typer.Option(
-        "--classifier", help="linear-svc (default), logistic, rbf-svc, sgd or an import path pkg.mod:Class.")
+        "--classifier", help="linear-svc (default), logistic, rbf-svc or sgd.")
     ] = "linear-svc",
     svm_points_num: Annotated[int, typer.Option("--svm-points-num", help="Training pixels, balanced ID/OOD.")
                               ] = 500_000,
@@ -111,14 +119,10 @@ def _print_summary(res) -> None:
     typer.echo(f"report: {res.out_dir}")
 
 
-def _check_evaluate_args(*, logits, scores, dataset, method, bins, max_overlays, workers=1) -> None:
-    """The option combinations of ``evaluate``, checked before anything is opened."""
-    if workers < 1:
-        raise OodscoreError(f"--workers {workers}: expected at least 1")
-    if bins is not None and bins < 2:
-        raise OodscoreError(f"--bins {bins}: expected at least 2 (or leave it out for exact metrics)")
-    if max_overlays < 0:
-        raise OodscoreError(f"--max-overlays {max_overlays}: expected >= 0")
+def _check_inputs(*, logits: Path | None, scores: Path | None, dataset: str | None,
+                  method: list[str] | None) -> None:
+    """The inputs of ``evaluate``: --logits (with --method) or --scores (with --dataset), checked before anything is
+    opened (the options are :class:`~oodscore.options.EvalOptions`'s to check)."""
     if (logits is None) == (scores is None):
         raise OodscoreError("give either --logits FILE (with --method) or --scores PATH (with --dataset)")
     if scores is not None and dataset is None:
@@ -132,59 +136,59 @@ def _check_evaluate_args(*, logits, scores, dataset, method, bins, max_overlays,
 @app.command("evaluate")
 def evaluate(
     out: Annotated[Path, typer.Option("--out", help="Report folder (metrics.json/csv, roc.png, pr.png, overlays/).")],
-    logits: Annotated[Optional[Path], typer.Option("--logits", help="Test logits.h5 to score.")] = None,
-    method: Annotated[Optional[list[str]], typer.Option(
+    logits: Annotated[Path | None, typer.Option("--logits", help="Test logits.h5 to score.")] = None,
+    method: Annotated[list[str] | None, typer.Option(
         "--method", metavar="METHOD", help=f"Score method, repeatable: {' | '.join(METHODS)}.")] = None,
-    scores: Annotated[Optional[Path], typer.Option(
+    scores: Annotated[Path | None, typer.Option(
         "--scores", help="Score maps of any method: folder of <name>.npy|.npz|.hdf5 or one scores.h5 "
         "(instead of --logits; needs --dataset).")] = None,
-    dataset: Annotated[Optional[str], typer.Option(
+    dataset: Annotated[str | None, typer.Option(
         "--dataset", help="Ground truth for --scores as PRESET:ROOT (see `oodscore datasets list`).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Method name for --scores in the report.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Method name for --scores in the report.")] = None,
     resize_scores: Annotated[bool, typer.Option(
         "--resize-scores", help="Resize --scores maps to the label size (bilinear) instead of failing.")] = False,
-    sml_stats: Annotated[Optional[Path], typer.Option("--sml-stats", help="SML stats JSON (for sml, vde).")] = None,
+    sml_stats: Annotated[Path | None, typer.Option("--sml-stats", help="SML stats JSON (for sml, vde).")] = None,
     boundary_iters: Annotated[int, typer.Option(
         "--boundary-iters", help="SML boundary-suppression iterations (0 disables).")] = 4,
     smoothing: Annotated[bool, typer.Option("--smoothing/--no-smoothing", help="SML dilated smoothing.")] = True,
-    vde_threshold: Annotated[Optional[float], typer.Option(
+    vde_threshold: Annotated[float | None, typer.Option(
         "--vde-threshold", help="VDE: confident road where the standardized max logit >= this.")] = None,
-    oodmc_model: Annotated[Optional[Path], typer.Option(
-        "--oodmc-model", help="Fitted OODMC joblib file (a pickle: only use files you trust).")] = None,
-    components: Annotated[str, typer.Option(
-        "--components", help="SegmentMeIfYouCan component metrics: anomaly | obstacle | none.")] = "none",
-    region: Annotated[Optional[str], typer.Option(
-        "--region", help="all | road (road: only where the roi is 1). Default: all for --logits, the "
-        "preset's region for --scores.")] = None,
-    bins: Annotated[Optional[int], typer.Option(
+    oodmc_model: Annotated[Path | None, typer.Option(
+        "--oodmc-model", help="Fitted OODMC model file (from fit-oodmc).")] = None,
+    components: Annotated[Track, typer.Option(
+        "--components", help="SegmentMeIfYouCan component metrics with that track's size filters.")] = "none",
+    region: Annotated[Region | None, typer.Option(
+        "--region", help="road: only where the roi is 1. Default: all for --logits, the preset's region for "
+        "--scores.")] = None,
+    bins: Annotated[int | None, typer.Option(
         "--bins", help="Quantile-binned metrics with this many bins (default: exact).")] = None,
     max_overlays: Annotated[int, typer.Option("--max-overlays", help="Heat-map overlays for this many frames.")] = 4,
-    threshold_from: Annotated[Optional[Path], typer.Option(
+    threshold_from: Annotated[Path | None, typer.Option(
         "--threshold-from", help="thresholds.json of a validation run: its thresholds draw the masks and give "
         "F1/precision/recall/FPR at a fixed threshold.")] = None,
-    threshold_kind: Annotated[str, typer.Option("--threshold-kind", help="f1 | tpr95 (with --threshold-from).")
-                              ] = "f1",
-    device: Annotated[Optional[str], typer.Option(
-        "--device", help="auto, cpu or cuda[:i] for the scores (default: cpu).")] = None,
+    threshold_kind: Annotated[ThresholdKind, typer.Option(
+        "--threshold-kind", help="Which threshold of --threshold-from: F1-optimal or TPR 95%.")] = "f1",
+    device: Annotated[str | None, typer.Option(
+        "--device", help="auto, cpu, cuda or cuda:N for the scores (default: cpu).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     workers: Annotated[int, typer.Option(
         "--workers", help="Score frames in this many processes (results identical to 1).")] = 1,
-    protocol: Annotated[str, typer.Option(
-        "--protocol", help="exact (ours, default) | smiyc | fishyscapes: metrics as that benchmark's own code "
-        "computes them (docs/protocols.md) | all: every protocol side by side in protocols.md/.csv "
-        "(metrics.json stays exact).")] = "exact",
-    component_rule: Annotated[Optional[str], typer.Option(
+    protocol: Annotated[ProtocolChoice, typer.Option(
+        "--protocol", help="exact: ours | smiyc, fishyscapes: metrics as that benchmark's own code computes them "
+        "(docs/protocols.md) | all: every protocol side by side in protocols.md/.csv (metrics.json stays exact).")
+    ] = "exact",
+    component_rule: Annotated[ComponentRule | None, typer.Option(
         "--component-rule", help="Component masks: gt (score > t) | ge (score >= t). Default: the protocol's "
         "(exact: ge, smiyc: gt).")] = None,
-    sml_border: Annotated[Optional[str], typer.Option(
+    sml_border: Annotated[SmlBorder | None, typer.Option(
         "--sml-border", help="SML / VDE boundary mask: geodesic (ours, default) | official-2021 (the official "
         "code with its pinned kornia).")] = None,
-    boundary_width: Annotated[Optional[int], typer.Option(
+    boundary_width: Annotated[int | None, typer.Option(
         "--boundary-width", help="SML / VDE: the official boundary_width radius schedule (with --boundary-iters).")
     ] = None,
-    temperature: Annotated[Optional[float], typer.Option(
+    temperature: Annotated[float | None, typer.Option(
         "--temperature", help="T of energy and msp-t (default: their own, 1 and 1000).")] = None,
-    save_scores: Annotated[Optional[list[str]], typer.Option(
+    save_scores: Annotated[list[str] | None, typer.Option(
         "--save-scores", metavar="LAYOUT:DIR", help="Also write every method's maps, repeatable: "
         "smiyc:DIR (DIR/anomaly_p/<method>/<dataset>/<frame>.hdf5, float16) | fishyscapes:DIR "
         "(DIR/<method>/<frame>_anomaly.npy + _segmentation.npy) | npy:DIR (DIR/<method>/<frame>.npy); "
@@ -195,30 +199,23 @@ def evaluate(
     with user_errors():
         from .report import evaluate_logits, evaluate_score_maps
 
-        _check_evaluate_args(logits=logits, scores=scores, dataset=dataset, method=method, bins=bins,
-                             max_overlays=max_overlays, workers=workers)
+        options = EvalOptions(
+            bins=bins, components=components, component_rule=component_rule, protocol=protocol, region=region,
+            threshold_from=threshold_from, threshold_kind=threshold_kind, max_overlays=max_overlays,
+            save_scores=tuple(save_scores or ()), workers=workers, progress=progress, sml_stats=sml_stats,
+            oodmc_model=oodmc_model, boundary_iters=boundary_iters, smoothing=smoothing,
+            vde_threshold=vde_threshold, sml_border=sml_border, boundary_width=boundary_width,
+            temperature=temperature, device=device, resize_scores=resize_scores).validate()
+        _check_inputs(logits=logits, scores=scores, dataset=dataset, method=method)
         if scores is not None:
-            if sml_border is not None or boundary_width is not None or temperature is not None:
-                raise OodscoreError("--sml-border, --boundary-width and --temperature are scorer options for "
-                                    "--logits; --scores evaluates the given maps as they are")
-            res = evaluate_score_maps(scores, dataset, out, name=name, components=components, region=region,
-                                      bins=bins, max_overlays=max_overlays, threshold_from=threshold_from,
-                                      threshold_kind=threshold_kind, resize=resize_scores,
-                                      progress=progress, workers=workers, protocol=protocol,
-                                      component_rule=component_rule, save_scores=save_scores or ())
+            assert dataset is not None     # _check_inputs
+            res = evaluate_score_maps(scores, dataset, out, options, name=name)
             if res.extra_names:
                 _echo(f"note: {len(res.extra_names)} score map(s) have no ground-truth frame and were not used: "
                       + ", ".join(res.extra_names[:5]) + (" ..." if len(res.extra_names) > 5 else ""))
         else:
-            res = evaluate_logits(logits, method or [], out, sml_stats=sml_stats, boundary_iters=boundary_iters,
-                                  smoothing=smoothing, vde_threshold=vde_threshold, oodmc_model=oodmc_model,
-                                  components=components, region=region or "all", bins=bins,
-                                  max_overlays=max_overlays, threshold_from=threshold_from,
-                                  threshold_kind=threshold_kind, device=device,
-                                  progress=progress, workers=workers, protocol=protocol,
-                                  component_rule=component_rule, border=sml_border,
-                                  boundary_width=boundary_width, temperature=temperature,
-                                  save_scores=save_scores or ())
+            assert logits is not None      # _check_inputs
+            res = evaluate_logits(logits, method or [], out, options)
         _print_summary(res)
 
 
@@ -262,10 +259,10 @@ def datasets_convert(
 def compare(
     reports: Annotated[list[Path], typer.Argument(help="Report folders of `oodscore evaluate` (with metrics.json).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for leaderboard.md/.csv/.tex (and roc.png, pr.png).")],
-    metric: Annotated[Optional[str], typer.Option(
+    metric: Annotated[str | None, typer.Option(
         "--metric", help="Columns, comma-separated: auroc,ap,fpr95,f1,precision,recall,fpr,threshold,"
         "siou,ppv,mean_f1 (default: the usual ones the reports have).")] = None,
-    names: Annotated[Optional[str], typer.Option(
+    names: Annotated[str | None, typer.Option(
         "--names", help="Run names, comma-separated, one per report folder (default: folder names).")] = None,
 ) -> None:
     """One leaderboard over several reports (runs x methods x protocols), best per column marked, as markdown,

@@ -13,13 +13,13 @@ and writes, atomically, into ``out``:
     leaderboard.tex   LaTeX ``tabular``, the best in ``\\textbf{}``
     roc.png, pr.png   every run/method overlaid, only when the reports hold curve data
 
-Curve files (``evaluate`` writes ``curves.npz``; ``curves.json`` is read too): ``curves.json`` ``{method: {"fpr": [...], "tpr": [...],
-"precision": [...], "recall": [...]}}`` or ``curves.npz`` with arrays named ``<method>/fpr`` etc.
+Curve files (``evaluate`` writes ``curves.npz``; ``curves.json`` is read too): ``curves.json``
+``{method: {"fpr": [...], "tpr": [...], "precision": [...], "recall": [...]}}`` or ``curves.npz`` with arrays named
+``<method>/fpr`` etc.
 """
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -29,8 +29,11 @@ from typing import Any
 import numpy as np
 
 from cocodag.atomic import atomic_write_text
+from cocodag.outputs import disk_errors, prepare_output
 
 from . import OodscoreError
+from .plots import plot_curves
+from .tables import Table
 
 #: metric -> +1 (higher is better), -1 (lower is better) or 0 (no best: e.g. a threshold)
 DIRECTIONS: dict[str, int] = {
@@ -166,16 +169,6 @@ def _best(rows: list[dict], metrics: list[str]) -> dict[str, set[int]]:
     return best
 
 
-def _tex_escape(s: str) -> str:
-    rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-    return "".join(rep.get(c, c) for c in s)
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
 def compare_reports(paths: Sequence[Path | str], out: Path | str, metrics: str | Sequence[str] | None = None,
                     names: Sequence[str] | None = None) -> dict[str, Any]:
     """Write ``leaderboard.md/.csv/.tex`` (and ``roc.png``/``pr.png`` when the reports hold curves) into ``out``.
@@ -193,17 +186,15 @@ def compare_reports(paths: Sequence[Path | str], out: Path | str, metrics: str |
     ``{"rows": [{"run", "method", "protocol", "values"}], "metrics": [...], "best": {metric: [row index]},
     "files": [Path], "plotted": bool, "notes": [str]}``
     """
-    from cocodag.outputs import disk_errors, prepare_output
-
-    paths = [Path(p) for p in paths]
-    if not paths:
+    folders = [Path(p) for p in paths]
+    if not folders:
         raise OodscoreError("no report folders given; give one or more folders written by `oodscore evaluate`")
     wanted = parse_metrics(metrics)
-    run_names = _run_names(paths, names)
+    run_names = _run_names(folders, names)
     rows: list[dict] = []
     curves: dict[str, dict] = {}
     labels: dict[str, dict] = {}
-    for run, p in zip(run_names, paths):
+    for run, p in zip(run_names, folders):
         for m, proto, vals in _read_report(p):
             rows.append({"run": run, "method": m, "protocol": proto, "values": vals})
         for m, c in _read_curves(p).items():
@@ -218,45 +209,24 @@ def compare_reports(paths: Sequence[Path | str], out: Path | str, metrics: str |
     show_proto = len(protos) > 1 or protos != {"exact"}
     best = _best(rows, wanted)
     head = ["run", "method", *(["protocol"] if show_proto else [])]
-
-    def key(r: dict) -> list[str]:
-        return [r["run"], r["method"], *([r["protocol"]] if show_proto else [])]
-
-    # markdown
-    lines = ["| " + " | ".join(head + wanted) + " |", "|" + "---|" * len(head) + "---:|" * len(wanted)]
-    for i, r in enumerate(rows):
-        cells = [(f"**{_fmt(r['values'].get(m))}**" if i in best[m] else _fmt(r["values"].get(m))) for m in wanted]
-        lines.append("| " + " | ".join(key(r) + cells) + " |")
+    keys: list[list[Any]] = [[r["run"], r["method"], *([r["protocol"]] if show_proto else [])] for r in rows]
+    values: list[list[Any]] = [[r["values"].get(m) for m in wanted] for r in rows]
+    shown = Table([*head, *wanted], [k + v for k, v in zip(keys, values)], align="l" * len(head) + "r" * len(wanted),
+                  bold=frozenset((i, len(head) + j) for j, m in enumerate(wanted) for i in best[m]))
     dirs = ", ".join(f"{m} {'↑' if DIRECTIONS[m] > 0 else '↓' if DIRECTIONS[m] < 0 else '(no best)'}" for m in wanted)
-    md = ("# Leaderboard\n\nReports: " + ", ".join(f"{n} = `{p}`" for n, p in zip(run_names, paths))
-          + f"\n\nBest per column in **bold** ({dirs}); `-`: not in that report.\n\n" + "\n".join(lines) + "\n")
-    # csv
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(head + wanted + ["best"])
-    for i, r in enumerate(rows):
-        vals = r["values"]
-        w.writerow(key(r) + ["" if vals.get(m) is None else repr(vals[m]) for m in wanted]
-                   + [";".join(m for m in wanted if i in best[m])])
-    # tex
-    tex = ["\\begin{tabular}{" + "l" * len(head) + "r" * len(wanted) + "}", "\\hline",
-           " & ".join(_tex_escape(h) for h in head + wanted) + " \\\\", "\\hline"]
-    for i, r in enumerate(rows):
-        cells = [(f"\\textbf{{{_fmt(r['values'].get(m))}}}" if i in best[m] else _fmt(r["values"].get(m)))
-                 for m in wanted]
-        tex.append(" & ".join([_tex_escape(x) for x in key(r)] + cells) + " \\\\")
-    tex += ["\\hline", "\\end{tabular}"]
+    md = ("# Leaderboard\n\nReports: " + ", ".join(f"{n} = `{p}`" for n, p in zip(run_names, folders))
+          + f"\n\nBest per column in **bold** ({dirs}); `-`: not in that report.\n\n" + shown.markdown(".4f") + "\n")
+    listed = Table([*head, *wanted, "best"], [k + v + [";".join(m for m in wanted if i in best[m])]
+                                              for i, (k, v) in enumerate(zip(keys, values))])
 
     out = prepare_output(out, kind="dir", option="--out")
     files = [out / "leaderboard.md", out / "leaderboard.csv", out / "leaderboard.tex"]
     notes: list[str] = []
     with disk_errors(out, option="--out"):
         atomic_write_text(files[0], md)
-        atomic_write_text(files[1], buf.getvalue())
-        atomic_write_text(files[2], "\n".join(tex) + "\n")
+        atomic_write_text(files[1], listed.csv(lineterminator="\n"))
+        atomic_write_text(files[2], shown.latex(".4f") + "\n")
         if curves:
-            from .report import plot_curves
-
             for r in rows:
                 if r["protocol"] == "exact" or not show_proto:
                     labels.setdefault(f"{r['run']}/{r['method']}", {k: v for k, v in r["values"].items()

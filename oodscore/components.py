@@ -1,4 +1,5 @@
-"""Component-level metrics of SegmentMeIfYouCan (DESIGN §4.5): sIoU, PPV and mean F1 over sIoU/PPV thresholds.
+"""Component-level metrics of SegmentMeIfYouCan (docs/methods.md §6.5): sIoU, PPV and mean F1 over sIoU/PPV
+thresholds.
 
 Per frame (labels 0 = ID, 1 = anomaly, anything else void):
 
@@ -30,7 +31,10 @@ import copy
 import cv2
 import numpy as np
 
+from cocodag.arrays import to_numpy
+from cocodag.streaming import StreamingState
 from oodscore import OodscoreError
+from oodscore.metrics import PixelMetrics
 
 __all__ = ["ComponentMetrics", "component_metrics", "frame_components", "region_values", "check_rule", "TRACKS", "TAUS",
            "RULES"]
@@ -42,11 +46,9 @@ TAUS = np.linspace(0.25, 0.75, 11)
 RULES = ("ge", "gt")
 
 
-def _to_numpy(x, name: str) -> np.ndarray:
-    if type(x).__module__.startswith("torch"):
-        x = x.detach().cpu()
-        x = (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()   # numpy has no bfloat16
-    x = np.asarray(x)
+def _frame_map(x, name: str) -> np.ndarray:
+    """One frame's (H, W) map as a numpy array (a (1, H, W) one is squeezed); one line otherwise."""
+    x = to_numpy(x, name)
     if x.ndim == 3 and x.shape[0] == 1:
         x = x[0]
     if x.ndim != 2:
@@ -123,8 +125,8 @@ def frame_components(score_map, label_map, threshold: float, min_pred_size: int,
     Public so that reports can show per-frame values; ``ComponentMetrics`` aggregates them.
     """
     rule = check_rule(rule, strict)
-    s = _to_numpy(score_map, "score_map")
-    y = _to_numpy(label_map, "label_map")
+    s = _frame_map(score_map, "score_map")
+    y = _frame_map(label_map, "label_map")
     if s.shape != y.shape:
         raise OodscoreError(f"score_map/label_map: shape mismatch, {s.shape} vs {y.shape}")
     valid = (y == 0) | (y == 1)
@@ -152,8 +154,11 @@ def check_track_threshold(track: str, threshold) -> float:
     return t
 
 
-class ComponentMetrics:
+class ComponentMetrics(StreamingState):
     """Streaming SegmentMeIfYouCan component metrics: ``update(score_map, label_map)`` per frame, then ``compute()``.
+
+    A state that has seen one frame holds that frame's counts and sums; merging such states in frame order gives
+    exactly the state ``update`` with the frames in that order gives (what worker processes do).
 
     Parameters
     ----------
@@ -194,25 +199,8 @@ class ComponentMetrics:
 
     def update(self, score_map, label_map) -> None:
         """Add one frame: (H, W) score map and (H, W) label map (numpy or torch)."""
-        self.add_frame(*self.frame(score_map, label_map))
-
-    def frame(self, score_map, label_map) -> tuple[np.ndarray, np.ndarray]:
-        """One frame's (sIoU per GT component, PPV per predicted component) with these settings; adds nothing.
-
-        ``update`` is ``add_frame(*frame(...))``: worker processes compute frames, the parent adds them in order.
-        """
-        return frame_components(score_map, label_map, self.threshold, self.min_pred_size, self.min_gt_size,
-                                rule=self.rule)
-
-    def empty_copy(self) -> "ComponentMetrics":
-        """An empty accumulator of this class with these settings (what a worker needs to compute frames for this
-        one)."""
-        out = copy.copy(self)
-        out.reset()
-        return out
-
-    def add_frame(self, siou: np.ndarray, ppv: np.ndarray) -> None:
-        """Add one frame's values as :meth:`frame` returns them (the sums are float: add frames in order)."""
+        siou, ppv = frame_components(score_map, label_map, self.threshold, self.min_pred_size, self.min_gt_size,
+                                     rule=self.rule)
         siou, ppv = np.asarray(siou, np.float64), np.asarray(ppv, np.float64)
         tp = (siou[None, :] >= TAUS[:, None]).sum(axis=1)
         self._tp += tp
@@ -224,8 +212,17 @@ class ComponentMetrics:
         self.n_pred += ppv.size
         self.n_frames += 1
 
-    def merge(self, other: "ComponentMetrics") -> "ComponentMetrics":
-        """Fold another accumulator (same settings) into this one; returns self."""
+    def empty_copy(self) -> ComponentMetrics:
+        """An empty accumulator of this class with these settings (e.g. to update with one frame in a worker)."""
+        out = copy.copy(self)
+        out.reset()
+        return out
+
+    def merge(self, other: ComponentMetrics) -> ComponentMetrics:
+        """Fold another accumulator (same settings) in after this one's frames (the sums are float: merge frame
+        states in frame order); returns self."""
+        if not isinstance(other, ComponentMetrics):
+            raise OodscoreError(f"merge: expected a ComponentMetrics, got {type(other).__name__}")
         mine = (self.threshold, self.min_pred_size, self.min_gt_size, self.strict)
         theirs = (other.threshold, other.min_pred_size, other.min_gt_size, other.strict)
         if mine != theirs:
@@ -276,8 +273,6 @@ def component_metrics(score_maps, label_maps, threshold: float | None = None, tr
     if not score_maps:
         raise OodscoreError("score_maps: no frames given")
     if threshold is None:
-        from oodscore.metrics import PixelMetrics
-
         pm = PixelMetrics()
         for s, y in zip(score_maps, label_maps):
             pm.update(s, y)

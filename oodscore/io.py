@@ -9,20 +9,19 @@ tooling's ``value`` dataset, float16; its ``anomaly_p/<method>/<dataset>`` folde
 container's ``<name>_anomaly.npy`` (its ``<name>_segmentation.npy`` skipped), or a single ``scores.h5`` with
 ``score`` (N,H,W) and ``image_id`` (N,). :mod:`oodscore.layouts` writes these layouts (``--save-scores``).
 
-A fitted :class:`~oodscore.scores.oodmc.OODMC` is written by :func:`save_oodmc` and read by :func:`load_oodmc`:
-a joblib file (a pickle, so only load files you trust) holding a dict ``{"format": "oodscore-oodmc", "version": 1,
-"params", "moments_of", "moment_order", "num_classes", "n_samples", "n_available", "scaler", "clf"}``.
+The OODMC model file is the model's own: :meth:`OODMC.save <oodscore.scores.oodmc.OODMC.save>` /
+:meth:`OODMC.load <oodscore.scores.oodmc.OODMC.load>` write and read it (docs/formats.md §7); :func:`save_oodmc` and
+:func:`load_oodmc` here are the same calls.
 """
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
-
-from cocodag.atomic import atomic_write
 
 from . import OodscoreError
 
@@ -129,7 +128,7 @@ class ScoreMaps:
         if self._h5 is not None:
             self._h5.close()
 
-    def __enter__(self) -> "ScoreMaps":
+    def __enter__(self) -> ScoreMaps:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -193,60 +192,14 @@ def open_score_maps(path: Path | str) -> ScoreMaps:
 
 
 # ---------------------------------------------------------------------------------------------- OODMC model
-OODMC_FORMAT = "oodscore-oodmc"
-OODMC_VERSION = 1
+def save_oodmc(model: OODMC, path: Path | str) -> Path:
+    """``model.save(path)``: write a fitted OODMC atomically (see :meth:`OODMC.save`)."""
+    return model.save(path)
 
 
-def save_oodmc(model: "OODMC", path: Path | str) -> Path:
-    """Write a fitted OODMC (its params plus the fitted ``_`` attributes) to ``path`` with joblib, atomically.
+def load_oodmc(path: Path | str, *, allow_pickle: bool = False) -> OODMC:
+    """``OODMC.load(path)``: read an OODMC model file (see :meth:`OODMC.load`; ``allow_pickle`` reads the pickles of
+    version 1, for files you trust only)."""
+    from .scores.oodmc import OODMC  # torch and sklearn: reading score maps (this module's main use) needs neither
 
-    Raises
-    ------
-    OodscoreError
-        The model is not fitted.
-    """
-    import joblib
-
-    model._check_fitted()
-    path = Path(path)
-    obj = {"format": OODMC_FORMAT, "version": OODMC_VERSION, "params": model.get_params(),
-           "moments_of": model.moments_of, "moment_order": model.moment_order_, "num_classes": model.num_classes_,
-           "n_samples": model.n_samples_, "n_available": model.n_available_,
-           "scaler": model.scaler_, "clf": model.clf_}
-    with atomic_write(path) as tmp:
-        joblib.dump(obj, tmp)
-    return path
-
-
-def load_oodmc(path: Path | str) -> "OODMC":
-    """Read an OODMC model written by :func:`save_oodmc`.
-
-    .. warning:: joblib files are pickles; loading one can execute arbitrary code. Only load files you trust
-       (the CLI only loads the path the user names).
-
-    Raises
-    ------
-    OodscoreError
-        File missing, not a joblib file, not an OODMC model, or an unsupported version.
-    """
-    import joblib
-
-    from .scores.oodmc import OODMC
-
-    path = Path(path)
-    if not path.is_file():
-        raise OodscoreError(f"{path}: OODMC model file not found")
-    try:
-        obj = joblib.load(path)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise OodscoreError(f"{path}: not a readable joblib file ({type(e).__name__}: {e})") from e
-    if not isinstance(obj, dict) or obj.get("format") != OODMC_FORMAT:
-        raise OodscoreError(f"{path}: not an OODMC model (expected format {OODMC_FORMAT!r})")
-    if obj.get("version") != OODMC_VERSION:
-        raise OodscoreError(f"{path}: OODMC model version {obj.get('version')!r} is not supported "
-                            f"(expected {OODMC_VERSION})")
-    model = OODMC(**dict(obj["params"]))
-    model.scaler_, model.clf_ = obj["scaler"], obj["clf"]
-    model.moment_order_, model.num_classes_ = int(obj["moment_order"]), int(obj["num_classes"])
-    model.n_samples_, model.n_available_ = obj.get("n_samples"), obj.get("n_available")
-    return model
+    return OODMC.load(path, allow_pickle=allow_pickle)

@@ -1,4 +1,5 @@
-"""Score maps written in the benchmarks' own layouts: ``oodscore evaluate --save-scores LAYOUT:DIR`` (docs/formats.md §4).
+"""Score maps written in the benchmarks' own layouts: ``oodscore evaluate --save-scores LAYOUT:DIR``
+(docs/formats.md §4).
 
 =============  ========================================================================================
 ``smiyc``      ``DIR/anomaly_p/<method>/<dataset>/<frame>.hdf5``, dataset ``value``, float16, gzip: the layout
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -26,7 +28,8 @@ from cocodag.outputs import disk_errors, prepare_output
 
 from . import OodscoreError
 
-LAYOUTS = ("smiyc", "fishyscapes", "npy")
+Layout = Literal["smiyc", "fishyscapes", "npy"]
+LAYOUTS: tuple[str, ...] = get_args(Layout)
 SEGMENTATION_KEY = "\0segmentation"     # reserved key of a frame's score dict: the argmax trainIds (uint8)
 _OPTION = "--save-scores"
 
@@ -95,7 +98,7 @@ class ScoreSaver:
             yield self
 
     @classmethod
-    def from_specs(cls, specs, dataset: str) -> "ScoreSaver | None":
+    def from_specs(cls, specs, dataset: str) -> ScoreSaver | None:
         if not specs:
             return None
         return cls([parse_save_spec(s) for s in specs], dataset)
@@ -135,7 +138,7 @@ def _write_npy(path: Path, arr: np.ndarray) -> None:
 def _write_hdf5(path: Path, score: np.ndarray) -> None:
     import h5py
 
-    from .io import SMIYC_DATASET
+    from .io import SMIYC_DATASET  # io opens HDF5 files: h5py, as above
 
     with atomic_write(path, keep_suffix=True) as tmp:
         with h5py.File(tmp, "w") as f:

@@ -4,8 +4,8 @@
 A *source* is a picklable object whose ``open(stack)`` returns ``(frame, describe)``: ``frame(i)`` computes frame
 ``i`` as ``(name, label, {method: score map}, image | None)`` and ``describe(name)`` names its file for error
 messages (resources go on the ``contextlib.ExitStack``). A *task* is a picklable object whose
-``run(item, describe)`` turns one frame into what the parent needs (metric summaries, component values): small,
-so that only results cross process boundaries, never score maps.
+``run(item, describe)`` turns one frame into what the parent needs (each accumulator's state of that frame, see
+:mod:`oodscore.passes`): small, so that only results cross process boundaries, never score maps.
 
 :class:`SerialFrames` runs the tasks in this process; :class:`WorkerFrames` in N processes (``spawn``: each worker
 opens the source itself, once), submitting at most ``2 N`` frames ahead of the one the parent waits for and yielding
@@ -22,9 +22,12 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterable, Iterator
+from typing import Any
+
+from threadpoolctl import threadpool_limits
 
 from cocodag.errors import CocodagError
 from cocodag.workers import watch_parent
@@ -54,13 +57,13 @@ class SerialFrames:
     def __init__(self, frames: Callable[[], Iterable[tuple]], describe: Callable[[str], str] | None = None):
         self.frames, self.describe = frames, describe
 
-    def __enter__(self) -> "SerialFrames":
+    def __enter__(self) -> SerialFrames:
         return self
 
     def __exit__(self, *exc) -> None:
         return None
 
-    def results(self, task_of: Callable[[int], object], num_frames: int) -> Iterator:
+    def results(self, task_of: Callable[[int], Any], num_frames: int) -> Iterator:
         """``task_of(i).run(frame i)`` for every frame, in order; ``task_of(i)`` is called right before frame i."""
         for i, item in enumerate(self.frames()):
             yield task_of(i).run(item, self.describe)
@@ -74,7 +77,7 @@ class WorkerFrames:
         self.workers = max(1, min(check_workers(workers), num_frames))
         self._ex: ProcessPoolExecutor | None = None
 
-    def __enter__(self) -> "WorkerFrames":
+    def __enter__(self) -> WorkerFrames:
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         self._ex = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_worker_init, initargs=(self.source, os.getpid(), threads))
@@ -85,15 +88,18 @@ class WorkerFrames:
         if ex is not None:  # on an error or Ctrl-C: drop the frames not started, do not wait for the others
             ex.shutdown(wait=exc_type is None, cancel_futures=True)
 
-    def results(self, task_of: Callable[[int], object], num_frames: int) -> Iterator:
+    def results(self, task_of: Callable[[int], Any], num_frames: int) -> Iterator:
         """``task_of(i).run(frame i)`` in the workers, yielded in frame order; ``task_of(i)`` is called when frame
         i is submitted, at most ``_AHEAD * workers`` frames ahead of the one yielded next."""
+        ex = self._ex
+        if ex is None:
+            raise RuntimeError("WorkerFrames.results: use the WorkerFrames in a with-block")
         pending: deque = deque()
         nxt = 0
         try:
             while nxt < num_frames or pending:
                 while nxt < num_frames and len(pending) < _AHEAD * self.workers:
-                    pending.append(self._ex.submit(_worker_run, nxt, task_of(nxt)))
+                    pending.append(ex.submit(_worker_run, nxt, task_of(nxt)))
                     nxt += 1
                 yield pending.popleft().result()
         except BrokenProcessPool:
@@ -110,13 +116,9 @@ _STATE: dict = {}
 
 
 def _limit_threads(threads: int) -> None:
-    """One worker per share of the cores: cap the thread pools (OpenMP, BLAS, torch, cv2) to ``threads``."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-
-
-def _apply_thread_limits(threads: int) -> None:
-    """After the source opened (its imports loaded torch / cv2 if it needs them)."""
+    """One worker per share of the cores: cap the thread pools of the libraries loaded so far to ``threads``
+    (OpenMP and BLAS through threadpoolctl; torch's and cv2's own pools through their setters)."""
+    threadpool_limits(limits=threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     if "cv2" in sys.modules:
@@ -126,19 +128,22 @@ def _apply_thread_limits(threads: int) -> None:
 def _worker_init(source, parent_pid: int, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent handles it
     watch_parent(parent_pid, _POLL_S, "oodscore-parent-watchdog")
-    _limit_threads(threads)
     stack = contextlib.ExitStack()
     try:
         _STATE["frame"], _STATE["describe"] = source.open(stack)
     except CocodagError as e:  # reported with the first frame, as one line, by the parent
         _STATE["error"] = e
     _STATE["stack"] = stack
-    _apply_thread_limits(threads)
+    _STATE["threads"] = threads
+    _limit_threads(threads)     # the source's imports loaded the libraries it needs (torch, BLAS)
 
 
 def _worker_run(i: int, task):
     if "error" in _STATE:
         raise _STATE["error"]
+    if not _STATE.get("tasks_limited"):   # the first task's unpickling imported its modules (cv2 for components)
+        _STATE["tasks_limited"] = True
+        _limit_threads(_STATE["threads"])
     delay = float(os.environ.get(_DELAY_ENV) or 0)
     if delay:
         time.sleep(delay)

@@ -1,10 +1,9 @@
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
-
-# see maxent_train/__init__.py: avoid OpenMP spin-waiting when the two xdist workers share 2 cores
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("COCODAG_REAL_DATA", ROOT.parent / "shared" / "real-data"))
@@ -19,15 +18,14 @@ def real_data() -> Path:
 
 
 def pytest_configure(config):
-    # Tests run as `pytest -n 2` on 2 cores: one intra-op thread per worker avoids OpenMP oversubscription,
-    # which slows torch on a busy machine by an order of magnitude.
+    # Tests run as `pytest -n 2` on 2 cores: one thread per worker in every OpenMP / BLAS pool (torch's included)
+    # avoids oversubscription, which slows torch on a busy machine by an order of magnitude.
     if os.environ.get("PYTEST_XDIST_WORKER"):
         try:
-            import torch
-
-            torch.set_num_threads(1)
+            import torch  # noqa: F401 - loaded first, so that threadpoolctl sees its OpenMP runtime
         except ImportError:  # pragma: no cover
             pass
+        threadpool_limits(limits=1)        # for the whole session: never restored
 
 
 @pytest.fixture
@@ -37,8 +35,6 @@ def small_fs(tmp_path):
     Mounting needs root and a kernel that allows it (true on the dev machine and in CI containers run as root);
     the tests using it skip otherwise. Yields ``(folder, size_bytes)``.
     """
-    import subprocess
-
     mnt = tmp_path / "smallfs"
     mnt.mkdir()
     size = 1 << 20

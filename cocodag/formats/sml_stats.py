@@ -1,10 +1,11 @@
 """The SML-statistics contract (docs/formats.md §5): the one accumulator and the one JSON reader/writer.
 
 :class:`SMLStats` holds, per **predicted** class, the count, mean and unbiased variance of the max logit (Jung et
-al., ICCV 2021; DESIGN §4.4). It is fitted as a stream (``partial_fit`` once per image or batch; Chan/Welford merge
-in float64), saved as JSON, and converts to/from the official repository's ``np.save``'d dicts. Both
-``maxent-train export --sml-stats`` (during export, from the stored logits) and ``oodscore fit-sml`` (from a
-``logits.h5``) feed this one class; ``oodscore``'s SML scorer reads it.
+al., ICCV 2021; docs/methods.md §4.3). It is a :class:`~cocodag.streaming.StreamingState`, fitted as a stream
+(``update`` — sklearn's ``partial_fit`` — once per image or batch; Chan/Welford merge in float64), saved as JSON, and
+converts to/from the official repository's ``np.save``'d dicts. Both ``maxent-train export --sml-stats`` (during
+export, from the stored logits) and ``oodscore fit-sml`` (from a ``logits.h5``) feed this one class; ``oodscore``'s
+SML scorer reads it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 
 from ..atomic import atomic_write, atomic_write_json
 from ..errors import CocodagError
+from ..streaming import StreamingState
 from .logits import as_logits_tensor, check_size, upsample
 
 SML_STATS_FORMAT = "oodscore-sml-stats"
@@ -25,7 +27,7 @@ SML_STATS_VERSION = 1
 _NOT_FITTED = "SMLStats is not fitted: call partial_fit() or SMLStats.load(path)"
 
 
-class SMLStats:
+class SMLStats(StreamingState):
     """Per predicted class statistics of the max logit (SML's mu_c, sigma_c).
 
     Parameters
@@ -52,9 +54,13 @@ class SMLStats:
 
     Notes
     -----
-    Every pixel counts, void included, grouped by argmax (DESIGN §4.4). The official code used only the first 50
-    augmented batches of the training set; here the stats are over whatever logits the user passes, and
+    Every pixel counts, void included, grouped by argmax (docs/methods.md §4.3). The official code used only the
+    first 50 augmented batches of the training set; here the stats are over whatever logits the user passes, and
     ``n_images_`` / ``n_pixels_`` / ``source`` record it.
+
+    Parallel fitting: each process ``update``s an :meth:`empty_copy` with one image or batch and hands it back; one
+    process ``merge``s them in order. A state that has seen one batch keeps that batch's own (count, mean, M2), so
+    that merging such states in order is bit-identical to updating with the batches in that order.
 
     Examples
     --------
@@ -76,6 +82,7 @@ class SMLStats:
         self.n_images_ = 0
         self.n_pixels_ = 0
         self.counts_known_ = True
+        self._batch: tuple | None = None   # the one batch summary folded in, while there is exactly one
 
     def _is_fitted(self) -> bool:
         return hasattr(self, "mean_")
@@ -86,11 +93,15 @@ class SMLStats:
 
     def reset(self) -> SMLStats:
         """Forget everything learned."""
-        for name in ("count_", "mean_", "var_", "n_images_", "n_pixels_", "counts_known_"):
+        for name in ("count_", "mean_", "var_", "n_images_", "n_pixels_", "counts_known_", "_batch"):
             self.__dict__.pop(name, None)
         return self
 
-    def partial_fit(self, logits, size=None) -> SMLStats:
+    def empty_copy(self) -> SMLStats:
+        """An unfitted accumulator with these settings (``num_classes``, ``source``)."""
+        return type(self)(num_classes=self.num_classes, source=self.source)
+
+    def update(self, logits, size=None) -> None:
         """Fold one image or batch of logits into the running statistics.
 
         Parameters
@@ -98,19 +109,17 @@ class SMLStats:
         logits : (N, C, H, W) or (C, H, W) float array or tensor (numpy or torch, CPU or CUDA)
         size : (H, W), optional
             Upsample bilinearly to this size first (scores are computed at the label size too).
-
-        Returns
-        -------
-        self
         """
-        return self.add_batch(*self.batch_summary(logits, size=size))
+        self._add(*self._summary(logits, size=size))
 
-    def batch_summary(self, logits, size=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-        """What :meth:`partial_fit` folds in for ``logits`` (same arguments), without folding it: per predicted
-        class ``(count (C,) int64, mean (C,) float64, M2 (C,) float64)`` of the max logit, plus the batch's images
-        and pixels. ``add_batch(*summary)`` is ``partial_fit`` exactly, so the processes of a parallel job can
-        summarize their frames and one process replay the summaries in frame order (bit-identical to one
-        process)."""
+    def partial_fit(self, logits, size=None) -> SMLStats:
+        """:meth:`update` under scikit-learn's name; returns self."""
+        self.update(logits, size=size)
+        return self
+
+    def _summary(self, logits, size=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """What :meth:`update` folds in for ``logits``: per predicted class ``(count (C,) int64, mean (C,) float64,
+        M2 (C,) float64)`` of the max logit, plus the batch's images and pixels."""
         t, batched = as_logits_tensor(logits)
         num_classes = t.shape[1]
         if self.num_classes is not None and int(self.num_classes) != num_classes:
@@ -127,10 +136,11 @@ class SMLStats:
         return (cnt_b.cpu().numpy().astype(np.int64), mean_b.cpu().numpy(), m2_b.cpu().numpy(),
                 int(t.shape[0]) if batched else 1, int(pred.numel()))
 
-    def add_batch(self, count, mean, m2, n_images: int, n_pixels: int) -> SMLStats:
-        """Fold in one :meth:`batch_summary` (Chan merge in float64)."""
+    def _add(self, count, mean, m2, n_images: int, n_pixels: int) -> SMLStats:
+        """Fold in one batch summary (Chan merge in float64)."""
         num_classes = len(count)
-        if not self._is_fitted():
+        first = not self._is_fitted()
+        if first:
             self._init_state(num_classes)
         elif self.mean_.shape[0] != num_classes:
             raise CocodagError(f"logits: expected {self.mean_.shape[0]} classes as in the previous partial_fit "
@@ -141,18 +151,32 @@ class SMLStats:
         self._merge(np.asarray(count, np.int64), np.asarray(mean, np.float64), np.asarray(m2, np.float64))
         self.n_images_ += int(n_images)
         self.n_pixels_ += int(n_pixels)
+        self._batch = (count, mean, m2, n_images, n_pixels) if first else None
         return self
 
     def merge(self, other: SMLStats) -> SMLStats:
-        """Fold another accumulator's statistics into this one (Chan's parallel merge, float64): the stats of the
-        union of both data sets, up to float64 rounding (replay :meth:`batch_summary` for a bit-identical result)."""
-        other._check_fitted()
+        """Fold another accumulator's statistics in after this one's; returns self.
+
+        A state that has seen one batch is replayed: bit-identical to updating with that batch. Otherwise Chan's
+        parallel merge (float64) from its count, mean and variance: the stats of the union of both data sets, up
+        to float64 rounding. An unfitted ``other`` adds nothing.
+        """
+        if not isinstance(other, SMLStats):
+            raise CocodagError(f"SMLStats.merge: expected an SMLStats, got {type(other).__name__}")
+        if not other._is_fitted():
+            return self
         if not other.counts_known_:
             raise CocodagError("SMLStats.merge: the other stats have no pixel counts (official import)")
+        if other._batch is not None:
+            return self._add(*other._batch)
         n = other.count_
         mean = np.where(n > 0, other.mean_, 0.0)
         m2 = np.where(n > 1, other.var_ * np.maximum(n - 1.0, 0.0), 0.0)
-        return self.add_batch(n, mean, m2, other.n_images_, other.n_pixels_)
+        return self._add(n, mean, m2, other.n_images_, other.n_pixels_)
+
+    def compute(self) -> dict:
+        """The statistics so far, as :meth:`to_dict` gives them (the JSON content)."""
+        return self.to_dict()
 
     def _merge(self, cnt_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
         """Chan et al. parallel merge of (count, mean, M2) per class."""
@@ -277,8 +301,8 @@ class SMLStats:
             raise CocodagError(f"{where}: expected per-class entries {{class: {{mean, std, count}}}}, found none")
         try:
             ids = {int(k): v for k, v in classes.items()}
-        except ValueError as e:
-            raise CocodagError(f"{where}: class keys must be integers, got {sorted(classes)[:5]}") from e
+        except ValueError as err:
+            raise CocodagError(f"{where}: class keys must be integers, got {sorted(classes)[:5]}") from err
         if min(ids) < 0:
             raise CocodagError(f"{where}: class ids must be >= 0, got {min(ids)}")
         num_classes = int(d.get("num_classes", max(ids) + 1))
@@ -287,20 +311,20 @@ class SMLStats:
         st = cls(num_classes=num_classes, source=d.get("source"))
         st._init_state(num_classes)
         counts_known = bool(d.get("counts_known", True))
-        for c, e in ids.items():
-            if not isinstance(e, dict) or "mean" not in e:
-                raise CocodagError(f"{where}: class {c}: expected {{mean, std, count}}, got {e!r}")
+        for c, entry in ids.items():
+            if not isinstance(entry, dict) or "mean" not in entry:
+                raise CocodagError(f"{where}: class {c}: expected {{mean, std, count}}, got {entry!r}")
             try:
-                mean = np.nan if e.get("mean") is None else float(e["mean"])
-                if e.get("var") is not None:
-                    var = float(e["var"])
-                elif e.get("std") is not None:
-                    var = float(e["std"]) ** 2
+                mean = np.nan if entry.get("mean") is None else float(entry["mean"])
+                if entry.get("var") is not None:
+                    var = float(entry["var"])
+                elif entry.get("std") is not None:
+                    var = float(entry["std"]) ** 2
                 else:
                     var = np.nan
-                count = e.get("count")
+                count = entry.get("count")
             except (TypeError, ValueError) as err:
-                raise CocodagError(f"{where}: class {c}: non-numeric mean/std/var: {e!r}") from err
+                raise CocodagError(f"{where}: class {c}: non-numeric mean/std/var: {entry!r}") from err
             if count is None:
                 counts_known = False
             elif int(count) < 0:

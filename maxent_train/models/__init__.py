@@ -7,17 +7,28 @@ exposes its logits before the final upsampling (``forward_native``, ``output_ups
 MC-dropout protocol (``final_classifier``, ``insert_mc_dropout``) is documented in ``maxent_train.models._registry``.
 Checkpoint reading (released files as they are, ``checkpoint_filter``, strict loads): ``_helpers``.
 """
-from ._helpers import (LoadReport, clean_state_dict, guess_family, load_checkpoint, load_state, read_checkpoint,
-                       read_state_dict)
-from ._registry import (checkpoint_filter_for, create_model, is_model, list_models, native_output_rule,
-                        parse_model_kwargs, register_model)
-
-# importing the model files registers their variants
-from . import tiny  # noqa: E402,F401
-from . import deeplabv3plus  # noqa: E402,F401
-from . import wrn38  # noqa: E402,F401  - NVIDIA DeepWV3Plus (meta-ood, PEBAL, RPL, DenseHybrid, ATTA)
-from . import sml_r101  # noqa: E402,F401  - SML's DeepR101V3PlusD_OS8
-from . import vainf  # noqa: E402,F401  - VainF DeepLabV3Plus-Pytorch (ResNet-101, MobileNetV2)
+# importing a model file registers its variants: deeplabv3plus (ours, ResNet-18/50/101), sml_r101 (SML's
+# DeepR101V3PlusD_OS8), tiny (tiny_segnet), vainf (VainF DeepLabV3Plus-Pytorch: ResNet-101, MobileNetV2), wrn38 (NVIDIA
+# DeepWV3Plus: meta-ood, PEBAL, RPL, DenseHybrid, ATTA)
+from . import deeplabv3plus, sml_r101, tiny, vainf, wrn38  # noqa: F401
+from ._helpers import (
+    LoadReport,
+    clean_state_dict,
+    guess_family,
+    load_checkpoint,
+    load_state,
+    read_checkpoint,
+    read_state_dict,
+)
+from ._registry import (
+    checkpoint_filter_for,
+    create_model,
+    is_model,
+    list_models,
+    native_output_rule,
+    parse_model_kwargs,
+    register_model,
+)
 
 __all__ = ["LoadReport", "checkpoint_filter_for", "clean_state_dict", "create_model", "guess_family", "is_model",
            "list_models", "load_checkpoint", "load_state", "native_output_rule", "parse_model_kwargs",

@@ -18,14 +18,21 @@ import re
 import sys
 import warnings
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from .. import MaxentError
+from ._registry import checkpoint_filter_for
+
+try:
+    from numpy._core.multiarray import scalar
+except ImportError:       # numpy < 2
+    from numpy.core.multiarray import scalar  # type: ignore[no-redef]
 
 #: where released checkpoints keep their state_dict: meta-ood/NVIDIA/SML ``state_dict``, VainF ``model_state``, our
 #: trainer and PEBAL ``model``, others ``model_state_dict`` / ``net``; looked up in this order, nested allowed
@@ -148,12 +155,6 @@ def _numpy_safe_globals() -> list:
     """Exactly the numpy names a checkpoint's numpy *scalars* unpickle through (NVIDIA's ``mean_iu``, VainF's
     ``best_score``): ``multiarray.scalar`` (under numpy 2's and numpy 1's module path), ``numpy.dtype`` and the
     numeric dtype classes. No array reconstruction, no object dtype: nothing that can call arbitrary code."""
-    import numpy as np
-
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:       # numpy < 2
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
     codes = np.typecodes["AllInteger"] + np.typecodes["AllFloat"] + "?"
     dtype_classes = sorted({type(np.dtype(c)) for c in codes}, key=lambda t: t.__name__)
     return [(scalar, "numpy._core.multiarray.scalar"), (scalar, "numpy.core.multiarray.scalar"), np.dtype,
@@ -196,8 +197,8 @@ def _unreadable(path: Path, e: Exception) -> MaxentError:
     if offending is not None:
         # never retry with weights_only=False: that would execute code from the file
         return MaxentError(f"{path}: refused: not a plain tensor checkpoint (loading it would need unpickling "
-                           f"{offending}, which is not on the weights-only allow-list: unpickling arbitrary objects can run code; "
-                           f"nothing was executed); save `model.state_dict()` "
+                           f"{offending}, which is not on the weights-only allow-list: unpickling arbitrary objects "
+                           f"can run code; nothing was executed); save `model.state_dict()` "
                            f"(or {{'state_dict': ...}}) with tensors, numbers and strings only")
     if _is_pickle(path):
         detail = [ln.strip() for ln in full.splitlines() if ln.strip() and "weights_only" not in ln]
@@ -292,8 +293,6 @@ def _note_dropped(path, dropped: list[str]) -> None:
 
 def _apply_filter(state: dict[str, torch.Tensor], model: nn.Module, path, name: str | None) -> dict:
     """The registered ``checkpoint_filter`` of ``name``, when the keys are not already the model's own."""
-    from ._registry import checkpoint_filter_for
-
     fn = checkpoint_filter_for(name) if name else None
     if fn is None or set(state) == set(model.state_dict()):
         return state

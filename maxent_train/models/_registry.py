@@ -47,9 +47,14 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
-from typing import Callable
+import json
+from collections.abc import Callable
+from typing import Any
 
 import torch.nn as nn
+
+from cocodag.errors import CocodagError
+from cocodag.formats.logits import check_upsample_rule
 
 from .. import MaxentError
 
@@ -95,9 +100,6 @@ def native_output_rule(model: nn.Module) -> dict | None:
     MaxentError
         ``output_upsample`` is not a valid rule (one line naming the model).
     """
-    from cocodag.errors import CocodagError
-    from cocodag.formats.logits import check_upsample_rule
-
     rule = getattr(model, "output_upsample", None)
     if rule is None or not callable(getattr(model, "forward_native", None)):
         return None
@@ -168,9 +170,10 @@ def create_model(name: str, num_classes: int = 19, **kwargs) -> nn.Module:
         raise MaxentError(f"model {name!r}: bad arguments {sorted(kwargs)} ({e})") from None
     if not isinstance(model, nn.Module):
         raise MaxentError(f"model {name!r}: factory returned {type(model).__name__}, expected torch.nn.Module")
+    tagged: Any = model     # plain attributes on the module (nn.Module's setattr is typed for tensors and modules)
     if not hasattr(model, "num_classes"):
-        model.num_classes = num_classes  # plug-ins may not set it; our code reads it
-    model.registry_name = name   # load_checkpoint finds the model's checkpoint_filter by it (the outermost name wins)
+        tagged.num_classes = num_classes  # plug-ins may not set it; our code reads it
+    tagged.registry_name = name   # load_checkpoint finds the model's checkpoint_filter by it (the outermost name wins)
     return model
 
 
@@ -202,8 +205,6 @@ def parse_model_kwargs(value, option: str = "--model-kwargs") -> dict:
     MaxentError
         One line naming ``option``, what it got and the expected syntax.
     """
-    import json
-
     usage = "expected KEY=VALUE[,KEY=VALUE...] (e.g. output_stride=16,dropout=0.1) or a JSON object"
     if value is None or (isinstance(value, str) and not value.strip()):
         return {}

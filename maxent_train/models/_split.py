@@ -7,6 +7,9 @@ native-output hook export uses, and the head-only MC dropout of ``maxent_train.m
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -15,9 +18,12 @@ class SplitForward:
     """Mixin (put it before ``nn.Module`` in the bases); set ``output_upsample`` to the upstream rule."""
 
     #: the final upsampling of ``forward``: ``forward(x) == F.interpolate(forward_native(x), x.shape[-2:], **rule)``
-    output_upsample = {"mode": "bilinear", "align_corners": False}
+    output_upsample: dict[str, Any] = {"mode": "bilinear", "align_corners": False}
+    # what the model itself defines (declared for the type checker only: the mixin adds no attribute)
+    forward_features: Callable[[torch.Tensor], Any]
+    head_logits: Callable[[Any], torch.Tensor]
 
-    def forward_head(self, feats, size=None) -> torch.Tensor:
+    def forward_head(self, feats: Any, size: Sequence[int] | None = None) -> torch.Tensor:
         """The head: logits at the network's output resolution when ``size`` is None, else upsampled to ``size``."""
         logits = self.head_logits(feats)
         if size is None:

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-
-from ._split import SplitForward
 import torch.nn.functional as F
 
 from ._registry import register_model
+from ._split import SplitForward
 from .resnet import ResNet, load_backbone_weights
 
 

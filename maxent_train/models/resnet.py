@@ -54,7 +54,7 @@ class Bottleneck(nn.Module):
         return self.relu(self.bn3(self.conv3(y)) + identity)
 
 
-_SPECS = {
+_SPECS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
     "resnet101": (Bottleneck, (3, 4, 23, 3)),

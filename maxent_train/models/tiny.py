@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-
-from ._split import SplitForward
 import torch.nn.functional as F
 
 from ._registry import register_model
+from ._split import SplitForward
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:

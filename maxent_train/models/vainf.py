@@ -1,4 +1,5 @@
-"""VainF DeepLabV3Plus-Pytorch's Cityscapes models: ``deeplabv3plus_resnet101_vainf``, ``deeplabv3plus_mobilenetv2_vainf``.
+"""VainF DeepLabV3Plus-Pytorch's Cityscapes models: ``deeplabv3plus_resnet101_vainf`` and
+``deeplabv3plus_mobilenetv2_vainf``.
 
 Re-implemented on plain torch (no torchvision) module for module, with the upstream parameter names, so the
 ``model_state`` of their released files (``best_deeplabv3plus_resnet101_cityscapes_os16.pth``,
@@ -28,21 +29,21 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
-
-from ._split import SplitForward
 import torch.nn.functional as F
 
 from .. import MaxentError
 from ._registry import register_model
+from ._split import SplitForward
 from .resnet import ResNet
 
 UPSTREAM = "https://github.com/VainF/DeepLabV3Plus-Pytorch"
 
 #: What the released Cityscapes files expect (both trained and evaluated at output stride 16, 19 trainId classes).
-PRETRAINED_CFG = {
+PRETRAINED_CFG: dict[str, dict[str, Any]] = {
     "deeplabv3plus_resnet101_vainf": {
         "file": "best_deeplabv3plus_resnet101_cityscapes_os16.pth",
         "upstream_model": "deeplabv3plus_resnet101",
@@ -127,7 +128,7 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = cin * expand
         self.residual = stride == 1 and cin == cout
-        layers = [] if expand == 1 else [_ConvBNReLU6(cin, hidden, 1)]
+        layers: list[nn.Module] = [] if expand == 1 else [_ConvBNReLU6(cin, hidden, 1)]
         layers += [_ConvBNReLU6(hidden, hidden, 3, stride, dilation, groups=hidden),
                    nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
         self.conv = nn.Sequential(*layers)
@@ -204,6 +205,7 @@ class DeepLabV3PlusVainF(SplitForward, nn.Module):
         super().__init__()
         if output_stride not in (8, 16):
             raise MaxentError(f"output_stride must be 8 or 16, got {output_stride}")
+        self.backbone: ResNet | MobileNetV2Trunk
         if backbone == "resnet101":
             self.backbone = ResNet("resnet101", output_stride)
         elif backbone == "mobilenetv2":

@@ -35,6 +35,7 @@ it ``criterion.nll_loss.weight``, inside the network); no key is renamed.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -145,6 +146,15 @@ class DeepWV3Plus(nn.Module):
 
     mc_head_only = False
     pretrained_cfg = PRETRAINED_CFG
+    # the stages __init__ registers with add_module (declared for the type checker)
+    pool2: nn.MaxPool2d
+    pool3: nn.MaxPool2d
+    mod2: nn.Sequential
+    mod3: nn.Sequential
+    mod4: nn.Sequential
+    mod5: nn.Sequential
+    mod6: nn.Sequential
+    mod7: nn.Sequential
 
     def __init__(self, num_classes: int = 19):
         super().__init__()
@@ -175,7 +185,7 @@ class DeepWV3Plus(nn.Module):
                 nn.init.zeros_(m.bias)
 
     #: the final upsampling of ``forward``: ``forward(x) == F.interpolate(forward_native(x), x.shape[-2:], **rule)``
-    output_upsample = {"mode": "bilinear", "align_corners": True}
+    output_upsample: dict[str, Any] = {"mode": "bilinear", "align_corners": True}
 
     def forward_native(self, x: torch.Tensor) -> torch.Tensor:
         """Logits at the network's output resolution (stride 2, the decoder's), before the final upsampling."""

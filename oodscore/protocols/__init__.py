@@ -27,6 +27,8 @@ import numpy as np
 from oodscore import OodscoreError
 from oodscore.components import TRACKS, ComponentMetrics, check_rule
 from oodscore.metrics import PixelMetrics
+from oodscore.protocols.fishyscapes import FishyscapesPixels
+from oodscore.protocols.smiyc import SmiycComponents, SmiycPixels
 
 __all__ = [
     "COMPONENT_RULES",
@@ -79,29 +81,29 @@ class _ExactPixels(PixelMetrics):
         return {**super().compute(threshold), "protocol": "exact"}
 
 
-def pixel_accumulator(protocol: str = DEFAULT_PROTOCOL):
-    """A streaming pixel-metric accumulator for ``protocol``: ``update(score, label)`` per frame (in data set
-    order), ``compute()`` -> the ``metrics.json`` keys + ``"protocol"``, ``curves(max_points)`` for the plots,
-    ``merge(other)``. ``exact`` gives a :class:`PixelMetrics` (its ``compute`` adds ``"protocol"``)."""
+def pixel_accumulator(protocol: str = DEFAULT_PROTOCOL) -> PixelMetrics | SmiycPixels | FishyscapesPixels:
+    """A streaming pixel-metric accumulator for ``protocol`` (a :class:`~cocodag.streaming.StreamingState`):
+    ``update(score, label)`` per frame (in data set order), ``compute()`` -> the ``metrics.json`` keys +
+    ``"protocol"``, ``curves(max_points)`` for the plots, ``merge(other)``, ``empty_copy()``. ``exact`` gives a
+    :class:`PixelMetrics` (its ``compute`` adds ``"protocol"``)."""
     check_protocol(protocol)
     if protocol == "exact":
         return _ExactPixels()
     if protocol == "smiyc":
-        from oodscore.protocols.smiyc import SmiycPixels
         return SmiycPixels()
-    from oodscore.protocols.fishyscapes import FishyscapesPixels
     return FishyscapesPixels()
 
 
-def component_accumulator(protocol: str, threshold: float, track: str = "anomaly", rule: str | None = None):
+def component_accumulator(protocol: str, threshold: float, track: str = "anomaly",
+                          rule: str | None = None) -> ComponentMetrics | SmiycComponents:
     """A streaming component-metric accumulator for ``protocol`` at ``threshold`` (that protocol's pixel
-    ``threshold``): ``update(score, label)`` per frame, ``compute()`` as :meth:`ComponentMetrics.compute` (plus
-    ``track`` and ``rule``). ``rule`` None -> the protocol's own (:data:`COMPONENT_RULES`)."""
+    ``threshold``; a :class:`~cocodag.streaming.StreamingState`): ``update(score, label)`` per frame, ``compute()``
+    as :meth:`ComponentMetrics.compute` (plus ``track`` and ``rule``). ``rule`` None -> the protocol's own
+    (:data:`COMPONENT_RULES`)."""
     rule = check_rule(rule) if rule is not None else default_component_rule(protocol)
     if track not in TRACKS:
         raise OodscoreError(f"components {track!r}: expected one of {', '.join(TRACKS)}")
     if _with_components(protocol) == "smiyc":
-        from oodscore.protocols.smiyc import SmiycComponents
         return SmiycComponents(threshold, track=track, rule=rule)
     return _ExactComponents(threshold, track=track, rule=rule)
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from cocodag.streaming import StreamingState
 from oodscore import OodscoreError
-from oodscore.components import _to_numpy
+from oodscore.components import _frame_map
 from oodscore.metrics import PixelMetrics
 
 __all__ = ["UNDEFINED", "FishyscapesPixels"]
@@ -32,10 +33,10 @@ UNDEFINED = ("fpr95_interp", "threshold", "f1", "precision", "recall", "fpr")
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
-class FishyscapesPixels:
+class FishyscapesPixels(StreamingState):
     """Streaming ``calculate_metrics_perpixAP``: ``update(score, label)`` per frame, then ``compute()``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._pm = PixelMetrics()
         self.n_frames = 0
 
@@ -44,10 +45,11 @@ class FishyscapesPixels:
         self._pm.reset()
         self.n_frames = 0
 
-    def frame(self, score, label) -> tuple[np.ndarray, np.ndarray]:
-        """(float32 scores, labels) of one frame, the cast the official code makes; adds nothing."""
-        s = _to_numpy(score, "score_map")
-        y = _to_numpy(label, "label_map")
+    @staticmethod
+    def _cast(score, label) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 scores, labels) of one frame, the cast the official code makes."""
+        s = _frame_map(score, "score_map")
+        y = _frame_map(label, "label_map")
         if s.shape != y.shape:
             raise OodscoreError(f"score_map/label_map: shape mismatch, {s.shape} vs {y.shape}")
         valid = (y == 0) | (y == 1)
@@ -60,28 +62,14 @@ class FishyscapesPixels:
                                 "pixels; the fishyscapes protocol casts scores to float32")
         return s32, y
 
-    def add_frame(self, s32: np.ndarray, y: np.ndarray) -> None:
-        """Add what :meth:`frame` returned."""
-        self._pm.update(s32, y)
-        self.n_frames += 1
-
     def update(self, score, label) -> None:
         """Add one frame: (H, W) score map and label map (numpy or torch; labels 0 ID, 1 anomaly, else void)."""
-        self.add_frame(*self.frame(score, label))
-
-    def summarize(self, score, label):
-        """What ``update`` would add (a :class:`~oodscore.metrics.BatchSummary` of the float32 map); adds nothing."""
-        return self._pm.summarize(*self.frame(score, label))
-
-    def add_summary(self, summary) -> FishyscapesPixels:
-        """Fold in a :meth:`summarize` result; returns self."""
-        self._pm.add_summary(summary)
+        self._pm.update(*self._cast(score, label))
         self.n_frames += 1
-        return self
 
     def empty_copy(self) -> FishyscapesPixels:
-        """An empty accumulator (what a worker needs to summarize frames for this one)."""
-        return FishyscapesPixels()
+        """An empty accumulator (e.g. to update with one frame in a worker)."""
+        return type(self)()
 
     @property
     def n_distinct(self) -> int:
@@ -90,6 +78,8 @@ class FishyscapesPixels:
 
     def merge(self, other: FishyscapesPixels) -> FishyscapesPixels:
         """Fold another accumulator in; returns self (order does not matter: the sort is exact)."""
+        if not isinstance(other, FishyscapesPixels):
+            raise OodscoreError(f"merge: expected a FishyscapesPixels, got {type(other).__name__}")
         self._pm.merge(other._pm)
         self.n_frames += other.n_frames
         return self

@@ -44,11 +44,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cocodag.streaming import StreamingState
 from oodscore import OodscoreError
 from oodscore.components import (
     TAUS,
     TRACKS,
-    _to_numpy,
+    _frame_map,
     check_rule,
     check_track_threshold,
     gt_components,
@@ -70,7 +71,8 @@ __all__ = [
 
 #: ``PixBinaryClass``'s ``num_bins`` (``MetricPixelClassification.configs``)
 NUM_BINS = 768
-_trapz = getattr(np, "trapezoid", None) or np.trapz   # numpy < 2.0 has only trapz (same formula)
+# numpy < 2.0 has only trapz (same formula), which numpy 2's type stubs no longer declare
+_trapz = getattr(np, "trapezoid", None) or np.trapz  # type: ignore[attr-defined]
 _F16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -92,8 +94,8 @@ def smiyc_frame(score, label) -> tuple[np.ndarray, np.ndarray]:
     ``Evaluation.save_output``: ``anomaly_p.astype(np.float16)``. Labels: ours (0 ID, 1 anomaly, anything else
     void) become the SMIYC data sets' 0 / 1 / 255.
     """
-    s = _to_numpy(score, "score_map")
-    y = _to_numpy(label, "label_map")
+    s = _frame_map(score, "score_map")
+    y = _frame_map(label, "label_map")
     if s.shape != y.shape:
         raise OodscoreError(f"score_map/label_map: shape mismatch, {s.shape} vs {y.shape}")
     lab = np.where((y == 0) | (y == 1), y, 255).astype(np.uint8)
@@ -130,7 +132,7 @@ def frame_bins(value: np.ndarray, lab: np.ndarray) -> FrameBins | None:
         return None
     gt = lab[roi].astype(bool)
     pos, neg = prob[gt], prob[~gt]
-    edges = [list(_outer_edges(prob))]
+    edges: list = [list(_outer_edges(prob))]
     for part in (pos, neg):
         if part.size:
             edges.append(np.quantile(part, np.linspace(0, 1, min(NUM_BINS // 2, part.size))))
@@ -192,7 +194,7 @@ def curve_metrics(tp, fp, num_pos: int, num_neg: int, thresholds) -> dict:
     }
 
 
-class SmiycPixels:
+class SmiycPixels(StreamingState):
     """Streaming ``PixBinaryClass``: ``update(score, label)`` per frame, in data set order, then ``compute()``.
 
     Memory: at most 769 (edge, tp, fp) entries per frame (the binned cmats), independent of the frame size.
@@ -200,7 +202,7 @@ class SmiycPixels:
     merges in ``imap_unordered`` completion order, which only moves index 0 of the curve).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
@@ -208,33 +210,25 @@ class SmiycPixels:
         self._bins: list[FrameBins] = []
         self.n_frames = 0
 
-    def frame(self, score, label) -> FrameBins | None:
-        """One frame's binned counts; adds nothing (for workers: ``add_frame`` them in order)."""
-        return frame_bins(*smiyc_frame(score, label))
-
-    def add_frame(self, bins: FrameBins | None) -> None:
-        """Add what :meth:`frame` returned (None: a frame without a valid pixel, skipped)."""
+    def update(self, score, label) -> None:
+        """Add one frame: (H, W) score map and label map (numpy or torch; labels 0 ID, 1 anomaly, else void); a
+        frame without a valid pixel is counted and adds nothing."""
+        bins = frame_bins(*smiyc_frame(score, label))
         self.n_frames += 1
         if bins is not None:
             self._bins.append(bins)
 
-    def update(self, score, label) -> None:
-        """Add one frame: (H, W) score map and label map (numpy or torch; labels 0 ID, 1 anomaly, else void)."""
-        self.add_frame(self.frame(score, label))
-
     def merge(self, other: SmiycPixels) -> SmiycPixels:
         """Append another accumulator's frames after this one's; returns self."""
+        if not isinstance(other, SmiycPixels):
+            raise OodscoreError(f"merge: expected a SmiycPixels, got {type(other).__name__}")
         self._bins.extend(other._bins)
         self.n_frames += other.n_frames
         return self
 
-    # the worker interface of PixelMetrics (oodscore.workers / report): summaries made anywhere, added in order
-    summarize = frame
-    add_summary = add_frame
-
     def empty_copy(self) -> SmiycPixels:
-        """An empty accumulator (what a worker needs to summarize frames for this one)."""
-        return SmiycPixels()
+        """An empty accumulator (e.g. to update with one frame in a worker)."""
+        return type(self)()
 
     @property
     def n_distinct(self) -> int:
@@ -298,7 +292,7 @@ def instancer(value: np.ndarray, lab: np.ndarray, thresh, rule: str, min_pred_si
     return glab[region], plab[region], ng, npred
 
 
-class SmiycComponents:
+class SmiycComponents(StreamingState):
     """Streaming ``SegEval-AnomalyTrack`` / ``SegEval-ObstacleTrack`` at a given pixel threshold.
 
     Parameters
@@ -326,13 +320,12 @@ class SmiycComponents:
         self._siou_sum = self._ppv_sum = 0.0
         self.n_gt = self.n_pred = self.n_frames = 0
 
-    def frame(self, score, label) -> tuple[np.ndarray, np.ndarray]:
-        """One frame's (sIoU per GT component, precision per predicted component); adds nothing."""
+    def update(self, score, label) -> None:
+        """Add one frame: (H, W) score map and label map (numpy or torch); ``segment_metrics``' per-τ counts, the
+        sums in frame order."""
         value, lab = smiyc_frame(score, label)
-        return region_values(*instancer(value, lab, self._thresh, self.rule, self.min_pred_size, self.min_gt_size))
-
-    def add_frame(self, siou: np.ndarray, ppv: np.ndarray) -> None:
-        """Add one frame's values (``segment_metrics``' per-τ counts; sums in frame order)."""
+        siou, ppv = region_values(*instancer(value, lab, self._thresh, self.rule, self.min_pred_size,
+                                             self.min_gt_size))
         siou, ppv = np.asarray(siou, np.float64), np.asarray(ppv, np.float64)
         self._tp += [np.count_nonzero(siou >= t) for t in TAUS]
         self._fn += [np.count_nonzero(siou < t) for t in TAUS]
@@ -343,13 +336,27 @@ class SmiycComponents:
         self.n_pred += ppv.size
         self.n_frames += 1
 
-    def update(self, score, label) -> None:
-        """Add one frame: (H, W) score map and label map (numpy or torch)."""
-        self.add_frame(*self.frame(score, label))
+    def merge(self, other: SmiycComponents) -> SmiycComponents:
+        """Fold another accumulator (same settings) in after this one's frames (the sums are float: merge frame
+        states in frame order); returns self."""
+        if not isinstance(other, SmiycComponents):
+            raise OodscoreError(f"merge: expected a SmiycComponents, got {type(other).__name__}")
+        mine, theirs = (self.threshold, self.track, self.rule), (other.threshold, other.track, other.rule)
+        if mine != theirs:
+            raise OodscoreError(f"merge: settings differ {mine} vs {theirs}")
+        self._tp += other._tp
+        self._fn += other._fn
+        self._fp += other._fp
+        self._siou_sum += other._siou_sum
+        self._ppv_sum += other._ppv_sum
+        self.n_gt += other.n_gt
+        self.n_pred += other.n_pred
+        self.n_frames += other.n_frames
+        return self
 
     def empty_copy(self) -> SmiycComponents:
-        """An empty accumulator with these settings (what a worker needs to compute frames for this one)."""
-        return SmiycComponents(self.threshold, self.track, self.rule)
+        """An empty accumulator with these settings (e.g. to update with one frame in a worker)."""
+        return type(self)(self.threshold, self.track, self.rule)
 
     def compute(self) -> dict:
         """``MetricSegment.aggregate``: ``siou, ppv, mean_f1, f1_per_tau, n_gt, n_pred, taus, tp, fn, fp,

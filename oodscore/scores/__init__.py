@@ -1,4 +1,4 @@
-"""Anomaly scores (DESIGN §4.4) as small sklearn-style objects; higher score = more anomalous.
+"""Anomaly scores (docs/methods.md §5) as scikit-learn estimators; higher score = more anomalous.
 
 The registry below is THE list of score methods: the CLI's ``--method`` choices, the report's checks and every
 other method list derive from it. ``SCORERS`` maps each name to its class, :func:`get_scorer` builds one by name::
@@ -6,6 +6,7 @@ other method list derive from it. ``SCORERS`` maps each name to its class, :func
     get_scorer("msp").score(logits)                       # (N, C, h, w) -> (N, H, W) float32
     get_scorer("sml", stats=SMLStats.load("sml.json"), boundary_iters=0, smoothing=False)
     get_scorer("oodmc").fit(frames).score(mc_dict)        # MC-dropout moments, not logits
+    sklearn.base.clone(get_scorer("msp-t", temperature=2.0))   # every scorer is an sklearn BaseEstimator
 
 Every scorer follows the :class:`~oodscore.scores.base.Scorer` protocol; ``SCORERS[name].requires`` says which
 per-frame input its ``score`` takes (``"logits"`` or ``"mc"``), ``SCORERS[name].definition`` its formula and
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from oodscore import OodscoreError
 
@@ -45,13 +47,13 @@ _LAZY = {
     "GEN": "baseline", "MCEntropy": "baseline",
     "SML": "sml", "SMLStats": "sml",
     "VDE": "vde", "drivable_region": "vde",
-    "OODMC": "oodmc", "mc_features": "oodmc",
+    "OODMC": "oodmc", "mc_features": "oodmc", "make_classifier": "oodmc",
 }
 
 if TYPE_CHECKING:  # the names __getattr__ provides, for linters and type checkers
     from oodscore.scores.base import INPUT_KINDS, Scorer
     from oodscore.scores.baseline import GEN, MSP, MSPT, Energy, Entropy, MaxLogit, MCEntropy
-    from oodscore.scores.oodmc import OODMC, mc_features
+    from oodscore.scores.oodmc import OODMC, make_classifier, mc_features
     from oodscore.scores.sml import SML, SMLStats
     from oodscore.scores.vde import VDE, drivable_region
 
@@ -132,4 +134,4 @@ def __getattr__(name: str):
 
 __all__ = ["METHODS", "SCORERS", "check_methods", "scorer_class", "get_scorer", "definitions", "Scorer",
            "INPUT_KINDS", "MSP", "MaxLogit", "Entropy", "Energy", "MSPT", "GEN", "MCEntropy", "SML", "SMLStats", "VDE",
-           "OODMC", "drivable_region", "mc_features"]
+           "OODMC", "drivable_region", "mc_features", "make_classifier"]

@@ -1,15 +1,18 @@
 """The ``Scorer`` protocol every anomaly score follows, its parameter checks, and shared logits plumbing.
 
-Every scorer maps one kind of per-frame input to an anomaly map, **higher = more anomalous** (DESIGN §4.4),
+Every scorer maps one kind of per-frame input to an anomaly map, **higher = more anomalous** (docs/methods.md §5),
 returned as a float32 numpy array: ``(N, H, W)`` for ``(N, C, h, w)`` logits or ``(H, W)`` for ``(C, h, w)`` logits
 (and for one frame's MC-dropout dict).
 
-The protocol (scikit-learn style)
----------------------------------
-- ``__init__`` only stores each parameter on an attribute of the same name; nothing is checked there.
-- ``_parameter_constraints`` (class-level table) lists the allowed values of each parameter;
-  :meth:`Scorer._validate_params` checks them all when ``fit`` / ``score`` runs, and an error names the class, the
-  parameter, what was expected and what was given. A ``device`` parameter is parsed by :func:`resolve_device`.
+The protocol (a scikit-learn estimator)
+---------------------------------------
+- :class:`Scorer` is an ``sklearn.base.BaseEstimator``: ``get_params``, ``set_params`` and ``sklearn.base.clone``
+  work on every scorer. ``__init__`` only stores each parameter on an attribute of the same name; nothing is checked
+  there.
+- ``_parameter_constraints`` (class-level table, named as in scikit-learn) lists the allowed values of each
+  parameter; :meth:`Scorer._validate_params` checks them all when ``fit`` / ``score`` runs, and an error (our
+  :class:`~oodscore.OodscoreError`, one line) names the class, the parameter, what was expected and what was given.
+  A ``device`` parameter is parsed by :func:`resolve_device`.
 - ``requires`` (class attribute) names the input ``score`` takes, one of :data:`INPUT_KINDS`: ``"logits"``
   (``(N, C, h, w)`` / ``(C, h, w)`` logits) or ``"mc"`` (one frame's MC-dropout moment dict, as
   ``cocodag.formats.logits.LogitsFile.mc(i)`` returns it). Callers ask the scorer what to feed it.
@@ -26,7 +29,9 @@ import numbers
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 
+from cocodag.arrays import to_numpy
 from cocodag.device import resolve_device as _resolve_device
 from cocodag.errors import CocodagError
 from cocodag.formats.logits import as_logits_tensor as _as_logits_tensor
@@ -68,7 +73,7 @@ class Interval:
     def is_satisfied_by(self, v) -> bool:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, self.kind):
             return False
-        if not isinstance(v, numbers.Integral) and not math.isfinite(v):
+        if not isinstance(v, numbers.Integral) and not (isinstance(v, numbers.Real) and math.isfinite(v)):
             return False
         return (self.left is None or v >= self.left) and (self.right is None or v <= self.right)
 
@@ -148,7 +153,7 @@ def validate_params(constraints: dict, params: dict, owner: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the protocol
-class Scorer:
+class Scorer(BaseEstimator):
     """Base class of every score in the registry (see the module docstring for the protocol).
 
     Subclasses set ``requires``, ``requires_fit`` and ``_parameter_constraints``, store their parameters in
@@ -166,13 +171,14 @@ class Scorer:
 
     @classmethod
     def param_names(cls) -> list[str]:
-        """Names of the ``__init__`` parameters (``**kwargs`` excluded)."""
+        """Names of the ``__init__`` parameters, in signature order (``get_params`` has them sorted)."""
         return [n for n, p in inspect.signature(cls.__init__).parameters.items()
                 if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
     def _validate_params(self) -> None:
-        """Check every parameter against ``_parameter_constraints``; errors name the class and the parameter."""
-        validate_params(self._parameter_constraints, self.get_params(), type(self).__name__)
+        """Check every parameter against ``_parameter_constraints`` with our table (not scikit-learn's, whose errors
+        are not ours); errors name the class and the parameter."""
+        validate_params(self._parameter_constraints, self.get_params(deep=False), type(self).__name__)
 
     def fit(self, *args, **kwargs):
         """No-op for stateless scorers (parameters are still checked); returns self."""
@@ -181,14 +187,6 @@ class Scorer:
 
     def score(self, x, size=None) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def get_params(self) -> dict:
-        """``{name: value}`` of the ``__init__`` parameters."""
-        return {n: getattr(self, n) for n in self.param_names() if hasattr(self, n)}
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if not hasattr(v, "mean_"))
-        return f"{type(self).__name__}({params})"
 
 
 # ------------------------------------------------------------------------------------------ logits plumbing
@@ -229,5 +227,5 @@ def upsample(t: torch.Tensor, size) -> torch.Tensor:
 
 def to_output(t: torch.Tensor, batched: bool) -> np.ndarray:
     """``(N, H, W)`` tensor -> float32 numpy, dropping the batch axis when the input had none."""
-    out = t.detach().to("cpu", torch.float32).numpy()
+    out = to_numpy(t.to(torch.float32), "scores")
     return out if batched else out[0]

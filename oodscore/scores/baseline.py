@@ -1,4 +1,4 @@
-"""Stateless post-hoc scores (DESIGN §4.4): pure functions of the logits, plus the MC predictive entropy.
+"""Stateless post-hoc scores (docs/methods.md §5): pure functions of the logits, plus the MC predictive entropy.
 
 Higher = more anomalous. Each class states its formula and reference in ``definition`` (what ``oodscore methods``
 lists). Logits are ``z`` (C classes per pixel); ``T`` a temperature.
@@ -15,6 +15,7 @@ import numbers
 import numpy as np
 import torch
 
+from cocodag.arrays import to_numpy
 from cocodag.errors import CocodagError
 from cocodag.formats.logits import check_upsample_rule, upsample_frame
 from oodscore import OodscoreError
@@ -214,13 +215,10 @@ def _mc_array(mc: dict, key: str) -> np.ndarray:
     if key not in mc:
         raise OodscoreError(f"mc: missing key {key!r} (expected the MC dict of LogitsFile.mc: mean, central, "
                             "entropy)")
-    x = mc[key]
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if a.dtype.kind not in "fiu":
-        raise OodscoreError(f"mc['{key}']: expected a numeric array, got dtype {a.dtype}")
-    return a
+    try:
+        return to_numpy(mc[key], f"mc['{key}']", kinds="fiu")
+    except CocodagError as e:       # callers add the frame to OodscoreError only
+        raise OodscoreError(str(e)) from None
 
 
 class MCEntropy(Scorer):

@@ -1,9 +1,10 @@
-"""OODMC — a classifier on MC-dropout moments (seed paper + its code; DESIGN §4.4).
+"""OODMC — a classifier on MC-dropout moments (seed paper + its code; docs/methods.md §5.6).
 
 Per pixel the feature is ``[(1-w)*H, w*m1 (C), w*m2 (C), ..., w*mK (C)]`` with H the entropy of the mean softmax,
-m1 the C-vector of MC means, mk (k >= 2) the central moments of order k, w = ``moment_weight``. Features are
-standardized (``StandardScaler``) and fed to an sklearn classifier (``LinearSVC`` by default). The score is the
-decision function, positive = OOD.
+m1 the C-vector of MC means, mk (k >= 2) the central moments of order k, w = ``moment_weight``. A
+``sklearn.pipeline.Pipeline`` standardizes them (``StandardScaler``) and feeds them to a classifier (``estimator``,
+``LinearSVC`` by default; :data:`CLASSIFIERS` names the ones of ``oodscore fit-oodmc --classifier``). The score is
+the decision function, positive = OOD.
 
 Native resolution (``logits.h5`` version 2, the default of ``maxent-train export``): the MC block is stored at the
 network's output resolution (h, w), e.g. 1/4 of the label's (H, W), with the rule that upsamples the logits
@@ -17,6 +18,12 @@ labelled pixels at the label size and takes their features bilinearly interpolat
 which, for the affine scaler + linear classifiers (``linear-svc``, ``logistic``, ``sgd``), is exactly what the
 upsampled score sees. Files at label resolution (version 1, ``--logits-resolution label``) are used as before.
 
+The model file (:meth:`OODMC.save` / :meth:`OODMC.load`, docs/formats.md §7) is a numpy ``.npz`` archive read with
+``allow_pickle=False``: a JSON ``meta`` entry (format, version, parameters, the fitted pipeline's state) and the
+arrays it points to. Loading it instantiates only the scikit-learn classes of :data:`_STORABLE` and fills them with
+numbers and arrays: it runs no code from the file. Files of version 1 (a joblib pickle) load only with
+``allow_pickle=True``.
+
 Differences from the seed's code, on purpose: pixels are sampled once per frame for all moments (the seed drew a
 new permutation per MC pass, mixing pixels), labels follow the 0 = ID / 1 = OOD / 255 = void convention (the seed
 took 255 as OOD on LostAndFound, where it is background), and moments of logits are the default (the paper; the
@@ -24,33 +31,73 @@ code used probabilities — both are supported and recorded).
 """
 from __future__ import annotations
 
-import importlib
+import json
 import numbers
+import zipfile
+from pathlib import Path
+from typing import Any, Literal, get_args
 
+import joblib
 import numpy as np
+import sklearn
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
 
+from cocodag.arrays import to_numpy
+from cocodag.atomic import atomic_write
 from cocodag.errors import CocodagError
 from cocodag.formats.logits import check_upsample_rule, upsample_frame
 from oodscore import OodscoreError
 from oodscore.scores.base import Interval, Options, Scorer, check_size
 
-#: short classifier names -> (import path, default params)
-CLASSIFIERS = {
-    "linear-svc": ("sklearn.svm:LinearSVC", {}),
-    "logistic": ("sklearn.linear_model:LogisticRegression", {"max_iter": 1000}),
-    "rbf-svc": ("sklearn.svm:SVC", {"kernel": "rbf"}),
-    "sgd": ("sklearn.linear_model:SGDClassifier", {}),
+#: the classifier names of ``oodscore fit-oodmc --classifier``
+ClassifierName = Literal["linear-svc", "logistic", "rbf-svc", "sgd"]
+CLASSIFIER_NAMES: tuple[str, ...] = get_args(ClassifierName)
+#: name -> the classifier it stands for, unfitted (:func:`make_classifier` hands out clones); their
+#: ``random_state`` is left None so that OODMC's own seeds them
+CLASSIFIERS: dict[str, Any] = {
+    "linear-svc": LinearSVC(),          # the default: kernel SVMs do not scale to 5e5 training pixels
+    "logistic": LogisticRegression(max_iter=1000),
+    "rbf-svc": SVC(kernel="rbf"),
+    "sgd": SGDClassifier(),
 }
-_RANDOM_STATE_CLASSIFIERS = ("LinearSVC", "LogisticRegression", "SVC", "SGDClassifier")
+#: the classifier of ``estimator=None``
+DEFAULT_CLASSIFIER: ClassifierName = "linear-svc"
 
 
-def _to_numpy(x, name: str) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor, without importing torch here
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if a.dtype.kind not in "fiu":
-        raise OodscoreError(f"{name}: expected a numeric array, got dtype {a.dtype}")
-    return a
+def make_classifier(name: str) -> Any:
+    """A fresh, unfitted classifier for ``name``, one of :data:`CLASSIFIER_NAMES` (e.g. for ``OODMC(estimator=...)``).
+
+    Raises
+    ------
+    OodscoreError
+        An unknown name (the message lists the valid ones).
+    """
+    if name not in CLASSIFIERS:
+        raise OodscoreError(f"classifier: expected one of {', '.join(CLASSIFIER_NAMES)}, got {name!r}")
+    return clone(CLASSIFIERS[name])
+
+
+class _ClassifierObject:
+    """An sklearn classifier object: ``get_params``, ``fit`` and ``decision_function`` or ``predict_proba``."""
+
+    def is_satisfied_by(self, v) -> bool:
+        return (not isinstance(v, type) and hasattr(v, "get_params") and hasattr(v, "fit")
+                and (hasattr(v, "decision_function") or hasattr(v, "predict_proba")))
+
+    def __str__(self) -> str:
+        return "an sklearn classifier object (with fit and decision_function or predict_proba)"
+
+
+def _numeric(x, name: str) -> np.ndarray:
+    """``x`` as a numeric numpy array (:func:`cocodag.arrays.to_numpy`); errors are ours, so callers add context."""
+    try:
+        return to_numpy(x, name, kinds="fiu")
+    except CocodagError as e:
+        raise OodscoreError(str(e)) from None
 
 
 def check_mc(mc: dict, where: str = "mc") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,9 +107,9 @@ def check_mc(mc: dict, where: str = "mc") -> tuple[np.ndarray, np.ndarray, np.nd
     missing = [k for k in ("mean", "central", "entropy") if k not in mc]
     if missing:
         raise OodscoreError(f"{where}: missing keys {missing} (expected mean, central, entropy)")
-    mean = _to_numpy(mc["mean"], f"{where}['mean']")
-    central = _to_numpy(mc["central"], f"{where}['central']")
-    entropy = _to_numpy(mc["entropy"], f"{where}['entropy']")
+    mean = _numeric(mc["mean"], f"{where}['mean']")
+    central = _numeric(mc["central"], f"{where}['central']")
+    entropy = _numeric(mc["entropy"], f"{where}['entropy']")
     for key, a in (("mean", mean), ("central", central), ("entropy", entropy)):
         if not np.isfinite(a).all():
             raise OodscoreError(f"{where}['{key}']: {int((~np.isfinite(a)).sum())} non-finite values (a float16 "
@@ -159,29 +206,6 @@ def _native_rule(mc: dict, size: tuple[int, int], where: str, modes=("bilinear",
     return rule
 
 
-def _resolve_classifier(name: str):
-    """Short name (``linear-svc``, ``logistic``, ``rbf-svc``, ``sgd``) or import path ``pkg.mod:Class`` /
-    ``pkg.mod.Class`` -> (class, default params)."""
-    if name in CLASSIFIERS:
-        path, defaults = CLASSIFIERS[name]
-    else:
-        path, defaults = name, {}
-    if ":" in path:
-        mod_name, _, attr = path.partition(":")
-    else:
-        mod_name, _, attr = path.rpartition(".")
-    if not mod_name or not attr:
-        raise OodscoreError(f"classifier: expected one of {sorted(CLASSIFIERS)} or an import path like "
-                            f"'sklearn.svm:LinearSVC', got {name!r}")
-    try:
-        cls = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise OodscoreError(f"classifier: cannot import {path!r} ({e}); short names: {sorted(CLASSIFIERS)}") from e
-    if not (hasattr(cls, "fit") and (hasattr(cls, "decision_function") or hasattr(cls, "predict_proba"))):
-        raise OodscoreError(f"classifier: {path!r} is not a classifier with fit and decision_function/predict_proba")
-    return cls, dict(defaults)
-
-
 def _keep_smallest(kept, idx: np.ndarray, keys: np.ndarray, quota: int, features):
     """Merge pixels ``idx`` with random ``keys`` into ``kept`` = (keys, features), keeping the ``quota`` smallest keys.
 
@@ -210,8 +234,8 @@ class OODMC(Scorer):
     """Classifier on per-pixel MC-dropout moment features; score = decision function, positive = OOD.
 
     A :class:`~oodscore.scores.base.Scorer` whose input is one frame's MC-dropout dict (``requires = "mc"``), not
-    logits. Saved and loaded with :func:`oodscore.io.save_oodmc` / :func:`oodscore.io.load_oodmc` (joblib, a pickle:
-    only load files you trust); :meth:`save` / :meth:`load` are shortcuts to them.
+    logits. Saved with :meth:`save` and loaded with :meth:`load` (a numpy archive, no pickle; see the module
+    docstring).
 
     Parameters
     ----------
@@ -223,50 +247,55 @@ class OODMC(Scorer):
     svm_eval_subsize : int, default=100
         At scoring time a frame's pixels are split into this many chunks (the seed's evaluation split), bounding the
         feature memory to ~1/svm_eval_subsize of a frame.
-    classifier : str, default="linear-svc"
-        ``linear-svc``, ``logistic``, ``rbf-svc``, ``sgd`` or an import path ``pkg.mod:Class``.
+    estimator : sklearn classifier, default=None
+        The classifier after the ``StandardScaler``, cloned by ``fit``; None: ``LinearSVC()``. :data:`CLASSIFIERS`
+        holds the named ones (:func:`make_classifier`). Only the classes of :data:`CLASSIFIERS` can be saved.
     moments_of : {"logits", "probs"}, default="logits"
         What the MC moments were taken of (the paper: logits; the seed's code: probabilities). Checked against the
         ``moments_of`` entry of the MC dicts when they carry one, and stored with the model.
     random_state : int, default=0
-        Seeds the pixel sampling (and the classifier when it takes ``random_state``).
-    **clf_params
-        Passed to the classifier (override its defaults).
+        Seeds the pixel sampling, and the classifier when its own ``random_state`` is None.
 
     Attributes
     ----------
-    scaler_ : sklearn.preprocessing.StandardScaler
-    clf_ : the fitted classifier
+    pipeline_ : sklearn.pipeline.Pipeline
+        The fitted ``[("scaler", StandardScaler), ("classifier", estimator)]``.
     num_classes_, moment_order_ : int
         C and K the model was fitted on (checked when scoring).
     n_samples_ : dict
         ``{"id": n, "ood": n}`` training pixels used; ``n_available_`` the same for all labelled pixels seen.
+
+    Examples
+    --------
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> model = OODMC(estimator=LogisticRegression(), svm_points_num=1000)   # then model.fit(frames).score(mc)
     """
 
     requires = "mc"
     requires_fit = True
+    # the fitted state (set by fit or load)
+    pipeline_: Pipeline
+    moment_order_: int
+    num_classes_: int
+    n_samples_: dict[str, int]
+    n_available_: dict[str, int]
     _parameter_constraints = {
         "moment_weight": [Interval(numbers.Real, 0, 1)],
         "svm_points_num": [Interval(numbers.Integral, 2, None)],   # >= 2: one ID and one OOD pixel
         "svm_eval_subsize": [Interval(numbers.Integral, 1, None)],
-        "classifier": [str],
+        "estimator": [None, _ClassifierObject()],
         "moments_of": [Options("logits", "probs")],
         "random_state": [None, numbers.Integral],
     }
 
     def __init__(self, moment_weight: float = 0.5, svm_points_num: int = 500000, svm_eval_subsize: int = 100,
-                 classifier: str = "linear-svc", moments_of: str = "logits", random_state: int = 0, **clf_params):
+                 estimator=None, moments_of: str = "logits", random_state: int | None = 0):
         self.moment_weight = moment_weight
         self.svm_points_num = svm_points_num
         self.svm_eval_subsize = svm_eval_subsize
-        self.classifier = classifier
+        self.estimator = estimator
         self.moments_of = moments_of
         self.random_state = random_state
-        self.clf_params = clf_params
-
-    def get_params(self) -> dict:
-        """The named parameters plus the classifier's own (``**clf_params``)."""
-        return {**super().get_params(), **self.clf_params}
 
     # ------------------------------------------------------------------ checks
     def _check_moments_of(self, mc: dict, where: str) -> None:
@@ -278,6 +307,14 @@ class OODMC(Scorer):
                                 f"{self.moments_of!r}")
 
     # ------------------------------------------------------------------ fit
+    def _make_pipeline(self) -> Pipeline:
+        """The unfitted scaler + classifier: a clone of ``estimator`` (default: LinearSVC), seeded by
+        ``random_state`` when its own is None."""
+        clf = clone(CLASSIFIERS[DEFAULT_CLASSIFIER] if self.estimator is None else self.estimator)
+        if clf.get_params(deep=False).get("random_state", False) is None:
+            clf.set_params(random_state=self.random_state)
+        return Pipeline([("scaler", StandardScaler()), ("classifier", clf)])
+
     def fit(self, frames) -> OODMC:
         """Fit on ``frames``: an iterable of ``(mc_dict, label)`` with ``label`` ``(H, W)`` 0 = ID, 1 = OOD, other
         values void (ignored).
@@ -286,23 +323,12 @@ class OODMC(Scorer):
         in one streaming pass (each labelled pixel draws a seeded random key; the smallest keys are kept), so memory
         is bounded by the sample and the result depends only on the data, its order and ``random_state``.
         """
-        from sklearn.preprocessing import StandardScaler
-
         self._validate_params()
-        cls, defaults = _resolve_classifier(self.classifier)
+        pipeline = self._make_pipeline()
         parts, available, shape_ck = self._sample(frames)
         x = np.concatenate(parts)
         y = np.concatenate([np.zeros(parts[0].shape[0], np.int64), np.ones(parts[1].shape[0], np.int64)])
-        params = {**defaults, **self.clf_params}
-        if cls.__name__ in _RANDOM_STATE_CLASSIFIERS and "random_state" not in params:
-            params["random_state"] = self.random_state
-        try:
-            clf = cls(**params)
-        except TypeError as e:
-            raise OodscoreError(f"classifier: bad parameters for {self.classifier!r}: {e}") from e
-        self.scaler_ = StandardScaler().fit(x)
-        clf.fit(self.scaler_.transform(x), y)
-        self.clf_ = clf
+        self.pipeline_ = pipeline.fit(x, y)
         self.moment_order_, self.num_classes_ = shape_ck
         self.n_samples_ = {"id": int(parts[0].shape[0]), "ood": int(parts[1].shape[0])}
         self.n_available_ = {"id": int(available[0]), "ood": int(available[1])}
@@ -321,7 +347,7 @@ class OODMC(Scorer):
         ck = (central.shape[0] + 1, mean.shape[0])
         if shape_ck is not None and ck != shape_ck:
             raise OodscoreError(f"{where}: moment order/classes (K, C) = {ck} differ from earlier frames {shape_ck}")
-        lab = _to_numpy(label, f"{where} label")
+        lab = _numeric(label, f"{where} label")
         if lab.ndim != 2:
             raise OodscoreError(f"{where} label: expected shape (H, W), got {lab.shape}")
         if lab.shape == mean.shape[1:]:
@@ -356,15 +382,15 @@ class OODMC(Scorer):
 
     # ------------------------------------------------------------------ score
     def _check_fitted(self) -> None:
-        if not hasattr(self, "clf_"):
+        if not hasattr(self, "pipeline_"):
             raise OodscoreError("OODMC is not fitted: call fit(frames) or OODMC.load(path)")
 
     def _decision(self, x: np.ndarray) -> np.ndarray:
-        x = self.scaler_.transform(x)
-        if hasattr(self.clf_, "decision_function"):
-            d = self.clf_.decision_function(x)
+        pipeline = self.pipeline_
+        if hasattr(pipeline, "decision_function"):
+            d = pipeline.decision_function(x)
         else:  # classifiers without a margin: probability of OOD, centred so that positive = OOD
-            d = self.clf_.predict_proba(x)[:, list(self.clf_.classes_).index(1)] - 0.5
+            d = pipeline.predict_proba(x)[:, list(pipeline.classes_).index(1)] - 0.5
         return np.asarray(d, dtype=np.float32).reshape(-1)
 
     def score(self, mc: dict, size=None) -> np.ndarray:
@@ -379,6 +405,7 @@ class OODMC(Scorer):
             The label size. Moments at another (native) size need the rule ``mc["upsample"]``: the decision map is
             computed at their size and upsampled (bilinear on the score) to ``size``.
         """
+        self._validate_params()
         self._check_fitted()
         self._check_moments_of(mc, "mc")
         mean, central, _ = check_mc(mc)
@@ -399,18 +426,164 @@ class OODMC(Scorer):
         return out.reshape(h, w) if rule is None else upsample_frame(out.reshape(h, w), size, rule)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path):
-        """Save params + fitted state (atomically); shortcut to :func:`oodscore.io.save_oodmc`. Returns the path."""
-        from oodscore.io import save_oodmc
+    def save(self, path) -> Path:
+        """Write the parameters and the fitted state to ``path`` (atomically; the format of docs/formats.md §7).
 
-        return save_oodmc(self, path)
+        Raises
+        ------
+        OodscoreError
+            The model is not fitted, or its classifier is not one of the classes the file can hold.
+        """
+        self._check_fitted()
+        arrays: dict[str, Any] = {}
+        meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "sklearn_version": sklearn.__version__,
+                "params": {k: _encode(v, arrays) for k, v in self.get_params(deep=False).items()},
+                "moment_order": int(self.moment_order_), "num_classes": int(self.num_classes_),
+                "n_samples": self.n_samples_, "n_available": self.n_available_,
+                "pipeline": _encode(self.pipeline_, arrays)}
+        path = Path(path)
+        with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
+        return path
 
     @classmethod
-    def load(cls, path) -> OODMC:
-        """Load a model written by :meth:`save`; shortcut to :func:`oodscore.io.load_oodmc`.
+    def load(cls, path, *, allow_pickle: bool = False) -> OODMC:
+        """Read a model written by :meth:`save`.
 
-        .. warning:: joblib files are pickles; loading one can execute arbitrary code. Only load files you trust.
+        Parameters
+        ----------
+        allow_pickle : bool, default=False
+            Also read version-1 files (joblib pickles, written before the numpy archive). Unpickling can execute
+            arbitrary code: only for files you trust (re-save them to convert them).
+
+        Raises
+        ------
+        OodscoreError
+            File missing, not an OODMC model file, an unsupported version, a damaged file, or a pickle without
+            ``allow_pickle``.
         """
-        from oodscore.io import load_oodmc
+        path = Path(path)
+        if not path.is_file():
+            raise OodscoreError(f"{path}: OODMC model file not found")
+        if not zipfile.is_zipfile(path):
+            if allow_pickle:
+                return cls._load_pickle(path)
+            raise OodscoreError(f"{path}: not an OODMC model file of version {MODEL_VERSION} (a numpy .npz archive); "
+                                "a version-1 file is a joblib pickle, which can run code when loaded: re-fit it with "
+                                "`oodscore fit-oodmc`, or if you trust it, load it with "
+                                "OODMC.load(path, allow_pickle=True) and save it again")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"][()])) if "meta" in z.files else None
+                arrays = {k: z[k] for k in z.files if k != "meta"}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise OodscoreError(f"{path}: not a readable OODMC model file ({type(e).__name__}: "
+                                f"{(str(e).splitlines() or [''])[0]})") from None
+        if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+            raise OodscoreError(f"{path}: not an OODMC model (expected format {MODEL_FORMAT!r})")
+        if meta.get("version") != MODEL_VERSION:
+            raise OodscoreError(f"{path}: OODMC model version {meta.get('version')!r} is not supported "
+                                f"(expected {MODEL_VERSION})")
+        try:
+            model = cls(**{k: _decode(v, arrays) for k, v in meta["params"].items()})
+            pipeline = _decode(meta["pipeline"], arrays)
+            shape_ck = int(meta["moment_order"]), int(meta["num_classes"])
+            counts = dict(meta["n_samples"]), dict(meta["n_available"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise OodscoreError(f"{path}: damaged OODMC model file ({type(e).__name__}: {e})") from None
+        if not isinstance(pipeline, Pipeline):
+            raise OodscoreError(f"{path}: damaged OODMC model file (no fitted pipeline)")
+        model.pipeline_ = pipeline
+        model.moment_order_, model.num_classes_ = shape_ck
+        model.n_samples_, model.n_available_ = counts
+        try:
+            model._validate_params()
+        except OodscoreError as e:
+            raise OodscoreError(f"{path}: {e}") from None
+        return model
 
-        return load_oodmc(path)
+    @classmethod
+    def _load_pickle(cls, path: Path) -> OODMC:
+        """A version-1 file: the joblib pickle ``{"format", "version": 1, "params", "moments_of", "moment_order",
+        "num_classes", "n_samples", "n_available", "scaler", "clf"}``, ``params`` with a ``classifier`` name or
+        import path and the classifier's own parameters; the fitted scaler and classifier become the pipeline."""
+        try:
+            obj = joblib.load(path)
+        except Exception as e:  # any unpickling failure is a bad file for the user
+            raise OodscoreError(f"{path}: not a readable joblib file ({type(e).__name__}: {e})") from e
+        if not isinstance(obj, dict) or obj.get("format") != MODEL_FORMAT:
+            raise OodscoreError(f"{path}: not an OODMC model (expected format {MODEL_FORMAT!r})")
+        if obj.get("version") != 1:
+            raise OodscoreError(f"{path}: OODMC model version {obj.get('version')!r} is not supported in a pickle "
+                                f"(expected 1)")
+        names = set(cls.param_names()) - {"estimator"}
+        model = cls(estimator=clone(obj["clf"]), **{k: v for k, v in dict(obj["params"]).items() if k in names})
+        model.pipeline_ = Pipeline([("scaler", obj["scaler"]), ("classifier", obj["clf"])])
+        model.moment_order_, model.num_classes_ = int(obj["moment_order"]), int(obj["num_classes"])
+        model.n_samples_, model.n_available_ = dict(obj.get("n_samples") or {}), dict(obj.get("n_available") or {})
+        return model
+
+
+# ---------------------------------------------------------------------------------------------- the model file
+MODEL_FORMAT = "oodscore-oodmc"
+#: 2: the numpy archive; 1: a joblib pickle (read with ``allow_pickle=True`` only)
+MODEL_VERSION = 2
+#: the classes a model file may hold, by their public import path (nothing else is ever instantiated)
+_STORABLE: dict[str, type[Any]] = {
+    "sklearn.pipeline:Pipeline": Pipeline, "sklearn.preprocessing:StandardScaler": StandardScaler,
+    "sklearn.svm:LinearSVC": LinearSVC, "sklearn.svm:SVC": SVC,
+    "sklearn.linear_model:LogisticRegression": LogisticRegression, "sklearn.linear_model:SGDClassifier": SGDClassifier,
+}
+_STORABLE_NAMES = {c: name for name, c in _STORABLE.items()}
+#: state that fit rebuilds and scoring never reads, not stored (SGDClassifier's loss: a compiled object)
+_NOT_STORED = frozenset({"_loss_function_"})
+
+
+def _encode(v, arrays: dict[str, np.ndarray]):
+    """``v`` as JSON; numpy arrays and scalars go to ``arrays`` (referred to by key), tuples and dicts get a tag,
+    estimators of :data:`_STORABLE` are their class name plus their pickle state (``__getstate__``)."""
+    if isinstance(v, (np.ndarray, np.generic)):
+        a = np.asarray(v)
+        if a.dtype.kind not in "biufcU":
+            raise OodscoreError(f"OODMC.save: cannot store an array of dtype {a.dtype}")
+        key = f"a{len(arrays)}"
+        arrays[key] = a
+        return {"__array__" if isinstance(v, np.ndarray) else "__scalar__": key}
+    if v is None or type(v) in (bool, int, float, str):
+        return v
+    if type(v) is list:
+        return [_encode(x, arrays) for x in v]
+    if type(v) is tuple:
+        return {"__tuple__": [_encode(x, arrays) for x in v]}
+    if type(v) is dict:
+        return {"__dict__": [[_encode(k, arrays), _encode(x, arrays)] for k, x in v.items()]}
+    if type(v) in _STORABLE_NAMES:
+        state = {k: x for k, x in v.__getstate__().items() if k not in _NOT_STORED}
+        return {"__estimator__": _STORABLE_NAMES[type(v)], "state": _encode(state, arrays)}
+    raise OodscoreError(f"OODMC.save: cannot store a {type(v).__name__} in an OODMC model file (it holds the "
+                        f"classifiers {', '.join(CLASSIFIER_NAMES)}: {', '.join(n.split(':')[1] for n in _STORABLE)}); "
+                        "pickle such a model yourself (joblib.dump)")
+
+
+def _decode(v, arrays: dict[str, np.ndarray]):
+    """The inverse of :func:`_encode` (a tag it does not know, or a class outside :data:`_STORABLE`, is a
+    ``ValueError``)."""
+    if isinstance(v, list):
+        return [_decode(x, arrays) for x in v]
+    if not isinstance(v, dict):
+        return v
+    (tag, value), *rest = v.items()
+    if tag == "__array__":
+        return arrays[value]
+    if tag == "__scalar__":
+        return arrays[value][()]
+    if tag == "__tuple__":
+        return tuple(_decode(x, arrays) for x in value)
+    if tag == "__dict__":
+        return {_decode(k, arrays): _decode(x, arrays) for k, x in value}
+    if tag == "__estimator__" and value in _STORABLE and [k for k, _ in rest] == ["state"]:
+        cls: Any = _STORABLE[value]
+        obj = cls.__new__(cls)                           # as unpickling creates it
+        obj.__setstate__(_decode(rest[0][1], arrays))    # sklearn warns when the file's version differs
+        return obj
+    raise ValueError(f"unknown entry {str(v)[:80]}")

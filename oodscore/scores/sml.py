@@ -1,4 +1,4 @@
-"""Standardized Max Logits (Jung et al., ICCV 2021), DESIGN §4.4.
+"""Standardized Max Logits (Jung et al., ICCV 2021); the steps are written out in docs/methods.md §5.4.
 
 * :class:`SMLStats` — per **predicted** class mean and unbiased variance of the max logit; the statistics are a
   file contract shared with ``maxent-train export``, so the class lives in :mod:`cocodag.formats.sml_stats` and is
@@ -6,7 +6,7 @@
 * :class:`SML` — ``s = (L_max - mu_c) / sigma_c``, then iterative boundary suppression and dilated smoothing, all
   vectorized with torch (``conv2d`` / ``max_pool2d``) so it runs batched on CPU and CUDA. Score = ``-s``.
 
-Two fidelity switches (DESIGN §4.4 and issue 11 item 3), both off by default:
+Two fidelity switches (docs/methods.md §5.4), both off by default:
 
 * ``border``: ``"geodesic"`` (ours: the image edge is no boundary) or ``"official-2021"`` — the boundary mask as the
   official code computed it with its pinned kornia (commit ``af948c5``, whose ``kornia/morphology/basic_operators.py``
@@ -36,10 +36,19 @@ import torch.nn.functional as F
 
 from cocodag.formats.sml_stats import SMLStats
 from oodscore import OodscoreError
-from oodscore.scores.base import (BOOLEAN, DEVICE, Interval, Options, Scorer, as_logits_tensor, to_output, upsample,
-                                  validate_params)
+from oodscore.scores.base import (
+    BOOLEAN,
+    DEVICE,
+    Interval,
+    Options,
+    Scorer,
+    as_logits_tensor,
+    to_output,
+    upsample,
+    validate_params,
+)
 
-#: radii of the L1-diamond dilation of the boundary at iterations 0..3 (DESIGN §4.4; official defaults)
+#: radii of the L1-diamond dilation of the boundary at iterations 0..3 (the official defaults)
 BOUNDARY_RADII = (3, 2, 1, 0)
 #: border rules of the boundary mask: ours (first, the default) and the official code's as it ran in 2021
 BORDERS = ("geodesic", "official-2021")
@@ -61,7 +70,7 @@ def _max_and_argmax(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---------------------------------------------------------------------- post-processing kernels (torch)
 # All kernels are built from shifted slices of the tensor rather than padded windows: a pixel's neighbours outside
-# the image simply do not exist, which is exactly the geodesic border DESIGN §4.4 asks for, and on CPU the slice
+# the image simply do not exist, which is exactly the geodesic border (docs/methods.md §5.4), and on CPU the slice
 # arithmetic is several times faster than max_pool2d / dilated conv2d on one channel (same results on CUDA).
 def _dilate_cross(x: torch.Tensor) -> torch.Tensor:
     """Binary dilation of a bool ``(..., H, W)`` mask by the 3x3 cross (neighbours outside the image do not
@@ -151,8 +160,8 @@ def _box3(x: torch.Tensor) -> torch.Tensor:
 
 def boundary_suppression(s: torch.Tensor, pred: torch.Tensor, iterations: int = 4, *,
                          radii: tuple[int, ...] | None = None, border: str = "geodesic") -> torch.Tensor:
-    """SML's iterative boundary suppression (DESIGN §4.4) of ``s`` ``(N, 1, H, W)`` given integer ``pred`` (same
-    shape).
+    """SML's iterative boundary suppression (docs/methods.md §5.4) of ``s`` ``(N, 1, H, W)`` given integer ``pred``
+    (same shape).
 
     Iteration i dilates ``B0 = boundary_mask(pred, border)`` by radius ``r = radii[i]`` (default: the first
     ``iterations`` of 3, 2, 1, 0; :func:`official_radii` gives the official width/iterations schedule):
@@ -288,7 +297,7 @@ class SML(Scorer):
         constraints = {**self._parameter_constraints, **self._schedule_constraints}
         if self._official_schedule():
             constraints["boundary_iters"] = [Interval(numbers.Integral, 0, None)]
-        validate_params(constraints, self.get_params(), type(self).__name__)
+        validate_params(constraints, self.get_params(deep=False), type(self).__name__)
         self._radii = self._schedule()
 
     def _schedule(self) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""VDE — drivable-region restriction of the SML score (seed paper; DESIGN §4.4, our exact reading).
+"""VDE — drivable-region restriction of the SML score (seed paper; our exact reading, docs/methods.md §5.5).
 
 (1) road = ``pred == road_class`` (trainId 0); (2) confident road = road & ``s >= threshold``, with ``s`` the SML
 map **after** its post-processing (boundary suppression + smoothing as configured; higher ``s`` = more
@@ -22,7 +22,7 @@ from cocodag.labels import ROAD_ID
 from oodscore.scores.base import Interval, Scorer, to_output
 from oodscore.scores.sml import SML
 
-#: trainId of road (DESIGN §2), defined once in cocodag.labels
+#: trainId of road, defined once in cocodag.labels
 ROAD_CLASS = ROAD_ID
 #: default confidence threshold on the post-processed standardized max logit: max logit at least the training mean of
 #: pixels predicted as the same class (s >= 0). ``s`` is in standard deviations, so this is comparable across models.
@@ -50,17 +50,17 @@ def drivable_region(confident):
         last = (w - 1) - c.flip(-1).to(torch.uint8).argmax(dim=-1, keepdim=True)
         col = torch.arange(w, device=c.device)
         return has & (col >= first) & (col <= last)
-    c = np.asarray(confident, dtype=bool)
-    w = c.shape[-1]
-    has = c.any(axis=-1, keepdims=True)
-    first = c.argmax(axis=-1)[..., None]
-    last = (w - 1) - c[..., ::-1].argmax(axis=-1)[..., None]
-    col = np.arange(w)
-    return has & (col >= first) & (col <= last)
+    a = np.asarray(confident, dtype=bool)
+    n = a.shape[-1]
+    rows = a.any(axis=-1, keepdims=True)
+    start = a.argmax(axis=-1)[..., None]
+    stop = (n - 1) - a[..., ::-1].argmax(axis=-1)[..., None]
+    cols = np.arange(n)
+    return rows & (cols >= start) & (cols <= stop)
 
 
 def restrict_score(score: torch.Tensor, region: torch.Tensor, margin: float | None = None) -> torch.Tensor:
-    """Lower ``score`` ``(N, H, W)`` outside ``region`` (DESIGN §4.4 (5)).
+    """Lower ``score`` ``(N, H, W)`` outside ``region`` (step 4 of docs/methods.md §5.5).
 
     ``margin=None``: per frame, subtract ``max(score) - min(score in region) + 1`` outside, so every outside pixel
     scores strictly below every inside pixel of the same frame (frames without a region are shifted as a whole,

@@ -74,3 +74,48 @@ def test_failed_stage_names_a_long_exception_line_whole(tmp_path, monkeypatch):
         demo._run([sys.executable, "-c", code], log)
     assert str(e.value).endswith(f"ImportError: cannot import name X from oodscore.io ({long_dir}/io.py) "
                                  f"(full log: {log})"), str(e.value)
+
+
+def test_children_draw_bars_only_where_the_demo_has_a_terminal(monkeypatch):
+    """A stage's stderr is a pipe: it is told to draw bars when ours is a terminal, and left alone otherwise (plain
+    progress lines in a redirected log)."""
+    monkeypatch.delenv("COCODAG_PROGRESS", raising=False)
+    monkeypatch.setattr(demo, "use_bars", lambda: True)
+    assert demo._child_env(shown=True)["COCODAG_PROGRESS"] == "bar"
+    assert "COCODAG_PROGRESS" not in demo._child_env(shown=False)       # its stderr goes to the log only
+    monkeypatch.setattr(demo, "use_bars", lambda: False)
+    assert "COCODAG_PROGRESS" not in demo._child_env(shown=True)
+    monkeypatch.setenv("COCODAG_PROGRESS", "lines")                     # the user's own choice is passed on
+    assert demo._child_env(shown=True)["COCODAG_PROGRESS"] == "lines"
+
+
+def test_the_shipped_baseline_is_package_data_matching_the_default_world(tmp_path):
+    assert demo.SHIPPED_BASELINE.is_file() and demo.SHIPPED_BASELINE_INFO.is_file()
+    assert demo.baseline_source(demo.DemoConfig(out=tmp_path)) == "shipped"
+    assert demo.baseline_source(demo.DemoConfig(out=tmp_path, frames=6)) == "train"     # another world
+    assert demo.baseline_source(demo.DemoConfig(out=tmp_path, baseline="train")) == "train"
+
+
+def test_a_copied_baseline_leaves_no_training_files(tmp_path):
+    """The shipped (or a given) checkpoint becomes runs/baseline/model-final.pt; an interrupted training's files there
+    go, so only a trained baseline leaves a training log."""
+    d = demo._Demo(demo.DemoConfig(out=tmp_path))
+    d.base_dir.mkdir(parents=True)
+    for name in ("log.jsonl", "checkpoint-last.pt", "config.json"):      # a training killed before its end
+        (d.base_dir / name).write_text("x")
+    assert d.place_baseline() == "shipped"
+    assert d.base_ckpt.read_bytes() == demo.SHIPPED_BASELINE.read_bytes()
+    assert sorted(p.name for p in d.base_dir.iterdir()) == ["model-final.pt"]
+    assert d.place_baseline() == "shipped"          # resumed demo: the model is there, nothing is copied again
+    given = tmp_path / "given.pt"
+    given.write_bytes(b"weights")
+    d2 = demo._Demo(demo.DemoConfig(out=tmp_path / "b", baseline=str(given)))
+    assert d2.place_baseline() == str(given) and d2.base_ckpt.read_bytes() == b"weights"
+    d3 = demo._Demo(demo.DemoConfig(out=tmp_path / "c", baseline="train"))
+    assert d3.place_baseline() == "train" and not d3.base_dir.exists()
+
+
+def test_an_interrupted_fit_is_resumed(tmp_path):
+    assert demo._resume(tmp_path) == []
+    (tmp_path / "checkpoint-last.pt").write_text("x")
+    assert demo._resume(tmp_path) == ["--resume"]

@@ -1,4 +1,4 @@
-"""maxent_train.data: the mixing plan of DESIGN §4.2, shard reads, DDP split, device augmentation."""
+"""maxent_train.data: the batch mixing plan, shard reads, DDP split, device augmentation."""
 from __future__ import annotations
 
 import pickle
@@ -8,13 +8,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from _maxent_shards import make_shards
 
 from cocodag.formats.shards import open_dataset
 from maxent_train import MaxentError
-from maxent_train.data import (IMAGENET_MEAN, IMAGENET_STD, KIND_CODES, DeviceAugment, MixPlan, ShardLoader,
-                               ShardReader)
-
-from _maxent_shards import make_shards
+from maxent_train.data import IMAGENET_MEAN, IMAGENET_STD, KIND_CODES, DeviceAugment, MixPlan, ShardLoader, ShardReader
 
 CS, COCO, DAG = KIND_CODES["cityscapes"], KIND_CODES["coco"], KIND_CODES["dag"]
 
@@ -155,7 +153,7 @@ def test_loader_output_independent_of_workers(data_dir):
     plan = MixPlan({k: ds.num_samples(k) for k in KIND_CODES}, batch_size=4, seed=2, embedding_img_interval=2)
 
     def collect(workers, start=0):
-        return [(b, i.clone(), l.clone(), d) for b, i, l, d in
+        return [(b, im.clone(), lab.clone(), d) for b, im, lab, d in
                 ShardLoader(ds, plan, workers=workers).epoch_batches(1, start)]
 
     a, b = collect(0), collect(2)

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _maxent_shards import make_shards
 
 from maxent_train.train import read_log
-
-from _maxent_shards import make_shards
 
 ROOT = Path(__file__).resolve().parents[2]
 

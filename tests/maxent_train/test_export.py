@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _maxent_shards import make_shards
 
 from cocodag.errors import CocodagError
 from cocodag.formats.logits import LogitsFile
@@ -19,8 +20,6 @@ from maxent_train.data import normalize
 from maxent_train.export import ExportOptions, export_logits, predict_logits
 from maxent_train.mc import mc_moments
 from maxent_train.models import create_model
-
-from _maxent_shards import make_shards
 
 
 @pytest.fixture(scope="module")

@@ -36,17 +36,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _maxent_shards import make_shards
+from test_sml_r101 import _save_like_sml
+from test_vainf import save_like_vainf
+from test_wrn38 import _save_like_nvidia  # the savers of the family tests: one definition of each layout
 from typer.testing import CliRunner
 
 from cocodag.formats.logits import LogitsFile
 from cocodag_apps.cli import maxent_app
 from maxent_train.data import normalize
 from maxent_train.models import create_model, read_checkpoint
-
-from _maxent_shards import make_shards
-from test_sml_r101 import _save_like_sml
-from test_vainf import save_like_vainf
-from test_wrn38 import _save_like_nvidia  # the savers of the family tests: one definition of each layout
 
 runner = CliRunner()
 UPSTREAM = Path(__file__).resolve().parents[1] / "fixtures" / "upstream"
@@ -74,7 +73,8 @@ def _sml(model: torch.nn.Module, path: Path) -> None:
 
 
 def _vainf_zip(model: torch.nn.Module, path: Path) -> None:
-    """VainF ``main.py:save_ckpt`` as the 2021 ResNet-101 release: zip format, ``best_score`` numpy.float64 (numpy 1)."""
+    """VainF ``main.py:save_ckpt`` as the 2021 ResNet-101 release: zip format, ``best_score`` numpy.float64
+    (numpy 1)."""
     save_like_vainf(path, model.state_dict(), legacy_format=False, numpy_module="numpy.core")
 
 

@@ -6,13 +6,12 @@ import json
 import h5py
 import pytest
 import torch
+from _maxent_shards import make_shards
 from typer.testing import CliRunner
 
 from maxent_train.cli import app
 from maxent_train.models import create_model
 from maxent_train.train import read_log
-
-from _maxent_shards import make_shards
 
 runner = CliRunner()
 

@@ -27,7 +27,7 @@ torch.set_num_threads(1)
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "upstream"
 sys.path.insert(0, str(FIX))
-from synthetic_weights import synthetic_input, synthetic_state_dict
+from synthetic_weights import synthetic_input, synthetic_state_dict  # noqa: E402 - found through the path above
 
 NAME = "deeplabv3plus_resnet101_sml"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,16 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _maxent_shards import make_shards
 
 from cocodag.errors import CocodagError
 from maxent_train import MaxentError
 from maxent_train.data import DeviceAugment, MixPlan, ShardReader
 from maxent_train.loss import maxent_loss
 from maxent_train.models import create_model
-from maxent_train.train import (CHECKPOINT_LAST, LOG_NAME, MODEL_FINAL, FitConfig, RunDir, fit, read_log,
-                                setup_distributed)
-
-from _maxent_shards import make_shards
+from maxent_train.train import (
+    CHECKPOINT_LAST,
+    LOG_NAME,
+    MODEL_FINAL,
+    FitConfig,
+    RunDir,
+    fit,
+    read_log,
+    setup_distributed,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -273,8 +281,6 @@ def test_two_fits_into_one_out_one_refused_the_other_equals_a_solo_run(data_dir,
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for attempt in range(3):
         if run.exists():
-            import shutil
-
             shutil.rmtree(run)
         first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(0.2)
@@ -290,3 +296,23 @@ def test_two_fits_into_one_out_one_refused_the_other_equals_a_solo_run(data_dir,
         assert [r["loss"] for r in read_log(run / LOG_NAME)] == solo_losses, attempt
         final = torch.load(run / MODEL_FINAL, weights_only=True)["state_dict"]
         assert all(torch.equal(final[k], solo[k]) for k in solo), attempt
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_git_commit_only_of_the_checkout_the_package_runs_from(tmp_path, monkeypatch):
+    """A run records the commit of the checkout it runs from, never that of a repository its installed copy happens
+    to lie in (a venv inside a checkout)."""
+    import maxent_train.train as train_mod
+
+    repo = tmp_path / "repo"
+    (repo / "maxent_train").mkdir(parents=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    monkeypatch.setattr(train_mod, "__file__", str(repo / "maxent_train" / "train.py"))
+    assert train_mod.git_commit() == head
+    site = repo / ".venv" / "lib" / "site-packages"
+    (site / "maxent_train").mkdir(parents=True)
+    monkeypatch.setattr(train_mod, "__file__", str(site / "maxent_train" / "train.py"))
+    assert train_mod.git_commit() is None

@@ -15,8 +15,14 @@ import torch
 
 from maxent_train import MaxentError
 from maxent_train.mc import _features_are_deterministic, mc_dropout_mode
-from maxent_train.models import checkpoint_filter_for, create_model, list_models, load_checkpoint, read_state_dict
-from maxent_train.models import vainf
+from maxent_train.models import (
+    checkpoint_filter_for,
+    create_model,
+    list_models,
+    load_checkpoint,
+    read_state_dict,
+    vainf,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "upstream"
 sys.path.insert(0, str(FIXTURES))

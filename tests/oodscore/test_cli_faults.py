@@ -392,7 +392,7 @@ def bad_inputs(tmp_path_factory):
         "oodmc-class-count": ((*ev, mc4, "--method", "oodmc", "--oodmc-model", tmp_path / "m3.joblib"),
                               ["m3.joblib: fitted on 3 classes, the logits have 4"]),
         "oodmc-not-joblib": ((*ev, mc4, "--method", "oodmc", "--oodmc-model", tmp_path / "afile"),
-                             ["afile: not a readable joblib"]),
+                             ["afile: not an OODMC model file"]),
         "out-is-a-file": (("evaluate", "--out", tmp_path / "afile", "--logits", t, "--method", "msp"),
                           ["is an existing file, expected a folder"]),
         "truncated-meta-json": (("evaluate", "--out", out, "--scores", tmp_path / "adir", "--dataset",
@@ -414,10 +414,11 @@ def bad_inputs(tmp_path_factory):
     }
 
 
-_BAD_INPUTS = ["empty-npy", "truncated-npz", "logits-is-a-folder", "empty-logits", "empty-logits-fit-sml", "damaged-chunk", "sml-stats-class-count",
-               "sml-stats-folder", "sml-stats-not-json", "oodmc-class-count", "oodmc-not-joblib", "out-is-a-file",
-               "truncated-meta-json", "fit-sml-stats-folder", "fit-sml-out-folder", "fit-sml-out-under-file",
-               "export-official-file", "fit-oodmc-out-under-file", "convert-truncated-meta", "convert-dst-is-a-file"]
+_BAD_INPUTS = ["empty-npy", "truncated-npz", "logits-is-a-folder", "empty-logits", "empty-logits-fit-sml",
+               "damaged-chunk", "sml-stats-class-count", "sml-stats-folder", "sml-stats-not-json", "oodmc-class-count",
+               "oodmc-not-joblib", "out-is-a-file", "truncated-meta-json", "fit-sml-stats-folder",
+               "fit-sml-out-folder", "fit-sml-out-under-file", "export-official-file", "fit-oodmc-out-under-file",
+               "convert-truncated-meta", "convert-dst-is-a-file"]
 
 
 @pytest.mark.parametrize("case", _BAD_INPUTS)

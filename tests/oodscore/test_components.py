@@ -36,7 +36,7 @@ def _label_8conn(mask: np.ndarray):
 
 
 def _literal_frame(score, label, thr, min_pred, min_gt):
-    """DESIGN §4.5 read literally, one component at a time with boolean masks."""
+    """docs/methods.md §6.5 read literally, one component at a time with boolean masks."""
     valid = (label == 0) | (label == 1)
     pred = (score >= thr) & valid
     plab, pn = _label_8conn(pred)

@@ -100,19 +100,21 @@ def test_oodmc_model_file_roundtrip_is_atomic(tmp_path, monkeypatch):
     assert back.get_params() == model.get_params()
     np.testing.assert_array_equal(back.score(frames[0][0]), model.score(frames[0][0]))
     # a failing write leaves the old file and no temp file behind
-    def broken_dump(obj, f):
-        with open(f, "wb") as fh:
-            fh.write(b"half")
+    def broken_savez(f, *args, **kwargs):
+        f.write(b"half")
         raise OSError("disk full")
 
     with monkeypatch.context() as mp:
-        mp.setattr(joblib, "dump", broken_dump)
+        mp.setattr(np, "savez", broken_savez)
         with pytest.raises(OSError, match="disk full"):
             save_oodmc(model, p)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["m.joblib"]
     np.testing.assert_array_equal(load_oodmc(p).score(frames[0][0]), model.score(frames[0][0]))
     with pytest.raises(OodscoreError, match="not fitted"):
         save_oodmc(OODMC(), tmp_path / "x.joblib")
+    # a pickle is never opened unless asked for
     joblib.dump({"format": "something-else"}, tmp_path / "other.joblib")
-    with pytest.raises(OodscoreError, match="not an OODMC model"):
+    with pytest.raises(OodscoreError, match="joblib pickle, which can run code when loaded"):
         load_oodmc(tmp_path / "other.joblib")
+    with pytest.raises(OodscoreError, match="not an OODMC model"):
+        load_oodmc(tmp_path / "other.joblib", allow_pickle=True)

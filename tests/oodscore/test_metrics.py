@@ -4,11 +4,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import (average_precision_score, confusion_matrix, precision_recall_fscore_support,
-                             roc_auc_score, roc_curve)
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 
 from oodscore import OodscoreError
-from oodscore.metrics import METRIC_KEYS, PixelMetrics, auroc, average_precision, fpr_at_tpr, pixel_metrics
+from oodscore.metrics import (
+    METRIC_KEYS,
+    PixelMetrics,
+    _runs,
+    _sizes,
+    auroc,
+    average_precision,
+    fpr_at_tpr,
+    pixel_metrics,
+)
+from oodscore.metrics.states import BinnedState, ExactState
 
 TOL = 1e-9
 
@@ -186,16 +201,26 @@ def test_binned_merge_and_edges():
     s, y = _data(11, n=40_000, dtype=np.float32, levels=500)
     a, b = PixelMetrics(bins=64, edge_samples=1000), PixelMetrics(bins=64, edge_samples=1000)
     a.update(s[:50], y[:50])
-    b.merge(a)                      # b adopts a's edges
+    b.merge(a)                      # a fixed its edges from this one update: b takes its scores as an update would
     b.update(s[50:], y[50:])
     one = PixelMetrics(bins=64, edge_samples=1000)
     one.update(s[:50], y[:50])
     one.update(s[50:], y[50:])
-    assert b.compute() == one.compute()
+    assert b.compute() == one.compute() and np.array_equal(b.edges, one.edges)
+    # c fixed its own edges from its one update: merged into b (other edges), c's scores are binned with b's
     c = PixelMetrics(bins=64, edge_samples=1000)
     c.update(s[50:], y[50:])
+    assert not np.array_equal(c.edges, b.edges)
+    c_then = PixelMetrics(bins=64, edge_samples=1000)
+    for part in (slice(0, 50), slice(50, None), slice(50, None)):
+        c_then.update(s[part], y[part])
+    assert b.merge(c).compute() == c_then.compute() and np.array_equal(b.edges, c_then.edges)
+    # binned data under other edges cannot be added: d fixed its edges, then binned more scores with them
+    d = PixelMetrics(bins=64, edge_samples=1000)
+    d.update(s[50:], y[50:])
+    d.update(s[:50], y[:50])
     with pytest.raises(OodscoreError, match="different quantile edges"):
-        b.merge(c)
+        b.merge(d)
 
 
 def test_torch_input_equals_numpy():
@@ -268,18 +293,16 @@ def test_nan_on_void_is_ignored_and_bad_arguments_raise():
 
 def test_many_blocks_path_equals_sklearn(monkeypatch):
     """compute() walks the histogram in blocks; tiny blocks must give the same numbers."""
-    import oodscore.metrics as M
-
     s, y = _data(15, n=8000, dtype=np.float32, levels=200)
     s_ref, y_ref = _ref(s, y)
-    monkeypatch.setattr(M, "_BLOCK", 7)
+    monkeypatch.setattr(_sizes, "BLOCK", 7)
     m = pixel_metrics(s, y)
     fpr, tpr, _ = roc_curve(y_ref, s_ref, drop_intermediate=False)
     assert m["auroc"] == pytest.approx(roc_auc_score(y_ref, s_ref), abs=TOL)
     assert m["ap"] == pytest.approx(average_precision_score(y_ref, s_ref), abs=TOL)
     assert m["fpr95"] == pytest.approx(fpr[np.flatnonzero(tpr >= 0.95)[0]], abs=TOL)
     assert m["fpr95_interp"] == pytest.approx(np.interp(0.95, tpr, fpr), abs=TOL)
-    monkeypatch.setattr(M, "_BLOCK", 1 << 22)
+    monkeypatch.setattr(_sizes, "BLOCK", 1 << 22)
     assert m["threshold"] == pixel_metrics(s, y)["threshold"]
 
 
@@ -308,10 +331,8 @@ def _ref_hist(keys_list, counts_list):
 @pytest.mark.parametrize("seed", range(4))
 def test_merge_runs_in_place_equals_unique(monkeypatch, seed):
     """Small blocks force the blocked search and the back-to-front in-place insertion through many blocks."""
-    import oodscore.metrics as mm
-
-    monkeypatch.setattr(mm, "_SEARCH_BLOCK", 7)
-    monkeypatch.setattr(mm, "_MOVE_BLOCK", 5)
+    monkeypatch.setattr(_sizes, "SEARCH_BLOCK", 7)
+    monkeypatch.setattr(_sizes, "MOVE_BLOCK", 5)
     rng = np.random.default_rng(seed)
     runs = []
     for n in (500, 37, 1, 300, 2000):
@@ -320,13 +341,13 @@ def test_merge_runs_in_place_equals_unique(monkeypatch, seed):
     ref = _ref_hist([k for k, _ in runs], [c for _, c in runs])
     acc = (runs[0][0].copy(), runs[0][1].copy())
     for k, c in runs[1:]:
-        acc = mm._merge_runs(acc, (k.copy(), c.copy()))
+        acc = _runs.merge_runs(acc, (k.copy(), c.copy()))
     np.testing.assert_array_equal(acc[0], ref[0])
     np.testing.assert_array_equal(acc[1].astype(np.int64), ref[1])
     # disjoint insertion at the ends and in the middle, into a view (must copy, not resize someone else's buffer)
     base = np.arange(0, 100, 2, dtype=np.uint32)
     ins = np.array([1, 3, 51, 99, 100, 200], np.uint32)
-    kk, cc = mm._insert_disjoint(base[:], np.ones(base.size, np.uint32)[:], ins, np.full(ins.size, 2, np.uint32))
+    kk, cc = _runs.insert_disjoint(base[:], np.ones(base.size, np.uint32)[:], ins, np.full(ins.size, 2, np.uint32))
     np.testing.assert_array_equal(kk, np.sort(np.concatenate([base, ins])))
     np.testing.assert_array_equal(cc, np.where(np.isin(kk, ins), 2, 1))
     assert base.size == 50
@@ -334,18 +355,16 @@ def test_merge_runs_in_place_equals_unique(monkeypatch, seed):
 
 def test_streaming_small_blocks_buffer_and_flush_equal_sklearn(monkeypatch):
     """Many updates with new and repeated keys go through the buffer, its LSM merges and flushes."""
-    import oodscore.metrics as mm
-
-    monkeypatch.setattr(mm, "_SEARCH_BLOCK", 16)
-    monkeypatch.setattr(mm, "_MOVE_BLOCK", 64)
+    monkeypatch.setattr(_sizes, "SEARCH_BLOCK", 16)
+    monkeypatch.setattr(_sizes, "MOVE_BLOCK", 64)
     flushes = []
-    real_flush = mm._ExactState._flush
+    real_flush = ExactState._flush
 
     def counting_flush(self, cls):
         flushes.append(len(self._buf[cls]))
         real_flush(self, cls)
 
-    monkeypatch.setattr(mm._ExactState, "_flush", counting_flush)
+    monkeypatch.setattr(ExactState, "_flush", counting_flush)
     rng = np.random.default_rng(21)
     m = PixelMetrics()
     ss, ys = [], []
@@ -392,11 +411,9 @@ def test_counts_upcast_past_uint32_exactly():
 
 def test_mode_is_a_state_object_chosen_at_construction():
     """Exact and binned accumulators share one interface; PixelMetrics only delegates to the one it holds."""
-    import oodscore.metrics as mm
-
     s, y = _data(30, n=5_000, dtype=np.float32, levels=50)
     exact, binned = PixelMetrics(), PixelMetrics(bins=32, edge_samples=100)
-    assert isinstance(exact._state, mm._ExactState) and isinstance(binned._state, mm._BinnedState)
+    assert isinstance(exact._state, ExactState) and isinstance(binned._state, BinnedState)
     for m in (exact, binned):
         m.update(s, y)
         assert m.n_distinct > 0

@@ -1,11 +1,20 @@
 """OODMC: feature layout, fitting separable synthetic moments, sampling, persistence, mismatch errors."""
+import json
+import zipfile
+
+import joblib
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import Pipeline
+from sklearn.svm import LinearSVC
+from sklearn.tree import DecisionTreeClassifier
 
 from oodscore import OodscoreError
-from oodscore.scores import OODMC, mc_features
+from oodscore.scores import OODMC, make_classifier, mc_features
+from oodscore.scores.oodmc import CLASSIFIER_NAMES, CLASSIFIERS
 
 
 def make_frame(rng, c=3, k=3, h=12, w=14, ood_frac=0.3, void_frac=0.1):
@@ -40,8 +49,10 @@ def test_feature_layout():
     mask = rng.random((3, 4)) < 0.5
     np.testing.assert_array_equal(mc_features(mc, w, mask), f[mask.ravel()])
     np.testing.assert_array_equal(mc_features(mc, w, np.array([5, 0, 7])), f[[5, 0, 7]])
-    # torch tensors accepted
+    # torch tensors accepted, bfloat16 ones read as float32
     np.testing.assert_array_equal(mc_features({k: torch.from_numpy(v) for k, v in mc.items()}, w), f)
+    bf = {k: torch.from_numpy(v).bfloat16() for k, v in mc.items()}
+    np.testing.assert_array_equal(mc_features(bf, w), mc_features({k: v.float().numpy() for k, v in bf.items()}, w))
 
 
 def test_fit_separable_and_score():
@@ -59,8 +70,11 @@ def test_fit_separable_and_score():
     assert roc_auc_score(label[keep], s[keep]) > 0.98
     assert s[label == 1].mean() > 0 > s[label == 0].mean()  # positive = OOD
     # chunked evaluation equals one-shot decision_function on all pixels
-    x = model.scaler_.transform(mc_features(mc, 0.5))
-    np.testing.assert_allclose(s.ravel(), model.clf_.decision_function(x), rtol=1e-5, atol=1e-6)
+    x = model.pipeline_["scaler"].transform(mc_features(mc, 0.5))
+    np.testing.assert_allclose(s.ravel(), model.pipeline_["classifier"].decision_function(x), rtol=1e-5, atol=1e-6)
+    # the default classifier: LinearSVC seeded by random_state
+    assert isinstance(model.pipeline_, Pipeline) and list(model.pipeline_.named_steps) == ["scaler", "classifier"]
+    assert repr(model.pipeline_["classifier"]) == "LinearSVC(random_state=0)"
 
 
 def test_sampling_deterministic_and_quota():
@@ -68,15 +82,16 @@ def test_sampling_deterministic_and_quota():
     train = [make_frame(rng) for _ in range(3)]
     a = OODMC(svm_points_num=100, random_state=5).fit(train)
     b = OODMC(svm_points_num=100, random_state=5).fit(iter(train))
-    np.testing.assert_array_equal(a.clf_.coef_, b.clf_.coef_)
-    np.testing.assert_array_equal(a.scaler_.mean_, b.scaler_.mean_)
+    np.testing.assert_array_equal(a.pipeline_["classifier"].coef_, b.pipeline_["classifier"].coef_)
+    np.testing.assert_array_equal(a.pipeline_["scaler"].mean_, b.pipeline_["scaler"].mean_)
     c = OODMC(svm_points_num=100, random_state=6).fit(train)
-    assert not np.array_equal(a.scaler_.mean_, c.scaler_.mean_)
+    assert not np.array_equal(a.pipeline_["scaler"].mean_, c.pipeline_["scaler"].mean_)
     # more points than available: everything is used, and the sample is all labelled pixels
     big = OODMC(svm_points_num=10 ** 6).fit(train)
     assert big.n_samples_ == big.n_available_
     feats = np.concatenate([mc_features(mc, 0.5, lab.ravel() <= 1) for mc, lab in train])
-    np.testing.assert_allclose(big.scaler_.mean_, feats.astype(np.float64).mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(big.pipeline_["scaler"].mean_, feats.astype(np.float64).mean(axis=0), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_other_classifiers():
@@ -84,28 +99,104 @@ def test_other_classifiers():
     train = [make_frame(rng) for _ in range(2)]
     mc, label = make_frame(rng)
     keep = label != 255
-    for name in ("logistic", "sklearn.linear_model:LogisticRegression", "sklearn.tree.DecisionTreeClassifier"):
-        s = OODMC(svm_points_num=200, classifier=name).fit(train).score(mc)
+    # a named one, any sklearn classifier object (the tree has no decision_function: P(OOD) - 0.5)
+    for est in (make_classifier("logistic"), LogisticRegression(), DecisionTreeClassifier()):
+        model = OODMC(svm_points_num=200, estimator=est).fit(train)
+        s = model.score(mc)
         assert roc_auc_score(label[keep], s[keep]) > 0.9
-    with pytest.raises(OodscoreError, match="classifier"):
-        OODMC(classifier="no-such-thing").fit(train)
+        assert model.pipeline_["classifier"] is not est and not hasattr(est, "classes_")   # fit works on a clone
+        assert model.pipeline_["classifier"].random_state == 0 and est.random_state is None    # seeded by OODMC
+    assert OODMC(estimator=LogisticRegression(random_state=3), svm_points_num=200).fit(train).pipeline_[
+        "classifier"].random_state == 3     # a classifier's own seed wins
+    with pytest.raises(OodscoreError, match="classifier: expected one of linear-svc, logistic, rbf-svc, sgd, got 'no"):
+        make_classifier("no-such-thing")
+    with pytest.raises(OodscoreError, match="OODMC estimator: expected None or an sklearn classifier object"):
+        OODMC(estimator="logistic").fit(train)
+
+
+def test_named_classifiers():
+    assert tuple(CLASSIFIERS) == CLASSIFIER_NAMES == ("linear-svc", "logistic", "rbf-svc", "sgd")
+    assert repr(make_classifier("logistic")) == "LogisticRegression(max_iter=1000)"
+    assert make_classifier("sgd") is not make_classifier("sgd") and make_classifier("sgd") is not CLASSIFIERS["sgd"]
+
+
+def _v1_file(model: OODMC, path, params: dict) -> None:
+    """A model file as the previous version wrote it: a joblib pickle of a dict with the scaler and the classifier."""
+    joblib.dump({"format": "oodscore-oodmc", "version": 1, "params": params, "moments_of": model.moments_of,
+                 "moment_order": model.moment_order_, "num_classes": model.num_classes_,
+                 "n_samples": model.n_samples_, "n_available": model.n_available_,
+                 "scaler": model.pipeline_["scaler"], "clf": model.pipeline_["classifier"]}, path)
 
 
 def test_save_load_roundtrip(tmp_path):
     rng = np.random.default_rng(4)
     train = [make_frame(rng) for _ in range(2)]
-    model = OODMC(svm_points_num=300, moment_weight=0.4, C=0.5).fit(train)
-    p = model.save(tmp_path / "oodmc.joblib")
-    back = OODMC.load(p)
-    assert back.get_params() == model.get_params() and back.clf_params == {"C": 0.5}
-    assert (back.moment_order_, back.num_classes_) == (3, 3)
     mc, _ = make_frame(rng)
-    np.testing.assert_array_equal(back.score(mc), model.score(mc))
+    for est in (LinearSVC(C=0.5), None, *(make_classifier(n) for n in CLASSIFIER_NAMES)):
+        model = OODMC(svm_points_num=300, moment_weight=0.4, estimator=est).fit(train)
+        p = model.save(tmp_path / "oodmc.joblib")
+        assert zipfile.is_zipfile(p)                    # a numpy archive, not a pickle
+        back = OODMC.load(p)
+        assert repr(back) == repr(model) and repr(back.estimator) == repr(est)
+        assert (back.moment_order_, back.num_classes_) == (3, 3) and back.n_samples_ == model.n_samples_
+        np.testing.assert_array_equal(back.score(mc), model.score(mc))
     with pytest.raises(OodscoreError, match="not found"):
         OODMC.load(tmp_path / "missing.joblib")
     (tmp_path / "junk.joblib").write_bytes(b"not a pickle")
     with pytest.raises(OodscoreError, match="junk.joblib"):
         OODMC.load(tmp_path / "junk.joblib")
+    with pytest.raises(OodscoreError, match="junk.joblib: not a readable joblib file"):
+        OODMC.load(tmp_path / "junk.joblib", allow_pickle=True)
+    with pytest.raises(OodscoreError, match="cannot store a DecisionTreeClassifier"):
+        OODMC(svm_points_num=200, estimator=DecisionTreeClassifier()).fit(train).save(tmp_path / "tree.npz")
+
+
+def test_version_1_files_load_only_with_allow_pickle(tmp_path):
+    """The previous format (a joblib pickle) is read when asked for, and scores as it did."""
+    rng = np.random.default_rng(4)
+    train = [make_frame(rng) for _ in range(2)]
+    mc, _ = make_frame(rng)
+    model = OODMC(svm_points_num=300, estimator=LinearSVC(C=0.5)).fit(train)
+    params = {"moment_weight": 0.5, "svm_points_num": 300, "svm_eval_subsize": 100, "classifier": "linear-svc",
+              "moments_of": "logits", "random_state": 0, "C": 0.5}
+    _v1_file(model, tmp_path / "v1.joblib", params)
+    with pytest.raises(OodscoreError, match=r"v1.joblib: .*joblib pickle.*allow_pickle=True") as e:
+        OODMC.load(tmp_path / "v1.joblib")
+    assert "\n" not in str(e.value)
+    back = OODMC.load(tmp_path / "v1.joblib", allow_pickle=True)
+    assert repr(back.estimator) == "LinearSVC(C=0.5, random_state=0)" and back.svm_points_num == 300
+    np.testing.assert_array_equal(back.score(mc), model.score(mc))
+    np.testing.assert_array_equal(OODMC.load(back.save(tmp_path / "v2.npz")).score(mc), model.score(mc))
+    joblib.dump({"format": "oodscore-oodmc", "version": 7}, tmp_path / "v7.joblib")
+    with pytest.raises(OodscoreError, match="version 7 is not supported"):
+        OODMC.load(tmp_path / "v7.joblib", allow_pickle=True)
+
+
+def test_model_file_instantiates_only_known_classes(tmp_path):
+    """A file naming another class (or a damaged one) is refused with one line; nothing else is instantiated."""
+    rng = np.random.default_rng(4)
+    model = OODMC(svm_points_num=200).fit([make_frame(rng) for _ in range(2)])
+    p = model.save(tmp_path / "m.npz")
+    with np.load(p) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    assert meta["format"] == "oodscore-oodmc" and meta["version"] == 2
+
+    def write(name, meta):
+        np.savez(tmp_path / name, meta=np.array(json.dumps(meta)), **arrays)
+        return tmp_path / name
+
+    evil = json.loads(json.dumps(meta).replace("sklearn.svm:LinearSVC", "os:system"))
+    for bad, msg in [(evil, "damaged OODMC model file"), ({**meta, "version": 3}, "version 3 is not supported"),
+                     ({**meta, "format": "x"}, "not an OODMC model"),
+                     ({**meta, "pipeline": None}, "no fitted pipeline"),
+                     ({**meta, "params": {**meta["params"], "moment_weight": 5}}, "OODMC moment_weight")]:
+        with pytest.raises(OodscoreError, match=msg) as e:
+            OODMC.load(write("bad.npz", bad))
+        assert "\n" not in str(e.value)
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(OodscoreError, match="not an OODMC model"):
+        OODMC.load(tmp_path / "other.npz")
 
 
 def test_mismatches_and_errors():
@@ -160,8 +251,8 @@ def test_streaming_sample_equals_global_smallest_keys():
         k, f = np.concatenate(keys[cls]), np.concatenate(feats[cls])
         chosen.append(f[np.argsort(k)[:quota]])
     x = np.concatenate(chosen).astype(np.float64)
-    np.testing.assert_allclose(model.scaler_.mean_, x.mean(axis=0), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(model.scaler_.var_, x.var(axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model.pipeline_["scaler"].mean_, x.mean(axis=0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(model.pipeline_["scaler"].var_, x.var(axis=0), rtol=1e-5, atol=1e-7)
 
 
 def test_non_finite_moments_are_a_clear_error():
@@ -223,10 +314,10 @@ def test_native_moments_fit_at_label_pixels_and_score_upsampled(align_corners):
     idx = rng.choice(size[0] * size[1], 50, replace=False)
     np.testing.assert_allclose(mc_features_at(frames[0][0], 0.5, idx, size, rule),
                                mc_features(_upsampled(frames[0][0], size, align_corners), 0.5, idx), atol=1e-5)
-    model = OODMC(svm_points_num=400, classifier="logistic").fit(frames)
-    ref = OODMC(svm_points_num=400, classifier="logistic").fit(
+    model = OODMC(svm_points_num=400, estimator=make_classifier("logistic")).fit(frames)
+    ref = OODMC(svm_points_num=400, estimator=make_classifier("logistic")).fit(
         [(_upsampled(mc, size, align_corners), lab) for mc, lab in frames])
-    np.testing.assert_allclose(model.scaler_.mean_, ref.scaler_.mean_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.pipeline_["scaler"].mean_, ref.pipeline_["scaler"].mean_, rtol=1e-4, atol=1e-5)
     mc, label = frames[0]
     s = model.score(mc, size=size)
     assert s.shape == size and s.dtype == np.float32

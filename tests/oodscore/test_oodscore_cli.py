@@ -14,8 +14,8 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from oodscore.cli import app
 from cocodag.formats.logits import LogitsWriter
+from oodscore.cli import app
 from oodscore.metrics import pixel_metrics
 
 runner = CliRunner()
@@ -256,9 +256,29 @@ def test_binned_metrics_close_to_exact(tmp_path, evalset):
                                 tmp_path / "r", "--bins", 1), "--bins 1")
 
 
+def test_device_is_resolved_up_front(tmp_path):
+    """--device is a plain string resolved by cocodag.device: CUDA on a machine without it is one line, before work."""
+    import torch
+
+    _logits(tmp_path / "t.h5", np.random.default_rng(4))
+    base = ("evaluate", "--logits", tmp_path / "t.h5", "--method", "msp", "--no-progress", "--out", tmp_path / "r")
+    _assert_one_line_error(_run(*base, "--device", "gpu"), "--device 'gpu': expected auto, cpu, cuda or cuda:N")
+    _assert_one_line_error(_run("fit-sml", "--logits", tmp_path / "t.h5", "--out", tmp_path / "s.json", "--device",
+                                "tpu:0"), "--device 'tpu:0': expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        _assert_one_line_error(_run(*base, "--device", "cuda:1"),
+                               "--device cuda:1: CUDA is not available on this machine (use --device cpu)")
+        _assert_one_line_error(_run("fit-sml", "--logits", tmp_path / "t.h5", "--out", tmp_path / "s.json",
+                                    "--device", "cuda:1"), "--device cuda:1: CUDA is not available")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s.json").exists()
+    res = _run(*base, "--device", "cpu", "--max-overlays", 0)
+    assert res.exit_code == 0, res.output
+
+
 def test_method_help_lists_the_registry():
     from oodscore.scores import METHODS
 
     res = _run("evaluate", "--help")
     assert res.exit_code == 0
     assert " | ".join(METHODS) in " ".join(res.output.replace("│", " ").split())
+    assert "<all|road>" in res.output and "<f1|tpr95>" in res.output      # typer lists the Literal choices

@@ -177,7 +177,9 @@ def test_streaming_merge_torch_and_callables():
     for s, y in fr[:2]:
         a.update(torch.from_numpy(s), torch.from_numpy(y))
     for s, y in fr[2:]:
-        b.add_frame(b.frame(s, y))
+        state = b.empty_copy()
+        state.update(s, y)
+        b.merge(state)
     assert {**a.merge(b).compute()} == {k: v for k, v in one.items() if not k.startswith("component")}
     assert protocol_metrics("smiyc", lambda: iter(fr), components="obstacle") == one
     with pytest.raises(OodscoreError, match="two passes"):
@@ -187,13 +189,16 @@ def test_streaming_merge_torch_and_callables():
     f, g = pixel_accumulator("fishyscapes"), pixel_accumulator("fishyscapes")
     for s, y in fr:
         f.update(s, y)
-        g.add_summary(g.empty_copy().summarize(s, y))
+        state = g.empty_copy()
+        state.update(s, y)
+        g.merge(state)
     assert f.compute() == g.compute() == protocol_metrics("fishyscapes", iter(fr))
     assert a.n_distinct > 0 and f.n_distinct > 0
     comp = component_accumulator("smiyc", one["threshold"], "obstacle")
-    copy = comp.empty_copy()
     for s, y in fr:
-        comp.add_frame(*copy.frame(s, y))
+        state = comp.empty_copy()
+        state.update(s, y)
+        comp.merge(state)
     assert component_results(comp.compute()) == {k: v for k, v in one.items() if k.startswith("component")}
 
 

@@ -1,7 +1,7 @@
-"""oodscore.report: evaluation runs and their files.
+"""oodscore.report (evaluation runs), oodscore.options (their settings), oodscore.writers / .plots (their files).
 
 Oracles: sklearn metrics on scores re-computed here with numpy in float64 from the stored logits; plain csv/json
-parsing of the written files; literal F1 at a fixed threshold.
+parsing of the written files; literal F1 at a fixed threshold; the library's own choice definitions.
 """
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ import pytest
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from oodscore import OodscoreError
+from cocodag.errors import CocodagError
 from cocodag.formats.logits import LogitsWriter
-from oodscore.report import (evaluate_logits, load_thresholds, normalize_scores, save_overlay, save_thresholds,
-                             write_metrics)
+from oodscore import OodscoreError
+from oodscore.options import COMPONENT_RULE_CHOICES, PROTOCOL_CHOICES, SML_BORDERS, TRACK_CHOICES, EvalOptions
+from oodscore.plots import normalize_scores, save_overlay
+from oodscore.report import evaluate_logits
+from oodscore.writers import load_thresholds, save_thresholds, write_metrics
 
 C, H, W = 4, 24, 32
 
@@ -184,10 +187,76 @@ def test_evaluation_is_separate_from_writing(tmp_path):
 
 
 def test_unreadable_overlay_image_is_skipped(tmp_path):
-    from oodscore.report import _overlay_image
+    from oodscore.sources import _overlay_image
 
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     assert _overlay_image(tmp_path / "bad.png") is None
     assert _overlay_image(tmp_path / "missing.png") is None
     Image.fromarray(np.full((4, 5, 3), 7, np.uint8)).save(tmp_path / "ok.png")
     assert _overlay_image(tmp_path / "ok.png").shape == (4, 5, 3)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(workers=0), "--workers 0: expected at least 1"),
+    (dict(workers=1.5), "--workers 1.5: expected an integer >= 1"),
+    (dict(bins=1), "--bins 1: expected at least 2 (or leave it out for exact metrics)"),
+    (dict(max_overlays=-1), "--max-overlays -1: expected >= 0"),
+    (dict(components="x"), "--components 'x': expected anomaly, obstacle or none"),
+    (dict(region="nowhere"), "--region 'nowhere': expected all or road"),
+    (dict(protocol="smiyx"), "--protocol 'smiyx': expected one of exact, smiyc, fishyscapes, all"),
+    (dict(components="anomaly", component_rule="gte"), "--component-rule 'gte': expected gt (score > t) or ge"),
+    (dict(component_rule="gt"), "--component-rule needs --components anomaly|obstacle"),
+    (dict(protocol="smiyc", bins=100), "--bins is a binning of the exact protocol; --protocol smiyc computes"),
+    (dict(protocol="all", threshold_from="t.json"), "--threshold-from works with --protocol exact only"),
+    (dict(protocol="fishyscapes", components="anomaly"),
+     "--components anomaly --protocol fishyscapes: protocol 'fishyscapes' defines no component metrics"),
+    (dict(threshold_kind="f2"), "--threshold-kind 'f2': expected one of f1, tpr95"),
+    (dict(sml_border="kornia"), "--sml-border 'kornia': expected one of geodesic, official-2021"),
+    (dict(save_scores=["png:x"]), "--save-scores 'png:x': unknown layout 'png'"),
+    (dict(device="gpu"), "--device 'gpu': expected auto, cpu, cuda or cuda:N"),
+])
+def test_eval_options_one_line_per_bad_option(kw, message):
+    with pytest.raises(CocodagError) as e:         # OodscoreError; the device's is cocodag.device's own
+        EvalOptions(**kw).validate()
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_eval_options_protocols_and_replace():
+    assert EvalOptions().validate().protocols() == ["exact"]
+    assert EvalOptions(protocol="all", components="obstacle").protocols() == ["exact", "smiyc", "fishyscapes"]
+    assert EvalOptions(protocol="smiyc", components="anomaly", component_rule="ge").protocols() == ["smiyc"]
+    opts = EvalOptions(save_scores=["npy:a"])                        # a list (the CLI's) is kept as a tuple
+    assert opts.save_scores == ("npy:a",) and opts.replace(workers=3).workers == 3 and opts.workers == 1
+    with pytest.raises(TypeError):                                   # a misspelt option is a bug, not a user error
+        opts.replace(regoin="road")
+    with pytest.raises(OodscoreError, match="scorer options for --logits"):
+        EvalOptions(temperature=2.0).check_score_maps()
+
+
+def test_choices_are_the_library_definitions():
+    """The CLI's choices (oodscore.options' Literal aliases) are those the library modules define."""
+    from oodscore.components import RULES, TRACKS
+    from oodscore.protocols import PROTOCOLS
+    from oodscore.scores.sml import BORDERS
+
+    assert PROTOCOL_CHOICES == (*PROTOCOLS, "all")
+    assert set(TRACK_CHOICES) == {*TRACKS, "none"}
+    assert set(COMPONENT_RULE_CHOICES) == set(RULES)
+    assert SML_BORDERS == tuple(BORDERS)
+
+
+def test_options_object_and_keywords_give_the_same_report(tmp_path):
+    _logits_file(tmp_path / "t.h5", np.random.default_rng(6))
+    opts = EvalOptions(components="obstacle", max_overlays=0, progress=False)
+    a = evaluate_logits(tmp_path / "t.h5", ["msp"], tmp_path / "a", opts)
+    b = evaluate_logits(tmp_path / "t.h5", ["msp"], tmp_path / "b", components="obstacle", max_overlays=0,
+                        progress=False)
+    c = evaluate_logits(tmp_path / "t.h5", ["msp"], tmp_path / "c", EvalOptions(max_overlays=0), progress=False,
+                        components="obstacle")                       # keywords on top of an options object
+    assert a.results == b.results == c.results and "component_mean_f1" in a.results["msp"]
+    for f in ("metrics.json", "metrics.csv", "thresholds.json"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() == \
+            (tmp_path / "c" / f).read_bytes(), f
+    with pytest.raises(OodscoreError, match="--workers 0"):         # keywords are checked as the options are
+        evaluate_logits(tmp_path / "t.h5", ["msp"], tmp_path / "d", workers=0)
+    assert not (tmp_path / "d").exists()

@@ -127,8 +127,8 @@ def test_smiyc_layout_round_trips_as_float16(tmp_path, data):
                    "--max-overlays", 0)
         assert res.exit_code == 0, res.output
         back = _metrics(rep)[m]
-        frames = lambda: ((n, labels[n], {m: maps[(m, n)].astype(np.float32)}, None) for n in labels)  # noqa: E731
-        ref = evaluate_frames([m], frames, len(labels)).results[m]
+        frames = [(n, labels[n], {m: maps[(m, n)].astype(np.float32)}, None) for n in labels]
+        ref = evaluate_frames([m], lambda frames=frames: iter(frames), len(labels)).results[m]
         for k in KEYS:
             assert back[k] == ref[k], (m, k)
 

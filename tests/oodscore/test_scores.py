@@ -6,8 +6,22 @@ import pytest
 import torch
 
 from oodscore import OodscoreError
-from oodscore.scores import (GEN, MSP, MSPT, OODMC, SCORERS, SML, VDE, Energy, Entropy, MaxLogit, MCEntropy, SMLStats,
-                             definitions, get_scorer)
+from oodscore.scores import (
+    GEN,
+    MSP,
+    MSPT,
+    OODMC,
+    SCORERS,
+    SML,
+    VDE,
+    Energy,
+    Entropy,
+    MaxLogit,
+    MCEntropy,
+    SMLStats,
+    definitions,
+    get_scorer,
+)
 
 torch.set_num_threads(1)
 
@@ -103,8 +117,69 @@ def test_every_registered_scorer_follows_the_protocol():
         assert set(cls._parameter_constraints) <= set(cls.param_names()), name
     assert OODMC.requires == MCEntropy.requires == "mc"
     assert MSP.requires == SML.requires == VDE.requires == Energy.requires == MSPT.requires == GEN.requires == "logits"
-    assert OODMC.param_names() == ["moment_weight", "svm_points_num", "svm_eval_subsize", "classifier",
+    assert OODMC.param_names() == ["moment_weight", "svm_points_num", "svm_eval_subsize", "estimator",
                                    "moments_of", "random_state"]
+
+
+def _same_params(a, b) -> bool:
+    """Same parameter names and values; estimator-valued parameters compare by their own parameters."""
+    pa, pb = a.get_params(deep=False), b.get_params(deep=False)
+    if list(pa) != list(pb):
+        return False
+    for k, v in pa.items():
+        w = pb[k]
+        if hasattr(v, "get_params"):
+            if type(v) is not type(w) or not _same_params(v, w):
+                return False
+        elif isinstance(v, SMLStats):
+            if v.to_dict() != w.to_dict():
+                return False
+        elif v != w:
+            return False
+    return True
+
+
+def test_every_registered_scorer_is_an_sklearn_estimator(tmp_path):
+    """get_params / set_params / clone work on every scorer of the registry, with every parameter set."""
+    from sklearn.base import BaseEstimator, clone
+    from sklearn.linear_model import LogisticRegression
+
+    st = SMLStats().partial_fit(np.random.default_rng(0).normal(size=(1, 3, 5, 5)))
+    st.save(tmp_path / "sml.json")
+    changed = {"device": "cpu", "temperature": 2.5, "gamma": 0.3, "top_m": 4, "boundary_iters": 2,
+               "smoothing": False, "border": "official-2021", "boundary_width": 4, "threshold": 0.5, "margin": 2.0,
+               "road_class": 1, "moment_weight": 0.3, "svm_points_num": 1000, "svm_eval_subsize": 7,
+               "estimator": LogisticRegression(C=0.5), "moments_of": "probs", "random_state": 4}
+    for name, cls in SCORERS.items():
+        for stats in (st, str(tmp_path / "sml.json")):
+            params = {k: v for k, v in changed.items() if k in cls.param_names()}
+            if "stats" in cls.param_names():
+                params["stats"] = stats
+            scorer = get_scorer(name, **params)
+            assert isinstance(scorer, BaseEstimator), name
+            assert set(scorer.get_params(deep=False)) == set(cls.param_names()), name
+            for s in (scorer, get_scorer(name, **({"stats": stats} if "stats" in params else {}))):
+                twin = clone(s)
+                assert type(twin) is cls and twin is not s and _same_params(twin, s), name
+                assert twin.set_params(**s.get_params(deep=False)) is twin, name
+    oodmc = clone(OODMC(estimator=LogisticRegression(C=0.5)))
+    assert oodmc.set_params(estimator__C=2.0).estimator.C == 2.0        # nested parameters, as in sklearn
+    assert repr(MSPT(temperature=2.5)) == "MSPT(temperature=2.5)"
+
+
+def test_bfloat16_inputs_are_read_as_float32(logits, tmp_path):
+    """No raw TypeError from numpy's missing bfloat16: logits and MC dicts in bfloat16 score like their float32."""
+    st = SMLStats().partial_fit(logits)
+    z = torch.from_numpy(logits).bfloat16()
+    for name, cls in SCORERS.items():
+        if cls.requires != "logits":
+            continue
+        scorer = get_scorer(name, **({"stats": st} if "stats" in cls.param_names() else {}))
+        np.testing.assert_array_equal(scorer.score(z), scorer.score(z.float()), err_msg=name)
+    mc, _ = _mc_dict(_mc_samples(np.random.default_rng(4), 4, 5, 6, 7), "logits")
+    bf = {k: torch.from_numpy(v).bfloat16() if isinstance(v, np.ndarray) else v for k, v in mc.items()}
+    f32 = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in bf.items()}
+    np.testing.assert_array_equal(MCEntropy().score(bf), MCEntropy().score(f32))
 
 
 def test_parameter_errors_name_class_and_parameter():

@@ -1,4 +1,4 @@
-"""SMLStats and SML against an independent float64 numpy re-computation of DESIGN §4.4.
+"""SMLStats and SML against an independent float64 numpy re-computation of docs/methods.md §4.3 and §5.4.
 
 The reference below uses only numpy (explicit padding and loops over kernel offsets, the 2-D Gaussian applied
 directly, diamond dilation from its definition), never the torch code under test.
@@ -140,7 +140,7 @@ def test_stats_float16_and_large_offset():
 def test_stats_unfitted_and_errors(tmp_path):
     st = SMLStats()
     with pytest.raises(CocodagError, match=r"SMLStats is not fitted: call partial_fit\(\) or SMLStats.load\(path\)"):
-        st.std_
+        _ = st.std_
     with pytest.raises(CocodagError, match="not fitted"):
         SML(st).score(np.zeros((3, 4, 4), np.float32))
     st.partial_fit(np.zeros((3, 4, 4), np.float32))
@@ -179,7 +179,7 @@ def test_json_roundtrip(tmp_path):
     both = SMLStats().partial_fit(np.concatenate([z, z2]))
     np.testing.assert_allclose(back.mean_[:5], both.mean_[:5], rtol=1e-12)
     np.testing.assert_allclose(back.var_[:5], both.var_[:5], rtol=1e-10)
-    # the bare mapping {class: {mean, std, count}} of DESIGN §4.4 is accepted too
+    # the bare mapping {class: {mean, std, count}} is accepted too
     bare = {str(k): {"mean": float(st.mean_[k]), "std": float(st.std_[k]), "count": int(st.count_[k])}
             for k in range(5)}
     (tmp_path / "bare.json").write_text(json.dumps(bare))

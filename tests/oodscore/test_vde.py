@@ -9,7 +9,7 @@ from oodscore.scores import SML, VDE, SMLStats, drivable_region
 torch.set_num_threads(1)
 
 
-# ---------------------------------------------------------------------- slow literal reference (DESIGN §4.4 (3)-(4))
+# ---------------------------------------------------------------------- slow literal reference (docs/methods.md §5.5)
 def literal_region(confident, kernel="square"):
     """The seed's description, pixel by pixel.
 

@@ -2,12 +2,13 @@
 
 Oracle: the same evaluation with ``workers=1`` (frames scored in this process, in order), compared file by file
 (metrics.json / .csv, thresholds.json, the ROC / PR plots, the overlays); and a literal ``update`` loop for the
-metric summaries the workers send back.
+per-frame states the workers send back.
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -213,35 +214,41 @@ def _batches(seed: int, k: int = 6):
     return out
 
 
+@pytest.mark.parametrize("edge_samples", [300, 120, 10_000])
 @pytest.mark.parametrize("bins", [None, 8])
-def test_summaries_added_in_order_equal_updates(bins):
+def test_frame_states_merged_in_order_equal_updates(bins, edge_samples):
     batches = _batches(3)
-    ref = PixelMetrics(bins=bins, edge_samples=300)
+    ref = PixelMetrics(bins=bins, edge_samples=edge_samples)
     for s, y in batches:
         ref.update(s, y)
-    # summaries made ahead of time, by copies that lag behind the accumulator (as workers do): binned batches
-    # summarized before the edges were fixed come back raw and are binned when added
-    acc = PixelMetrics(bins=bins, edge_samples=300)
+    # states made ahead of time, by copies that lag behind the accumulator (as workers do): binned copies made
+    # before the edges were fixed hold their scores unbinned (or fix their own edges from them: 120 samples), and
+    # are binned when merged
+    acc = PixelMetrics(bins=bins, edge_samples=edge_samples)
     pending = []
     for s, y in batches:
-        pending.append(acc.empty_copy().summarize(s, y))
+        state = acc.empty_copy()
+        state.update(s, y)
+        pending.append(pickle.loads(pickle.dumps(state)))      # as it comes back from a worker
         if len(pending) == 3:
-            acc.add_summary(pending.pop(0))
+            acc.merge(pending.pop(0))
     for p in pending:
-        acc.add_summary(p)
+        acc.merge(p)
     assert acc.compute() == ref.compute()
     assert acc.curves(max_points=50)["fpr"].tolist() == ref.curves(max_points=50)["fpr"].tolist()
     if bins:
         assert np.array_equal(acc.edges, ref.edges)
         other = PixelMetrics(bins=bins, edge_samples=10)
         other.update(*batches[0])
+        state = other.empty_copy()
+        state.update(*batches[1])
         with pytest.raises(OodscoreError, match="quantile edges"):
-            acc.add_summary(other.summarize(*batches[1]))
+            acc.merge(state)
     with pytest.raises(OodscoreError, match="bins differ"):
-        acc.add_summary(PixelMetrics(bins=None if bins else 4).summarize(*batches[0]))
+        acc.merge(PixelMetrics(bins=None if bins else 4))
 
 
-def test_component_frames_added_in_order_equal_updates():
+def test_component_frame_states_merged_in_order_equal_updates():
     rng = np.random.default_rng(4)
     ref, acc = ComponentMetrics(0.5, track="obstacle"), ComponentMetrics(0.5, track="obstacle")
     for _ in range(5):
@@ -249,5 +256,48 @@ def test_component_frames_added_in_order_equal_updates():
         y[5:15, 5:15] = 1
         s = rng.normal(size=(30, 30)) + y
         ref.update(s, y)
-        acc.add_frame(*acc.empty_copy().frame(s, y))
+        state = acc.empty_copy()
+        state.update(s, y)
+        acc.merge(state)
     assert acc.compute() == ref.compute()
+
+
+_PROBE_MODULE = '''
+import os
+import cv2
+import torch
+from threadpoolctl import threadpool_info
+
+
+class Source:
+    def open(self, stack):
+        return (lambda i: (f"f{i}", None, {}, None)), None
+
+
+class Task:
+    def run(self, item, describe):
+        return {"torch": torch.get_num_threads(), "cv2": cv2.getNumThreads(),
+                "pools": sorted({p["num_threads"] for p in threadpool_info()}),
+                "env": [v for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if v in os.environ]}
+'''
+
+
+def test_workers_cap_their_thread_pools_without_touching_the_environment(tmp_path):
+    """Each of N workers gets cpu_count // N threads in every pool (threadpoolctl, torch, cv2); os.environ is left
+    as it was."""
+    (tmp_path / "probe_mod.py").write_text(_PROBE_MODULE)
+    code = ("import json, probe_mod; from oodscore.workers import WorkerFrames\n"
+            "if __name__ == '__main__':\n"
+            "    with WorkerFrames(probe_mod.Source(), 2, 4) as w:\n"
+            "        print(json.dumps(list(w.results(lambda i: probe_mod.Task(), 4))))\n")
+    (tmp_path / "probe.py").write_text(code)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                            "MKL_NUM_THREADS")}
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{tmp_path}"
+    res = subprocess.run([sys.executable, "probe.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    for r in json.loads(res.stdout.strip().splitlines()[-1]):
+        assert r["torch"] == threads and r["cv2"] == threads and r["env"] == []
+        assert r["pools"] in ([threads], [])

@@ -1,0 +1,38 @@
+"""The choices of maxent_train's options, each a ``Literal`` alias with its tuple derived from it, defined once.
+
+Cheap to import (no torch): the command line annotates its options with the aliases at start-up (typer lists and
+enforces the choices), and the library (:mod:`maxent_train.loss`, :mod:`maxent_train.mc`,
+:mod:`maxent_train.export`) checks values against the same tuples.
+"""
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = [
+    "COMPRESSIONS", "LOGITS_DTYPES", "LOGITS_RESOLUTIONS", "MC_DTYPES", "MOMENTS_OF", "OPTIM_TARGETS", "REDUCTIONS",
+    "Compression", "LogitsDtype", "LogitsResolution", "McDtype", "MomentsOf", "OptimTarget", "Reduction",
+]
+
+#: ``fit --optim-target``: meta-ood's entropy soft targets, or the seed's logit target (:mod:`maxent_train.loss`)
+OptimTarget = Literal["entropy", "logit"]
+#: reduction of the MaxEnt loss over pixels
+Reduction = Literal["mean", "sum", "none"]
+#: ``export --moments-of``: MC-dropout moments of the logits (the paper) or of the softmax probabilities (seed code)
+MomentsOf = Literal["logits", "probs"]
+#: ``export --compression`` of the big datasets. No lzf: h5py's LZF encoder is not byte-deterministic
+#: (``cocodag.formats.shards.LZF_REFUSED``)
+Compression = Literal["none", "gzip"]
+#: ``export --logits-resolution``: the network's output resolution (upsampled by the reader) or the label size
+LogitsResolution = Literal["native", "label"]
+#: ``export --logits-dtype``
+LogitsDtype = Literal["float16", "float32"]
+#: ``export --mc-dtype``
+McDtype = Literal["float32", "float16"]
+
+OPTIM_TARGETS: tuple[str, ...] = get_args(OptimTarget)
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+MOMENTS_OF: tuple[str, ...] = get_args(MomentsOf)
+COMPRESSIONS: tuple[str, ...] = get_args(Compression)
+LOGITS_RESOLUTIONS: tuple[str, ...] = get_args(LogitsResolution)
+LOGITS_DTYPES: tuple[str, ...] = get_args(LogitsDtype)
+MC_DTYPES: tuple[str, ...] = get_args(McDtype)
