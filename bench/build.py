@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cocodag.build import BuildConfig, build_dataset, plan_build  # noqa: E402
 from cocodag.build._plan import dag_draw_object  # noqa: E402  (the bench replays the build's own object draw)
 from cocodag.demo_world import generate_demo_world  # noqa: E402
-from cocodag.formats.compression import COMPRESSIONS  # noqa: E402
+from cocodag.formats.choices import COMPRESSIONS  # noqa: E402
 from cocodag.imageio import decode_image  # noqa: E402
 
 

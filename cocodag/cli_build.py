@@ -10,7 +10,7 @@ import typer
 # the library where they run.
 from .cityscapes import LabelSource
 from .cli_utils import user_errors
-from .formats.compression import Compression
+from .formats.choices import Compression
 from .labels import CocoBackground
 
 _COMPRESSION_HELP = "HDF5 compression of image/label (gzip: level 1). Default measured by bench/build.py."

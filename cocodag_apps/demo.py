@@ -311,9 +311,9 @@ class _Demo:
         if cfg.vde_threshold is not None:
             extra += ["--vde-threshold", cfg.vde_threshold]
         if mc:
-            self.stage(f"oodmc-fit {rdir.name}", rdir / "oodmc.joblib", lambda: self._fit_oodmc(ckpt, mc_args))
+            self.stage(f"oodmc-fit {rdir.name}", rdir / "oodmc.npz", lambda: self._fit_oodmc(ckpt, mc_args))
             methods.append("oodmc")
-            extra += ["--oodmc-model", rdir / "oodmc.joblib"]
+            extra += ["--oodmc-model", rdir / "oodmc.npz"]
         meth = [a for m in methods for a in ("--method", m)]
         self.stage(f"evaluate {rdir.name}", rdir / "report" / "metrics.json", lambda: _run(_cmd(
             "oodscore.cli", "evaluate", "--logits", rdir / "test.h5", *meth, *extra, "--components", "anomaly",
@@ -330,7 +330,7 @@ class _Demo:
                   "--limit", cfg.oodmc_train_crops, "--out", rdir / "train-dag-mc.h5", *mc_args,
                   "--seed", cfg.seed, *self.dev, "--no-progress"), log)
         _run(_cmd("oodscore.cli", "fit-oodmc", "--logits", rdir / "train-dag-mc.h5",
-                  "--out", rdir / "oodmc.joblib", "--seed", cfg.seed), log)
+                  "--out", rdir / "oodmc.npz", "--seed", cfg.seed), log)
 
 
 def run_demo(cfg: DemoConfig, until: str | None = None) -> dict[str, Any]:

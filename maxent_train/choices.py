@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+# ``export --compression / --logits-resolution / --logits-dtype``: the logits writer's own choices (no lzf: h5py's
+# LZF encoder is not byte-deterministic, ``cocodag.formats.choices.LZF_REFUSED``)
+from cocodag.formats.choices import COMPRESSIONS, LOGITS_DTYPES, Compression, LogitsDtype, LogitsResolution
+from cocodag.formats.choices import RESOLUTIONS as LOGITS_RESOLUTIONS
+
 __all__ = [
     "COMPRESSIONS", "LOGITS_DTYPES", "LOGITS_RESOLUTIONS", "MC_DTYPES", "MOMENTS_OF", "OPTIM_TARGETS", "REDUCTIONS",
     "Compression", "LogitsDtype", "LogitsResolution", "McDtype", "MomentsOf", "OptimTarget", "Reduction",
@@ -19,20 +24,10 @@ OptimTarget = Literal["entropy", "logit"]
 Reduction = Literal["mean", "sum", "none"]
 #: ``export --moments-of``: MC-dropout moments of the logits (the paper) or of the softmax probabilities (seed code)
 MomentsOf = Literal["logits", "probs"]
-#: ``export --compression`` of the big datasets. No lzf: h5py's LZF encoder is not byte-deterministic
-#: (``cocodag.formats.shards.LZF_REFUSED``)
-Compression = Literal["none", "gzip"]
-#: ``export --logits-resolution``: the network's output resolution (upsampled by the reader) or the label size
-LogitsResolution = Literal["native", "label"]
-#: ``export --logits-dtype``
-LogitsDtype = Literal["float16", "float32"]
 #: ``export --mc-dtype``
 McDtype = Literal["float32", "float16"]
 
 OPTIM_TARGETS: tuple[str, ...] = get_args(OptimTarget)
 REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 MOMENTS_OF: tuple[str, ...] = get_args(MomentsOf)
-COMPRESSIONS: tuple[str, ...] = get_args(Compression)
-LOGITS_RESOLUTIONS: tuple[str, ...] = get_args(LogitsResolution)
-LOGITS_DTYPES: tuple[str, ...] = get_args(LogitsDtype)
 MC_DTYPES: tuple[str, ...] = get_args(McDtype)

@@ -35,6 +35,7 @@ from cocodag.arrays import to_numpy
 from cocodag.streaming import StreamingState
 from oodscore import OodscoreError
 from oodscore.metrics import PixelMetrics
+from oodscore.options import COMPONENT_RULE_CHOICES
 
 __all__ = ["ComponentMetrics", "component_metrics", "frame_components", "region_values", "check_rule", "TRACKS", "TAUS",
            "RULES"]
@@ -42,8 +43,9 @@ __all__ = ["ComponentMetrics", "component_metrics", "frame_components", "region_
 #: track -> (min predicted component size, min ground-truth component size), SMIYC's published settings
 TRACKS = {"anomaly": (500, 100), "obstacle": (50, 10)}
 TAUS = np.linspace(0.25, 0.75, 11)
-#: comparison of a score with the threshold: "ge" = ``score >= t`` (ours, default), "gt" = ``score > t`` (SMIYC)
-RULES = ("ge", "gt")
+#: comparison of a score with the threshold: "ge" = ``score >= t`` (ours, default), "gt" = ``score > t`` (SMIYC);
+#: the choices of ``--component-rule``, defined once in :mod:`oodscore.options`
+RULES = COMPONENT_RULE_CHOICES
 
 
 def _frame_map(x, name: str) -> np.ndarray:

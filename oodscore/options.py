@@ -22,7 +22,13 @@ from . import OodscoreError
 from .layouts import parse_save_spec
 
 __all__ = [
+    "COMPONENT_RULES",
     "COMPONENT_RULE_CHOICES",
+    "PROTOCOL_NAMES",
+    "Protocol",
+    "check_protocol",
+    "default_component_rule",
+    "protocol_with_components",
     "PROTOCOL_CHOICES",
     "REGIONS",
     "SML_BORDERS",
@@ -43,11 +49,16 @@ TRACK_CHOICES: tuple[str, ...] = get_args(Track)
 #: ``--region``: every pixel, or only the road (the roi mask)
 Region = Literal["all", "road"]
 REGIONS: tuple[str, ...] = get_args(Region)
-#: ``--protocol``: each protocol of :data:`oodscore.protocols.PROTOCOLS`, or ``all`` of them side by side
-ProtocolChoice = Literal["exact", "smiyc", "fishyscapes", "all"]
+#: the benchmark protocols (:mod:`oodscore.protocols` computes them; docs/protocols.md)
+Protocol = Literal["exact", "smiyc", "fishyscapes"]
+PROTOCOL_NAMES: tuple[str, ...] = get_args(Protocol)
+#: ``--protocol``: one protocol, or ``all`` of them side by side
+ProtocolChoice = Literal[Protocol, Literal["all"]]
 PROTOCOL_CHOICES: tuple[str, ...] = get_args(ProtocolChoice)
-#: ``--component-rule``: ``gt`` = ``score > t``, ``ge`` = ``score >= t`` (:data:`oodscore.components.RULES`)
-ComponentRule = Literal["gt", "ge"]
+#: protocol -> its component rule ("ge": score >= t, "gt": score > t); fishyscapes has no component metrics
+COMPONENT_RULES = {"exact": "ge", "smiyc": "gt"}
+#: ``--component-rule``: ``ge`` = ``score >= t`` (ours), ``gt`` = ``score > t`` (SMIYC)
+ComponentRule = Literal["ge", "gt"]
 COMPONENT_RULE_CHOICES: tuple[str, ...] = get_args(ComponentRule)
 #: ``--threshold-kind``: which threshold of a ``thresholds.json`` is used
 ThresholdKind = Literal["f1", "tpr95"]
@@ -55,6 +66,26 @@ THRESHOLD_KINDS: tuple[str, ...] = get_args(ThresholdKind)
 #: ``--sml-border``: the SML / VDE boundary mask (:data:`oodscore.scores.sml.BORDERS`)
 SmlBorder = Literal["geodesic", "official-2021"]
 SML_BORDERS: tuple[str, ...] = get_args(SmlBorder)
+
+
+def check_protocol(name: str) -> str:
+    """``name`` if it is a protocol, else a one-line OodscoreError listing the valid ones."""
+    if name not in PROTOCOL_NAMES:
+        raise OodscoreError(f"unknown protocol {name!r}: expected one of {', '.join(sorted(PROTOCOL_NAMES))}")
+    return name
+
+
+def default_component_rule(protocol: str) -> str:
+    """The component rule a protocol uses unless told otherwise (``ge`` for exact, ``gt`` for smiyc)."""
+    return COMPONENT_RULES[protocol_with_components(protocol)]
+
+
+def protocol_with_components(protocol: str) -> str:
+    """``protocol`` if it defines component metrics; one line otherwise."""
+    if check_protocol(protocol) not in COMPONENT_RULES:
+        raise OodscoreError(f"protocol {protocol!r} defines no component metrics (its official code computes AUROC, "
+                            f"AP and FPR95 only); component metrics exist under {' and '.join(COMPONENT_RULES)}")
+    return protocol
 
 
 def _or(choices: tuple[str, ...]) -> str:
@@ -149,8 +180,6 @@ class EvalOptions:
 
         ``all``: every protocol, exact first; components then under those that define them (exact, smiyc).
         """
-        from .protocols import PROTOCOLS, default_component_rule  # numpy, cv2: not for the CLI's start-up
-
         protocol = self.protocol
         if protocol not in PROTOCOL_CHOICES:
             raise OodscoreError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOL_CHOICES)}")
@@ -169,7 +198,7 @@ class EvalOptions:
             raise OodscoreError(f"--threshold-from works with --protocol exact only (the given thresholds are scored "
                                 f"with score >= t on exact counts), not with --protocol {protocol}")
         if protocol == "all":
-            return ["exact", *(p for p in PROTOCOLS if p != "exact")]
+            return ["exact", *(p for p in PROTOCOL_NAMES if p != "exact")]
         if self.components != "none":
             try:
                 default_component_rule(protocol)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..cityscapes import LabelSource
 from ..errors import CocodagError
-from ..formats.compression import COMPRESSIONS, LZF_REFUSED, Compression
+from ..formats.choices import COMPRESSIONS, LZF_REFUSED, Compression
 from ..formats.shards import KINDS
 from ..labels import COCO_BACKGROUNDS, CocoBackground
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..cityscapes import Frame, find_frames
 from ..coco import CocoImage, CocoObject, CocoSource, coco_paths, load_coco
 from ..errors import CocodagError
-from ..formats.compression import Compression
+from ..formats.choices import Compression
 from ..formats.shards import KINDS, STREAM_CODES, config_hash
 from ..labels import COCO_BACKGROUND_IDS
 from ._config import BuildConfig

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import h5py
 import numpy as np
@@ -36,18 +36,17 @@ import numpy as np
 from ..atomic import atomic_write
 from ..errors import CocodagError
 from ..outputs import disk_errors
-from .compression import GZIP_LEVEL1, LZF_REFUSED
+from .choices import (  # the writer's choices, defined without h5py (re-exported here)
+    GZIP_LEVEL1,
+    LOGITS_DTYPES,
+    LZF_REFUSED,
+    RESOLUTIONS,
+    UPSAMPLE_MODES,
+)
 
 LOGITS_FORMAT = "cocodag-logits"
 LOGITS_VERSION = 2
 READABLE_VERSIONS = (1, 2)      # 1: logits at label resolution, no layout attributes
-# the writer's choices, as Literal types and their tuples (a command line offers exactly these)
-LogitsResolution = Literal["native", "label"]
-RESOLUTIONS: tuple[str, ...] = get_args(LogitsResolution)
-LogitsDtype = Literal["float16", "float32"]
-LOGITS_DTYPES: tuple[str, ...] = get_args(LogitsDtype)
-UpsampleMode = Literal["bilinear", "bicubic"]
-UPSAMPLE_MODES: tuple[str, ...] = get_args(UpsampleMode)
 #: the rule of version-1 files and of models that record none
 DEFAULT_RULE = {"mode": "bilinear", "align_corners": False}
 MC_KEYS = ("mean", "central", "entropy")
@@ -430,7 +429,7 @@ class LogitsWriter:
     compression : {None, "none", "gzip"}
         Of the logits, the MC block and the images; ``gzip`` is level 1 (the measured size/speed choice). Labels
         and ROI masks are always gzip level 1 (measured: ~15 KiB per 2048x1024 label, smaller and faster to read
-        than lzf's ~29 KiB). ``"lzf"`` is refused (``cocodag.formats.compression.LZF_REFUSED``); lzf files still
+        than lzf's ~29 KiB). ``"lzf"`` is refused (``cocodag.formats.choices.LZF_REFUSED``); lzf files still
         read.
     logits_resolution : {"label", "native"}
         ``"label"``: logits (and MC block) at the label size. ``"native"``: at the network's output size (h, w),

@@ -37,7 +37,7 @@ from ..errors import CocodagError
 from ..labels import IGNORE_ID, NUM_CLASSES, OOD_ID, TRAIN_CLASS_NAMES
 from ..outputs import disk_errors
 from ..versions import library_versions
-from .compression import COMPRESSIONS, GZIP_LEVEL1, LZF_REFUSED, Compression
+from .choices import COMPRESSIONS, GZIP_LEVEL1, LZF_REFUSED, Compression
 
 SHARD_FORMAT = "cocodag-shard"
 SHARD_VERSION = 1

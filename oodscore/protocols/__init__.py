@@ -27,6 +27,13 @@ import numpy as np
 from oodscore import OodscoreError
 from oodscore.components import TRACKS, ComponentMetrics, check_rule
 from oodscore.metrics import PixelMetrics
+from oodscore.options import (
+    COMPONENT_RULES,
+    PROTOCOL_NAMES,
+    check_protocol,
+    default_component_rule,
+    protocol_with_components,
+)
 from oodscore.protocols.fishyscapes import FishyscapesPixels
 from oodscore.protocols.smiyc import SmiycComponents, SmiycPixels
 
@@ -42,36 +49,17 @@ __all__ = [
     "protocol_metrics",
 ]
 
-#: protocol name -> what it reproduces
-PROTOCOLS = {
+#: protocol name -> what it reproduces (the names, and each protocol's component rule, are defined with the
+#: evaluation's other choices in :mod:`oodscore.options`: the command line offers them without importing this)
+_DESCRIPTIONS = {
     "exact": "ours: exact pixel metrics (== sklearn); components with score >= the exact F1-optimal threshold",
     "smiyc": "SegmentMeIfYouCan road-anomaly-benchmark (PixBinaryClass + SegEval-AnomalyTrack/-ObstacleTrack): "
              "float16 maps, 768 percentile bins per frame, score > the binned best-F1 threshold",
     "fishyscapes": "Fishyscapes bdl-benchmark calculate_metrics_perpixAP: float32 scores, exact sort; "
                    "AUROC, AP, FPR95 only",
 }
+PROTOCOLS = {name: _DESCRIPTIONS[name] for name in PROTOCOL_NAMES}
 DEFAULT_PROTOCOL = "exact"
-#: protocol -> its component rule ("ge": score >= t, "gt": score > t); fishyscapes has no component metrics
-COMPONENT_RULES = {"exact": "ge", "smiyc": "gt"}
-
-
-def check_protocol(name: str) -> str:
-    """``name`` if it is a protocol, else a one-line OodscoreError listing the valid ones."""
-    if name not in PROTOCOLS:
-        raise OodscoreError(f"unknown protocol {name!r}: expected one of {', '.join(sorted(PROTOCOLS))}")
-    return name
-
-
-def default_component_rule(protocol: str) -> str:
-    """The component rule a protocol uses unless told otherwise (``ge`` for exact, ``gt`` for smiyc)."""
-    return COMPONENT_RULES[_with_components(protocol)]
-
-
-def _with_components(protocol: str) -> str:
-    if check_protocol(protocol) not in COMPONENT_RULES:
-        raise OodscoreError(f"protocol {protocol!r} defines no component metrics (its official code computes AUROC, "
-                            f"AP and FPR95 only); component metrics exist under {' and '.join(COMPONENT_RULES)}")
-    return protocol
 
 
 class _ExactPixels(PixelMetrics):
@@ -103,7 +91,7 @@ def component_accumulator(protocol: str, threshold: float, track: str = "anomaly
     rule = check_rule(rule) if rule is not None else default_component_rule(protocol)
     if track not in TRACKS:
         raise OodscoreError(f"components {track!r}: expected one of {', '.join(TRACKS)}")
-    if _with_components(protocol) == "smiyc":
+    if protocol_with_components(protocol) == "smiyc":
         return SmiycComponents(threshold, track=track, rule=rule)
     return _ExactComponents(threshold, track=track, rule=rule)
 
@@ -146,7 +134,7 @@ def protocol_metrics(protocol: str, frames, components: str | None = None, compo
     """
     check_protocol(protocol)
     if components is not None:
-        _with_components(protocol)
+        protocol_with_components(protocol)
         if components not in TRACKS:
             raise OodscoreError(f"components {components!r}: expected one of {', '.join(TRACKS)} or None")
     passes = _passes(frames)

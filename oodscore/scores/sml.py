@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from cocodag.formats.sml_stats import SMLStats
 from oodscore import OodscoreError
+from oodscore.options import SML_BORDERS
 from oodscore.scores.base import (
     BOOLEAN,
     DEVICE,
@@ -51,7 +52,7 @@ from oodscore.scores.base import (
 #: radii of the L1-diamond dilation of the boundary at iterations 0..3 (the official defaults)
 BOUNDARY_RADII = (3, 2, 1, 0)
 #: border rules of the boundary mask: ours (first, the default) and the official code's as it ran in 2021
-BORDERS = ("geodesic", "official-2021")
+BORDERS = SML_BORDERS   # the choices of ``--sml-border``, defined once in :mod:`oodscore.options`
 #: the official ``--boundary_width`` default (the SML code's ``config.py``); with 4 iterations: radii 3, 2, 1, 0
 OFFICIAL_BOUNDARY_WIDTH = 4
 #: the value kornia 0.5.0 (= commit af948c5) pads ``erosion``'s input with

@@ -21,7 +21,7 @@ from cocodag.build import BuildConfig, build_dataset
 from cocodag.cityscapes import LABEL_SOURCES
 from cocodag.cli import app
 from cocodag.errors import CocodagError
-from cocodag.formats.compression import COMPRESSIONS
+from cocodag.formats.choices import COMPRESSIONS
 from cocodag.formats.shards import open_dataset
 from cocodag.labels import COCO_BACKGROUNDS
 from cocodag.verify import verify_dataset

@@ -1,7 +1,8 @@
-"""HDF5 compression of the project's writers (shards, ``logits.h5``): the choices, and why lzf is not one.
+"""The writers' choices (shards, ``logits.h5``), each a ``Literal`` type and its tuple, defined once; and why lzf
+is not a compression choice.
 
-A module of its own, without h5py, so that a command line can offer the choices (``--compression``) without
-importing the writers.
+A module of its own, without h5py, so that every command line (``cocodag build``, ``maxent-train export``) can offer
+exactly these choices without importing the writers.
 """
 from __future__ import annotations
 
@@ -18,6 +19,16 @@ COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 LZF_REFUSED = ("lzf is no longer written: h5py's LZF encoder never clears its hash table, so the same data can "
                "compress to different bytes (run to run and worker count to worker count); use gzip (level 1: "
                "deterministic, and smaller) or none; files written with lzf still read")
+
+#: ``logits.h5``: logits stored at the network's output resolution (upsampled by the reader) or at the label size
+LogitsResolution = Literal["native", "label"]
+RESOLUTIONS: tuple[str, ...] = get_args(LogitsResolution)
+#: ``logits.h5``: the stored logits' dtype
+LogitsDtype = Literal["float16", "float32"]
+LOGITS_DTYPES: tuple[str, ...] = get_args(LogitsDtype)
+#: ``logits.h5``: the recorded logits -> label-size rule
+UpsampleMode = Literal["bilinear", "bicubic"]
+UPSAMPLE_MODES: tuple[str, ...] = get_args(UpsampleMode)
 
 #: the ``create_dataset`` keywords of ``"gzip"`` (level 1: the measured size / speed choice)
 GZIP_LEVEL1: dict[str, Any] = {"compression": "gzip", "compression_opts": 1}
