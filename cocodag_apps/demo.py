@@ -244,7 +244,10 @@ class _Demo:
         """Put a shipped or given baseline at ``runs/baseline/model-final.pt`` (unless one is there); returns
         :func:`baseline_source` (``"train"``: the baseline stage trains it)."""
         source = baseline_source(self.cfg)
-        if source == "train" or self.base_ckpt.exists():
+        if source == "train":
+            return source
+        if self.base_ckpt.exists():
+            print(f"[baseline] already done ({self.base_ckpt}), skipped", file=sys.stderr)
             return source
         for name in _TRAINING_FILES:       # an interrupted training's files: they do not describe a copied model
             (self.base_dir / name).unlink(missing_ok=True)
@@ -260,13 +263,13 @@ class _Demo:
     def baseline(self) -> dict[str, Any]:
         """A segmentation model of the world's in-distribution classes (no OOD training) and its val mIoU."""
         cfg, base_dir, base_ckpt = self.cfg, self.base_dir, self.base_ckpt
-        self.place_baseline()
-        self.stage("baseline", base_ckpt, lambda: _run(_cmd(
-            "maxent_train", "fit", "--data", self.shards, "--model", cfg.model, "--out", base_dir,
-            "--lambda", 0.0, "--coco-fraction", 0.0, "--embedding-img-interval", 0, "--lr", cfg.baseline_lr,
-            "--max-steps", cfg.baseline_steps, "--epochs", 10000, "--batch-size", cfg.batch_size, "--seed", cfg.seed,
-            "--keep-optimizer", *self.dev, *self.prog, *_resume(base_dir)), self.logs / "baseline.log",
-            quiet=False))
+        if self.place_baseline() == "train":       # else the shipped or given checkpoint is in place
+            self.stage("baseline", base_ckpt, lambda: _run(_cmd(
+                "maxent_train", "fit", "--data", self.shards, "--model", cfg.model, "--out", base_dir,
+                "--lambda", 0.0, "--coco-fraction", 0.0, "--embedding-img-interval", 0, "--lr", cfg.baseline_lr,
+                "--max-steps", cfg.baseline_steps, "--epochs", 10000, "--batch-size", cfg.batch_size,
+                "--seed", cfg.seed, "--keep-optimizer", *self.dev, *self.prog, *_resume(base_dir)),
+                self.logs / "baseline.log", quiet=False))
         self.stage("baseline-miou", base_dir / "miou.json", lambda: _run(_cmd(
             "maxent_train", "miou", "--checkpoint", base_ckpt, "--cityscapes", self.world / "cityscapes",
             "--split", "val", "--out", base_dir / "miou.json", *self.dev), self.logs / "miou.log"))

@@ -3,9 +3,10 @@
 Higher = more anomalous. Each class states its formula and reference in ``definition`` (what ``oodscore methods``
 lists). Logits are ``z`` (C classes per pixel); ``T`` a temperature.
 
-Numerics: the softmax-based scores never form ``1 - p`` by subtraction from a probability close to 1 (float32
-would round it to 0 and tie every confident pixel); they use the sum of the other classes' ``exp(z_k - z_max)``
-instead (see :func:`_softmax_parts`).
+Numerics: MSP-T and GEN never form ``1 - p`` by subtraction from a probability close to 1 (float32 would round it
+to 0 and tie every confident pixel); they use the sum of the other classes' ``exp(z_k - z_max)`` instead (see
+:func:`_softmax_parts`). MSP keeps the textbook ``1 - max softmax`` in float32, as every MSP number we have reported
+was computed: its confident pixels can tie at 0 (``msp-t`` with ``--temperature 1`` is the tie-free MSP).
 """
 from __future__ import annotations
 
