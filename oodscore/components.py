@@ -27,6 +27,7 @@ with its quirks, on top of :func:`region_values`.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import cv2
 import numpy as np
@@ -156,6 +157,16 @@ def check_track_threshold(track: str, threshold) -> float:
     return t
 
 
+#: the additive totals of a component accumulator (ours and SMIYC's): merging two is adding these
+_TOTALS = ("_tp", "_fn", "_fp", "_siou_sum", "_ppv_sum", "n_gt", "n_pred", "n_frames")
+
+
+def add_totals(state: Any, other: Any) -> None:
+    """Fold ``other``'s component totals into ``state`` (same settings, checked by the caller)."""
+    for name in _TOTALS:
+        setattr(state, name, getattr(state, name) + getattr(other, name))
+
+
 class ComponentMetrics(StreamingState):
     """Streaming SegmentMeIfYouCan component metrics: ``update(score_map, label_map)`` per frame, then ``compute()``.
 
@@ -229,14 +240,7 @@ class ComponentMetrics(StreamingState):
         theirs = (other.threshold, other.min_pred_size, other.min_gt_size, other.strict)
         if mine != theirs:
             raise OodscoreError(f"merge: settings differ {mine} vs {theirs}")
-        self._tp += other._tp
-        self._fn += other._fn
-        self._fp += other._fp
-        self._siou_sum += other._siou_sum
-        self._ppv_sum += other._ppv_sum
-        self.n_gt += other.n_gt
-        self.n_pred += other.n_pred
-        self.n_frames += other.n_frames
+        add_totals(self, other)
         return self
 
     def compute(self) -> dict:

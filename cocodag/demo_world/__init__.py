@@ -39,12 +39,12 @@ The two pairs of tuples are disjoint (a test checks it), so a model can only fla
 (:func:`frame_rng`), so the bytes depend on the seed only, never on ``workers`` or scheduling.
 """
 from ._coco import (
-                    DEFAULT_COCO_IMAGE_SIZE,
-                    EXCLUDED_CATEGORIES,
-                    PROXY_CATEGORIES,
-                    PROXY_SHAPES,
-                    PROXY_TEXTURES,
-                    render_coco_image,
+    DEFAULT_COCO_IMAGE_SIZE,
+    EXCLUDED_CATEGORIES,
+    PROXY_CATEGORIES,
+    PROXY_SHAPES,
+    PROXY_TEXTURES,
+    render_coco_image,
 )
 from ._objects import ANOMALY_SHAPES, ANOMALY_TEXTURES
 from ._street import render_anomaly_frame, render_street

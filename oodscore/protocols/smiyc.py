@@ -50,6 +50,7 @@ from oodscore.components import (
     TAUS,
     TRACKS,
     _frame_map,
+    add_totals,
     check_rule,
     check_track_threshold,
     gt_components,
@@ -344,14 +345,7 @@ class SmiycComponents(StreamingState):
         mine, theirs = (self.threshold, self.track, self.rule), (other.threshold, other.track, other.rule)
         if mine != theirs:
             raise OodscoreError(f"merge: settings differ {mine} vs {theirs}")
-        self._tp += other._tp
-        self._fn += other._fn
-        self._fp += other._fp
-        self._siou_sum += other._siou_sum
-        self._ppv_sum += other._ppv_sum
-        self.n_gt += other.n_gt
-        self.n_pred += other.n_pred
-        self.n_frames += other.n_frames
+        add_totals(self, other)
         return self
 
     def empty_copy(self) -> SmiycComponents:
