@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from cocodag.arrays import to_numpy
 from cocodag.atomic import atomic_write
 from cocodag.device import resolve_device
+from cocodag.formats.logits import class_logits
 from cocodag.imageio import read_rgb
 from cocodag.progress import progress_bar
 from maxent_train import MaxentError
@@ -164,7 +165,8 @@ def predict_images(checkpoint: str | Path, inputs: str | Path, out: str | Path,
         rgb = read_rgb(f)
         x = normalize(torch.from_numpy(rgb)[None].to(dev))
         logits = predict_logits(net, x, o.window, o.stride)
-        score = scorer.score(to_numpy(logits[0], "logits"))
+        # the class channels only: an abstention channel (PEBAL, Balanced Energy) is no class, as in oodscore
+        score = scorer.score(to_numpy(class_logits(logits[0], meta["abstention_channel"]), "logits"))
         _write_outputs(out, f.stem, rgb, score, method=o.method, threshold=threshold, threshold_name=threshold_name,
                        save_scores=o.save_scores)
         written.append(f.stem)

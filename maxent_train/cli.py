@@ -18,9 +18,19 @@ from cocodag.cli_utils import user_errors
 from cocodag.outputs import disk_errors, prepare_output
 
 # the choices of the options, from the library's one definition (typer lists and enforces them); cheap: no torch
-from .choices import Compression, LogitsDtype, LogitsResolution, McDtype, MomentsOf, OptimTarget
+from .choices import (
+    Compression,
+    FrozenBN,
+    LogitsDtype,
+    LogitsResolution,
+    LrSchedule,
+    McDtype,
+    MomentsOf,
+    ObjectiveName,
+    OptimTarget,
+)
 
-HELP = "MaxEnt fine-tuning on cocodag shards; logit and MC-dropout export."
+HELP = "Fine-tuning (MaxEnt, PEBAL, Balanced Energy) on cocodag shards; logit and MC-dropout export."
 
 #: ``--device`` of every command (a plain string: cocodag.device.resolve_device checks it, one line when wrong)
 DEVICE_HELP = "auto (cuda when available), cpu, cuda or cuda:N."
@@ -31,6 +41,20 @@ RESOLUTION_HELP = ("native: logits and MC block at the network's output resoluti
                    "version-1 layout).")
 MODEL_HELP = ("Model name (`maxent-train models`) when the checkpoint has no metadata (a released file, e.g. "
               "deeplabv3plus_wrn38 for NVIDIA's cityscapes_best.pth), or to override it.")
+OBJECTIVE_HELP = ("Training objective (maxent_train.objectives): maxent (meta-ood's; --lambda, --optim-target), "
+                  "pebal or balanced-energy (one extra output, the abstention channel, grown from a C-class --init "
+                  "as PEBAL does; they train the model's final classifier block by default).")
+OBJECTIVE_KWARGS_HELP = ("The objective's parameters: KEY=VALUE[,KEY=VALUE...] (values read as JSON when they parse, "
+                         "e.g. m_out=-5,alpha=4,prior=[...]) or a JSON object; recorded in config.json "
+                         "and the checkpoint. Unknown names are refused with the valid ones.")
+TRAIN_ONLY_HELP = ("Train only the parameters whose names match these globs (repeat the option or separate them by "
+                   "commas, e.g. 'final.*'); the others are frozen. Default: the objective's (maxent: all; pebal, "
+                   "balanced-energy: the model's final classifier block, final.* for WRN38).")
+FROZEN_BN_HELP = ("BatchNorm layers with no trained parameter: train = batch statistics, running statistics keep "
+                  "updating (PEBAL's and Balanced Energy's code: the whole network in train mode); eval = frozen "
+                  "statistics.")
+LR_SCHEDULE_HELP = ("constant, or poly: lr·(1 - i/T)^power with T = epochs x batches per epoch, set after each step "
+                    "for the next one and floored at 1e-8, as PEBAL's code does (maxent_train.schedule).")
 
 
 # CLI parameter name -> FitConfig field (only where they differ)
@@ -52,9 +76,19 @@ def fit(
     epochs: Annotated[int, typer.Option(help="Epochs over the original stream (meta-ood: 4).")] = 4,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps in total.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size per process.")] = 8,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (constant).")] = 1e-5,
-    lambda_: Annotated[float, typer.Option("--lambda", help="λ: weight of the OOD term (1-λ on ID pixels).")] = 0.9,
-    optim_target: Annotated[OptimTarget, typer.Option(help="entropy (meta-ood soft targets) or logit (the seed's).")]
+    lr: Annotated[float, typer.Option(help="Adam learning rate (the base rate of --lr-schedule).")] = 1e-5,
+    lr_schedule: Annotated[LrSchedule, typer.Option(help=LR_SCHEDULE_HELP)] = "constant",
+    lr_power: Annotated[float, typer.Option(help="Exponent of the poly schedule (PEBAL: 0.9).")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="Adam's weight decay (L2 added to the gradient; PEBAL and "
+                                                      "Balanced Energy: 0).")] = 0.0,
+    objective: Annotated[ObjectiveName, typer.Option(help=OBJECTIVE_HELP)] = "maxent",
+    objective_kwargs: Annotated[str | None, typer.Option(help=OBJECTIVE_KWARGS_HELP)] = None,
+    train_only: Annotated[list[str] | None, typer.Option(metavar="PATTERN", help=TRAIN_ONLY_HELP)] = None,
+    frozen_bn: Annotated[FrozenBN, typer.Option(help=FROZEN_BN_HELP)] = "train",
+    lambda_: Annotated[float, typer.Option("--lambda", help="maxent: λ, the weight of the OOD term (1-λ on ID "
+                                                           "pixels).")] = 0.9,
+    optim_target: Annotated[OptimTarget, typer.Option(help="maxent: entropy (meta-ood soft targets) or logit (the "
+                                                           "seed's).")]
     = "entropy",
     embedding_img_interval: Annotated[int, typer.Option(help="Every k-th batch is a DAG batch (0 = none, 1 = all).")]
     = 0,
@@ -77,7 +111,8 @@ def fit(
     config: Annotated[Path | None, typer.Option(help="run.toml or an earlier run's config.json; CLI flags "
                                                      "given explicitly override it.")] = None,
 ) -> None:
-    """Fine-tune a segmentation network with MaxEnt on cocodag shards (resumable; DDP under torchrun)."""
+    """Fine-tune a segmentation network on cocodag shards with a training objective (MaxEnt by default; PEBAL,
+    Balanced Energy) (resumable; DDP under torchrun)."""
     # imported when the command runs: `maxent-train --help` does not load torch
     from .models import parse_model_kwargs
     from .train import FitConfig, load_config_file
@@ -100,6 +135,7 @@ def fit(
         for k in ("data", "out", "init"):
             if merged.get(k) is not None:
                 merged[k] = str(merged[k])
+        merged["train_only"] = list(merged["train_only"]) if merged.get("train_only") else None  # unset: ()
         merged["model_kwargs"] = parse_model_kwargs(merged.get("model_kwargs"))
         cfg = FitConfig(**{k: v for k, v in merged.items() if k in FitConfig.field_names()})
         summary = run_fit(cfg, resume=resume)

@@ -23,6 +23,10 @@ deviation from the trained network recorded in the ``mc`` group's attributes (``
 
 The model comes from the checkpoint's metadata (``model``, ``num_classes``, ``model_kwargs``) or, for a released file
 without it, from ``model`` / ``num_classes`` / ``model_kwargs`` (``--model``, ``--num-classes``, ``--model-kwargs``).
+A network trained with an abstention channel (``maxent-train fit --objective pebal`` / ``balanced-energy``: the
+metadata's ``abstention_channel``, the last of its ``num_classes`` outputs) is exported with every output and the
+file says which channel abstains (``abstention_channel``, docs/formats.md section 3): the C classes are the others,
+and the SML statistics and the MC block's entropy are those of the C classes.
 
 The job locks ``--out`` (``F.h5.lock``) and ``--sml-stats`` for its whole run, checks both paths before any work,
 and checks the free space once the first frame is computed (its uncompressed size) and while writing, so that a full
@@ -55,7 +59,7 @@ import torch.distributed as dist
 from cocodag.arrays import to_numpy
 from cocodag.atomic import temp_path
 from cocodag.formats.evalsets import get_preset
-from cocodag.formats.logits import MC_KEYS, LogitsFile, LogitsWriter, upsample, upsample_frame
+from cocodag.formats.logits import MC_KEYS, LogitsFile, LogitsWriter, class_logits, upsample, upsample_frame
 from cocodag.formats.shards import KINDS, LZF_REFUSED, open_dataset
 from cocodag.formats.sml_stats import SMLStats
 from cocodag.imageio import read_rgb
@@ -182,7 +186,8 @@ def load_model_for_export(checkpoint: str | Path, model: str | None = None, num_
     The model's options are the checkpoint's recorded ``model_kwargs`` (when it names the same model) updated by
     ``model_kwargs``. A raw released file (no metadata) needs ``model`` (``--model``); its class count is
     ``num_classes`` or 19. Returns ``(model in eval mode on device, metadata)``; the metadata's ``model``,
-    ``num_classes`` and ``model_kwargs`` are what was built.
+    ``num_classes`` (the network's outputs) and ``model_kwargs`` are what was built, and ``abstention_channel`` the
+    output that is no class (None for none; when recorded, it must be the last output).
     """
     path = Path(checkpoint)
     if not path.is_file():
@@ -197,9 +202,14 @@ def load_model_for_export(checkpoint: str | Path, model: str | None = None, num_
     nc = int(num_classes or meta.get("num_classes") or NUM_CLASSES)
     kwargs = dict(meta.get("model_kwargs") or {}) if name == meta.get("model") else {}
     kwargs.update(model_kwargs or {})
+    abstention = meta.get("abstention_channel")
+    if abstention is not None and (isinstance(abstention, bool) or abstention != nc - 1):
+        raise MaxentError(f"{option} {path}: its metadata's abstention_channel is {abstention!r}, expected "
+                          f"{nc - 1} (the last of the model's {nc} outputs) or none")
     net = create_model(name, num_classes=nc, **kwargs)     # e.g. a dropout rate: not part of the state_dict
     load_state(net, state, path, strict=True, name=name)
-    meta.update(model=name, num_classes=nc, model_kwargs=kwargs)
+    meta.update(model=name, num_classes=nc, model_kwargs=kwargs,
+                abstention_channel=None if abstention is None else int(abstention))
     return net.to(device).eval(), meta
 
 
@@ -362,7 +372,7 @@ class _Output:
 
 
 def _compute(model: torch.nn.Module, fr: _Frame, index: int, opts: ExportOptions, layout: _Layout, head_only: bool,
-             device: torch.device) -> _Output:
+             device: torch.device, abstention: int | None = None) -> _Output:
     """Forward one frame: its logits (native, or at the label size) in the storage dtype, and its MC block."""
     h, w = fr.label.shape
     x = normalize(torch.from_numpy(np.ascontiguousarray(fr.image))[None].to(device))
@@ -377,29 +387,31 @@ def _compute(model: torch.nn.Module, fr: _Frame, index: int, opts: ExportOptions
     _check_finite(stored, fr.name, opts.checkpoint)
     mc, ran = None, head_only
     if opts.mc_samples:
-        mc, ran = _mc_block(model, x, opts, index, head_only, layout, (h, w))
+        mc, ran = _mc_block(model, x, opts, index, head_only, layout, (h, w), abstention)
     return _Output(fr, index, stored, mc, ran)
 
 
 def _mc_block(model: torch.nn.Module, x: torch.Tensor, opts: ExportOptions, index: int, head_only: bool,
-              layout: _Layout, size: tuple[int, int]) -> tuple[dict[str, np.ndarray], bool]:
+              layout: _Layout, size: tuple[int, int], abstention: int | None = None
+              ) -> tuple[dict[str, np.ndarray], bool]:
     """MC-dropout moments of one frame: ``({mean, central, entropy} float32, head_only that ran)``, sampled and
-    stored at the native resolution (``layout.native``) or at the label ``size``.
+    stored at the native resolution (``layout.native``) or at the label ``size``; with an ``abstention`` channel,
+    moments of every output and the entropy of the classes' mean softmax.
 
     Seeded with ``opts.seed + index`` so a frame's masks do not depend on batching, on the other frames or on the
     number of processes.
     """
     mom = mc_moments(model, x, samples=opts.mc_samples, order=opts.moment_order, moments_of=opts.moments_of,
-                     head_only=head_only, seed=opts.seed + index, native=layout.native)
+                     head_only=head_only, seed=opts.seed + index, native=layout.native, classes=abstention)
     arrays = {k: to_numpy((mom[k] if layout.native else _at_size(mom[k], size))[0], k) for k in MC_KEYS}
     return arrays, bool(mom.get("head_only", head_only))
 
 
-def _sml_summary(sml: SMLStats, out: _Output, layout: _Layout) -> SMLStats:
+def _sml_summary(sml: SMLStats, out: _Output, layout: _Layout, abstention: int | None = None) -> SMLStats:
     """This frame's SML state (an empty copy of ``sml`` updated with what ``oodscore fit-sml`` folds in for it: the
-    logits the reader returns, the stored values, native ones upsampled with the file's rule on the CPU, as
-    ``LogitsFile.logits`` does); rank 0 merges the frames' states in frame order."""
-    logits = out.logits.astype(np.float32)
+    class logits the reader returns, the stored values without an abstention channel, native ones upsampled with
+    the file's rule on the CPU, as ``LogitsFile.logits`` does); rank 0 merges the frames' states in frame order."""
+    logits = class_logits(out.logits, abstention).astype(np.float32)
     if layout.native:
         logits = upsample_frame(logits, out.frame.label.shape, layout.rule)
     state = sml.empty_copy()
@@ -408,10 +420,13 @@ def _sml_summary(sml: SMLStats, out: _Output, layout: _Layout) -> SMLStats:
 
 
 def _file_attrs(meta: dict[str, Any]) -> dict[str, Any]:
-    """Root attributes export adds: our version, and the model options when there are any (JSON)."""
+    """Root attributes export adds: our version, the model options when there are any (JSON), and the abstention
+    channel when the network has one."""
     attrs: dict[str, Any] = {"maxent_train": __version__}
     if meta.get("model_kwargs"):
         attrs["model_kwargs"] = json.dumps(meta["model_kwargs"], sort_keys=True)
+    if meta.get("abstention_channel") is not None:      # the writer's own attribute (the file's version 3)
+        attrs["abstention_channel"] = meta["abstention_channel"]
     return attrs
 
 
@@ -509,7 +524,7 @@ class _RankResult:
     """What one process exported: its frames' SML summaries (in frame order) and the file layout."""
 
     num_images: int                          # frames of the whole job
-    num_classes: int
+    num_classes: int                         # the classes (the network's outputs less an abstention channel)
     layout: _Layout
     shape: tuple[int, ...] | None = None     # stored logits (C, h, w) of a frame; None when the rank had no frame
     writer_kwargs: dict = field(default_factory=dict)
@@ -599,7 +614,12 @@ def _export_rank(opts: ExportOptions, ctx: DistContext, out: Path, with_sml: boo
     """This process's share: model, its block of frames, free space, then its file (``out`` itself in one process,
     its part file under torchrun)."""
     model, meta = load_model_for_export(opts.checkpoint, opts.model, opts.num_classes, ctx.device, opts.model_kwargs)
-    num_classes, name = int(meta["num_classes"]), str(meta["model"])
+    abstention, name = meta["abstention_channel"], str(meta["model"])
+    num_classes = int(meta["num_classes"]) if abstention is None else abstention     # the classes
+    if abstention is not None and opts.mc_samples and opts.moments_of == "probs":
+        raise MaxentError(f"--moments-of probs: checkpoint {opts.checkpoint} has an abstention channel (output "
+                          f"{abstention}), which is no class, so its class probabilities have one channel less than "
+                          "its logits; use --moments-of logits")
     source = _open_source(opts)
     n = min(source.total, opts.limit) if opts.limit is not None else source.total
     if n == 0:
@@ -616,7 +636,7 @@ def _export_rank(opts: ExportOptions, ctx: DistContext, out: Path, with_sml: boo
                     head_only=bool(head_only), seed=opts.seed)
     if opts.mc_samples:
         mc_attrs.update(_prepare_mc(model, first, opts, name, ctx.device))
-    first_out = _compute(model, first, start, opts, layout, head_only, ctx.device)
+    first_out = _compute(model, first, start, opts, layout, head_only, ctx.device, abstention)
     merged = n if (ctx.is_main and ctx.distributed) else 0       # rank 0 also writes the merged file
     _check_space(out, stop - start + merged, _frame_bytes(first_out, opts), compressed=opts.compression != "none")
     res.shape = first_out.logits.shape
@@ -625,7 +645,8 @@ def _export_rank(opts: ExportOptions, ctx: DistContext, out: Path, with_sml: boo
                              mc_dtype=opts.mc_dtype, logits_dtype=opts.logits_dtype,
                              logits_resolution=layout.resolution, upsample_rule=layout.rule)
     target = part_path(out, ctx.rank, ctx.world_size) if ctx.distributed else out
-    rest = (_compute(model, fr, i, opts, layout, head_only, ctx.device) for i, fr in enumerate(frames, start + 1))
+    rest = (_compute(model, fr, i, opts, layout, head_only, ctx.device, abstention)
+            for i, fr in enumerate(frames, start + 1))
     sml = SMLStats(num_classes) if with_sml else None
     with _progress(opts.progress and ctx.is_main, stop - start) as pbar, \
             LogitsWriter(target, num_classes, **res.writer_kwargs) as writer:
@@ -635,7 +656,7 @@ def _export_rank(opts: ExportOptions, ctx: DistContext, out: Path, with_sml: boo
             writer.write(o.logits, o.frame.label, o.frame.name, roi=o.frame.roi, mc=o.mc,
                          image=_downsize(o.frame.image, opts.image_max_side) if opts.store_images else None)
             if sml is not None:
-                res.summaries.append(_sml_summary(sml, o, layout))
+                res.summaries.append(_sml_summary(sml, o, layout, abstention))
             if pbar is not None:
                 pbar.update(1)
     return res

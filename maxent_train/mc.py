@@ -180,7 +180,8 @@ def _features_are_deterministic(model: nn.Module, x: torch.Tensor) -> tuple[Any,
 @torch.no_grad()
 def mc_moments(model: nn.Module, x: torch.Tensor, samples: int = 128, order: int = 4, moments_of: MomentsOf = "logits",
                head_only: bool = True, seed: int = 0, sample_batch: int = 1,
-               dtype: torch.dtype = torch.float32, native: bool = False) -> dict[str, Any]:
+               dtype: torch.dtype = torch.float32, native: bool = False, classes: int | None = None
+               ) -> dict[str, Any]:
     """MC-dropout moments of T stochastic passes over a batch of images.
 
     Parameters
@@ -206,6 +207,10 @@ def mc_moments(model: nn.Module, x: torch.Tensor, samples: int = 128, order: int
     native : bool, default=False
         Sample the logits before the network's final upsampling (``forward_head(feats, None)`` / ``forward_native``),
         at its output resolution (h, w); only the mean of these moments commutes with that upsampling.
+    classes : int, optional
+        The class channels are the first ``classes`` (the rest, an abstention channel, is no class): the softmax
+        whose mean gives the entropy is taken over them, while the moments of the logits keep every channel.
+        Moments of probabilities are then refused (they would not have the logits' channels).
 
     Returns
     -------
@@ -221,6 +226,9 @@ def mc_moments(model: nn.Module, x: torch.Tensor, samples: int = 128, order: int
         raise MaxentError(f"MC samples must be >= 1, got {samples}")
     if int(sample_batch) < 1:
         raise MaxentError(f"sample_batch must be >= 1, got {sample_batch}")
+    if classes is not None and moments_of == "probs":
+        raise MaxentError("moments of probabilities with an abstention channel: the class probabilities have one "
+                          "channel less than the logits; use moments of logits")
     if x.ndim != 4:
         raise MaxentError(f"images must be (N, 3, H, W), got shape {tuple(x.shape)}")
     samples, order, sample_batch = int(samples), int(order), int(sample_batch)
@@ -231,7 +239,8 @@ def mc_moments(model: nn.Module, x: torch.Tensor, samples: int = 128, order: int
             raise MaxentError(f"model {type(model).__name__} has no dropout layer: MC dropout would repeat one pass")
         feats = _head_features(model, x, samples) if head_only else None
         torch.manual_seed(seed)  # seeded after the features so head-only and full passes draw the same masks
-        ps, prob_sum = _sample_passes(model, x, feats, samples, order, moments_of, sample_batch, dtype, native)
+        ps, prob_sum = _sample_passes(model, x, feats, samples, order, moments_of, sample_batch, dtype, native,
+                                      classes)
 
     mean = ps.mean()
     if moments_of == "probs":
@@ -265,8 +274,8 @@ def _head_features(model: nn.Module, x: torch.Tensor, samples: int) -> Any:
 
 
 def _sample_passes(model: nn.Module, x: torch.Tensor, feats: Any, samples: int, order: int, moments_of: str,
-                   sample_batch: int, dtype: torch.dtype,
-                   native: bool = False) -> tuple[PowerSums, torch.Tensor | None]:
+                   sample_batch: int, dtype: torch.dtype, native: bool = False,
+                   classes: int | None = None) -> tuple[PowerSums, torch.Tensor | None]:
     """Run the T stochastic passes (head-only when ``feats`` is given), ``sample_batch`` at a time, at the input size
     or (``native``) at the network's output resolution.
 
@@ -289,7 +298,7 @@ def _sample_passes(model: nn.Module, x: torch.Tensor, feats: Any, samples: int, 
         b = min(sample_batch, samples - start)
         out = head(_repeat(feats, b), size) if head is not None else full(_repeat(x, b))
         out = out.float().reshape(b, n, *out.shape[1:])  # (b, N, C, H, W): pass-major, as _repeat stacked them
-        probs = F.softmax(out, dim=2)
+        probs = F.softmax(out if classes is None else out[:, :, :classes], dim=2)
         ps.update_batch(out if moments_of == "logits" else probs)
         if moments_of == "logits":
             if prob_sum is None:

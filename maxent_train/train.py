@@ -1,15 +1,19 @@
-"""MaxEnt fine-tuning loop with atomic, exactly-resumable checkpoints.
+"""The fine-tuning loop (MaxEnt by default; any objective of :mod:`maxent_train.objectives`) with atomic,
+exactly-resumable checkpoints.
 
-``fit(FitConfig(...))`` writes into ``out``:
+``fit(FitConfig(...))`` (options: :mod:`maxent_train.config`) writes into ``out``:
 
 * ``config.json`` – every option, seed, library versions, the data manifest hash and the git commit (if any). Passing
   it back as ``--config`` reproduces the run.
-* ``log.jsonl`` – one line per step: step, epoch, batch, loss, id_ce, ood_entropy, n_id, n_ood, lr, samples_per_s, dag.
+* ``log.jsonl`` – one line per step: step, epoch, batch, loss, the objective's parts (maxent: id_ce, ood_entropy,
+  n_id, n_ood; pebal / balanced-energy: every part of their loss), lr, dag, samples_per_s.
 * ``checkpoint-last.pt`` – model, optimizer, AMP scaler, RNG states, data position ``(epoch, batch)`` and step,
   written atomically (:func:`cocodag.atomic.atomic_write`) every ``checkpoint_every`` steps and at the end of each
   epoch.
-* ``model-final.pt`` – ``{"state_dict": ..., "metadata": {"model", "num_classes", "model_kwargs", ...}}`` (what
-  ``export``, ``predict`` and ``miou`` read: they need no ``--model`` / ``--model-kwargs`` then).
+* ``model-final.pt`` – ``{"state_dict": ..., "metadata": {"model", "num_classes", "model_kwargs", "num_outputs",
+  "abstention_channel", "objective", ...}}`` (what ``export``, ``predict`` and ``miou`` read: they need no
+  ``--model`` / ``--model-kwargs`` then). ``num_classes`` and ``num_outputs`` are the network's outputs: the classes,
+  plus one when the objective has an abstention channel (``abstention_channel``, the last output; None without).
 * ``.lock`` – the job's exclusive lock (:class:`cocodag.lock.OutputLock`), held from before the first check to the end:
   a second job on the same ``out`` is refused with one line naming the holder; under torchrun rank 0 holds it.
 
@@ -22,7 +26,9 @@ and, on CPU, bit-identical losses. Everything is loaded with ``torch.load(weight
 as tensors and lists.
 
 meta-ood re-creates its Adam optimizer at every epoch; ``recreate_optimizer_each_epoch=True`` (the default) does the
-same, ``False`` keeps Adam's moments across epochs.
+same, ``False`` keeps Adam's moments across epochs (PEBAL's and Balanced Energy's trainers keep one Adam). The
+objective, the abstention channel (:mod:`maxent_train.network`), the trained parameters and frozen BatchNorm layers
+(:mod:`maxent_train.params`) and the learning-rate schedule (:mod:`maxent_train.schedule`) live in their own modules.
 """
 from __future__ import annotations
 
@@ -32,7 +38,6 @@ import math
 import os
 import random
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,143 +54,28 @@ from cocodag.arrays import to_numpy
 from cocodag.atomic import atomic_write, atomic_write_text
 from cocodag.device import resolve_device
 from cocodag.errors import CocodagError
-from cocodag.labels import NUM_CLASSES
 from cocodag.lock import OutputLock
 from cocodag.outputs import disk_errors, prepare_output
 from cocodag.progress import progress_bar
 from cocodag.versions import library_versions
 
 from . import MaxentError, __version__
-from .choices import OPTIM_TARGETS, OptimTarget
+from .config import CONFIG_FORMAT, NON_RESULT_OPTIONS, FitConfig, load_config_file
 from .data import DeviceAugment, MixPlan, ShardLoader, derive_seed, open_training_data
-from .loss import maxent_loss
-from .models import create_model, load_checkpoint, parse_model_kwargs, read_checkpoint
 from .models._helpers import load_file
+from .network import Network, build_network
+from .objectives import Objective
+from .params import freeze_parameters, frozen_batchnorm, resolve_train_only, set_frozen_bn_mode
+from .schedule import LRSchedule
 
-if sys.version_info >= (3, 11):
-    import tomllib
+__all__ = ["CHECKPOINT_LAST", "CONFIG_FORMAT", "CONFIG_NAME", "LOG_NAME", "MODEL_FINAL", "DistContext", "FitConfig",
+           "RunDir", "fit", "git_commit", "load_config_file", "read_log", "rng_state", "set_rng_state",
+           "setup_distributed", "train_step"]
 
 CHECKPOINT_LAST = "checkpoint-last.pt"
 MODEL_FINAL = "model-final.pt"
 CONFIG_NAME = "config.json"
 LOG_NAME = "log.jsonl"
-CONFIG_FORMAT = "maxent-train-run"
-
-
-@dataclass
-class FitConfig:
-    """All options of ``maxent-train fit`` (names = CLI option names with ``_``)."""
-
-    data: str = ""
-    model: str = ""
-    out: str = ""
-    init: str | None = None
-    num_classes: int = NUM_CLASSES
-    model_kwargs: dict = dataclasses.field(default_factory=dict)
-    epochs: int = 4
-    max_steps: int | None = None
-    batch_size: int = 8
-    lr: float = 1e-5
-    lam: float = 0.9
-    optim_target: OptimTarget = "entropy"
-    embedding_img_interval: int = 0
-    coco_fraction: float = 0.1
-    block_size: int = 1
-    flip_p: float = 0.5
-    device: str = "auto"
-    amp: bool = False
-    workers: int = 0
-    seed: int = 0
-    checkpoint_every: int = 500
-    recreate_optimizer_each_epoch: bool = True
-    verify_checksums: bool = True
-    progress: bool = True
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    def validate(self) -> None:
-        if not self.data:
-            raise MaxentError("--data is required (a cocodag dataset directory)")
-        if not self.model and self.init:
-            self._model_from_init()
-        if not self.model:
-            raise MaxentError("--model is required (see `maxent-train models`)")
-        if not self.out:
-            raise MaxentError("--out is required (the run directory)")
-        self.model_kwargs = parse_model_kwargs(self.model_kwargs)     # a config file may hold the CLI's string form
-        if self.optim_target not in OPTIM_TARGETS:
-            raise MaxentError(f"--optim-target: expected {' or '.join(OPTIM_TARGETS)}, got {self.optim_target!r}")
-        resolve_device(self.device)         # an unknown name, or CUDA where there is none: one line, before any work
-        for name in ("epochs", "batch_size", "checkpoint_every"):
-            if getattr(self, name) <= 0:
-                raise MaxentError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise MaxentError(f"--max-steps must be > 0, got {self.max_steps}")
-        if not self.lr > 0:
-            raise MaxentError(f"--lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise MaxentError(f"--lambda must be in [0, 1], got {self.lam}")
-
-    def _model_from_init(self) -> None:
-        """``--model`` (and ``--model-kwargs`` when not given) from the metadata of one of our checkpoints."""
-        assert self.init is not None        # called only with --init
-        path = Path(self.init)
-        if not path.is_file():
-            raise MaxentError(f"--init {path}: file does not exist")
-        _, meta = read_checkpoint(path)
-        if not meta.get("model"):
-            raise MaxentError(f"--init {path}: has no metadata naming the model (a released checkpoint); pass "
-                              "--model NAME (see `maxent-train models`; e.g. deeplabv3plus_wrn38 for NVIDIA's "
-                              "cityscapes_best.pth)")
-        if meta.get("num_classes") not in (None, self.num_classes):
-            raise MaxentError(f"--num-classes {self.num_classes} differs from the {meta['num_classes']} classes of "
-                              f"--init {path}; pass --num-classes {meta['num_classes']}")
-        self.model = str(meta["model"])
-        if not self.model_kwargs:
-            self.model_kwargs = dict(meta.get("model_kwargs") or {})
-
-
-# Options that do not change the result: a resumed/reproduced run may differ in them.
-_NON_RESULT_OPTIONS = {"out", "workers", "progress", "checkpoint_every", "verify_checksums", "max_steps"}
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read ``run.toml`` or an earlier run's ``config.json`` into a dict of FitConfig fields.
-
-    Unknown keys are refused (a typo would otherwise silently fall back to a default).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MaxentError(f"--config {path}: file does not exist")
-    try:
-        if path.suffix == ".toml":
-            raw = _read_toml(path)
-        else:
-            raw = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise MaxentError(f"--config {path}: cannot parse ({str(e).splitlines()[0]})") from None
-    if isinstance(raw, dict) and raw.get("format") == CONFIG_FORMAT:
-        raw = raw["options"]
-    elif isinstance(raw, dict) and isinstance(raw.get("fit"), dict):   # run.toml with a [fit] table
-        raw = raw["fit"]
-    if not isinstance(raw, dict):
-        raise MaxentError(f"--config {path}: expected a table/object of options, got {type(raw).__name__}")
-    opts = {k.replace("-", "_"): v for k, v in raw.items()}
-    if "lambda" in opts:
-        opts["lam"] = opts.pop("lambda")
-    unknown = sorted(set(opts) - set(FitConfig.field_names()))
-    if unknown:
-        raise MaxentError(f"--config {path}: unknown option(s) {unknown}; known: {FitConfig.field_names()}")
-    return opts
-
-
-def _read_toml(path: Path) -> Any:
-    if sys.version_info >= (3, 11):
-        return tomllib.loads(path.read_text())
-    raise MaxentError(f"--config {path}: reading TOML needs Python 3.11 or later (tomllib); give the options as a "
-                      "JSON object (e.g. an earlier run's config.json)")
 
 
 def git_commit() -> str | None:
@@ -489,7 +379,7 @@ def _recorded_options(meta: dict[str, Any]) -> dict[str, Any]:
 def _check_same_options(where: Path, recorded: dict[str, Any], options: dict[str, Any], config: Path) -> None:
     """Refuse a resume whose result-changing options differ from ``recorded`` (one line: flag, run vs now)."""
     diff = sorted(k for k, v in recorded.items()
-                  if k not in _NON_RESULT_OPTIONS and k in FitConfig.field_names() and options.get(k) != v)
+                  if k not in NON_RESULT_OPTIONS and k in FitConfig.field_names() and options.get(k) != v)
     if not diff:
         return
     changes = "; ".join(f"{_flag(k)}: run {recorded[k]!r}, now {options.get(k)!r}" for k in diff)
@@ -505,15 +395,23 @@ def _check_same_data(where: Path, recorded: str | None, manifest_hash: str, data
 
 
 # --------------------------------------------------------------------------------------------------------- training
-def _build_model(cfg: FitConfig) -> torch.nn.Module:
-    model = create_model(cfg.model, num_classes=cfg.num_classes, **cfg.model_kwargs)
-    if cfg.init:
-        load_checkpoint(model, cfg.init, strict=True, name=cfg.model)   # the model's checkpoint_filter applies
-    return model
+def _build_network(cfg: FitConfig, objective: Objective) -> tuple[Network, list[str] | None, list[str]]:
+    """The network (``--init`` loaded, the abstention channel added when the objective needs one) with its trained
+    parameters selected; returns it, the ``--train-only`` globs in force (None: all) and the trained names."""
+    torch.manual_seed(derive_seed(cfg.seed, "init"))  # same seed -> same initial weights (heads without --init, the
+    net = build_network(cfg.model, cfg.num_classes, cfg.model_kwargs, cfg.init,   # abstention channel)
+                        abstention=objective.abstention, objective=objective.name)
+    patterns = resolve_train_only(cfg.train_only, objective, cfg.model)
+    return net, patterns, freeze_parameters(net.model, patterns, cfg.model)
 
 
-def _make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=lr)
+def _make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam over the trained parameters; ``weight_decay`` is Adam's own (L2 added to the gradient, as in PEBAL's
+    and Balanced Energy's ``torch.optim.Adam``), left at Adam's default when 0."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if weight_decay:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr)
 
 
 @dataclass
@@ -529,10 +427,10 @@ class _Training:
     batch: int = 0
 
     @classmethod
-    def create(cls, cfg: FitConfig, device: torch.device, use_amp: bool) -> _Training:
-        torch.manual_seed(derive_seed(cfg.seed, "init"))   # same seed -> same initial weights (heads without --init)
-        model = _build_model(cfg).to(device)
-        return cls(model, _make_optimizer(model, cfg.lr), torch.amp.GradScaler("cuda", enabled=use_amp), use_amp)
+    def create(cls, cfg: FitConfig, model: torch.nn.Module, device: torch.device, use_amp: bool) -> _Training:
+        model = model.to(device)
+        return cls(model, _make_optimizer(model, cfg.lr, cfg.weight_decay),
+                   torch.amp.GradScaler("cuda", enabled=use_amp), use_amp)
 
     def restore(self, ck: dict[str, Any]) -> None:
         self.model.load_state_dict(ck["model"])
@@ -549,18 +447,19 @@ class _Training:
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               x: torch.Tensor, y: torch.Tensor, *, lam: float, optim_target: OptimTarget, use_amp: bool,
-               where: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimizer step of the MaxEnt loss on a batch (autocast + GradScaler when ``use_amp``).
+               x: torch.Tensor, y: torch.Tensor, *, objective: Objective, use_amp: bool,
+               where: str = "") -> tuple[torch.Tensor, dict[str, float]]:
+    """One optimizer step of ``objective`` on a batch (autocast + GradScaler when ``use_amp``).
 
     Parameters
     ----------
     x : (B, 3, S, S) float32 normalized images; y : (B, S, S) int64 labels
+    objective : a :mod:`maxent_train.objectives` objective, called on the float32 logits
     where : the step's position, for the error message
 
     Returns
     -------
-    loss, parts : see :func:`maxent_train.loss.maxent_loss`
+    loss, parts : see :class:`maxent_train.objectives.Objective`
 
     Raises
     ------
@@ -570,7 +469,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=use_amp):
         logits = model(x)
-    loss, parts = maxent_loss(logits.float(), y, lam=lam, optim_target=optim_target)
+    loss, parts = objective(logits.float(), y)
     if not torch.isfinite(loss):
         raise MaxentError(f"loss is {loss.item()} at {where}; lower --lr or disable --amp")
     scaler.scale(loss).backward()
@@ -579,27 +478,32 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
     return loss, parts
 
 
+#: the parts of an objective's loss that its log lines hold (default: all of them); maxent's: as they always were
+_LOGGED_PARTS = {"maxent": ("id_ce", "ood_entropy", "n_id", "n_ood")}
+
+
 def _log_record(tr: _Training, b: int, loss: torch.Tensor, parts: dict, is_dag: bool, samples: int,
-                seconds: float) -> dict[str, Any]:
-    return {"step": tr.step, "epoch": tr.epoch, "batch": b, "loss": float(loss.item()),
-            "id_ce": _f(parts.get("id_ce")), "ood_entropy": _f(parts.get("ood_entropy")),
-            "n_id": int(_f(parts.get("n_id"))), "n_ood": int(_f(parts.get("n_ood"))),
-            "lr": tr.optimizer.param_groups[0]["lr"], "dag": is_dag,
-            "samples_per_s": round(samples / max(seconds, 1e-9), 2)}
+                seconds: float, objective: str) -> dict[str, Any]:
+    rec: dict[str, Any] = {"step": tr.step, "epoch": tr.epoch, "batch": b, "loss": float(loss.item())}
+    for name in _LOGGED_PARTS.get(objective, tuple(parts)):
+        value = _f(parts.get(name))
+        rec[name] = int(value) if name.startswith("n_") else value      # counts: n_id, n_ood, n_ood_images
+    rec.update(lr=tr.optimizer.param_groups[0]["lr"], dag=is_dag, samples_per_s=round(samples / max(seconds, 1e-9), 2))
+    return rec
 
 
-def _train_loop(tr: _Training, cfg: FitConfig, ctx: DistContext, loader: ShardLoader, train_model: torch.nn.Module,
-                per_epoch: int, total_steps: int, save: Callable[[], None], emit: Callable[[dict], None]) -> float:
-    """Train from ``tr``'s position to ``total_steps``; ``save`` writes a checkpoint, ``emit`` gets each log record.
-
-    Returns the last loss (NaN when no step ran).
-    """
+def _train_loop(tr: _Training, job: _Job, cfg: FitConfig, ctx: DistContext, loader: ShardLoader,
+                train_model: torch.nn.Module, save: Callable[[], None], emit: Callable[[dict], None]) -> float:
+    """Train from ``tr``'s position to the job's step budget; ``save`` writes a checkpoint, ``emit`` gets each log
+    record. Returns the last loss (NaN when no step ran)."""
     augment = DeviceAugment(seed=cfg.seed, flip_p=cfg.flip_p)
+    per_epoch, total_steps = job.plan.batches_per_epoch, job.total_steps
     last_loss = math.nan
     tr.model.train()
+    set_frozen_bn_mode(tr.model, cfg.frozen_bn)
     while tr.step < total_steps and tr.epoch < cfg.epochs:
         if cfg.recreate_optimizer_each_epoch and tr.batch == 0 and tr.epoch > 0:
-            tr.optimizer = _make_optimizer(tr.model, cfg.lr)   # meta-ood: a fresh Adam every epoch
+            tr.optimizer = _make_optimizer(tr.model, cfg.lr, cfg.weight_decay)  # meta-ood: a fresh Adam every epoch
         t_last = time.perf_counter()
         for b, images, labels, is_dag in loader.epoch_batches(tr.epoch, tr.batch):
             if tr.step >= total_steps:
@@ -607,13 +511,14 @@ def _train_loop(tr: _Training, cfg: FitConfig, ctx: DistContext, loader: ShardLo
             # Dropout masks depend only on the position, not on the RNG history (resume-exact).
             torch.manual_seed(derive_seed(cfg.seed, "step", tr.epoch, b, ctx.rank))
             x, y = augment(images, labels, epoch=tr.epoch, batch=b, rank=ctx.rank)
-            loss, parts = train_step(train_model, tr.optimizer, tr.scaler, x, y, lam=cfg.lam,
-                                     optim_target=cfg.optim_target, use_amp=tr.use_amp,
-                                     where=f"step {tr.step} (epoch {tr.epoch}, batch {b})")
+            job.schedule.apply(tr.optimizer, tr.step)
+            loss, parts = train_step(train_model, tr.optimizer, tr.scaler, x, y, objective=job.objective,
+                                     use_amp=tr.use_amp, where=f"step {tr.step} (epoch {tr.epoch}, batch {b})")
             tr.step += 1
             tr.batch = b + 1
             now = time.perf_counter()
-            rec = _log_record(tr, b, loss, parts, is_dag, cfg.batch_size * ctx.world_size, now - t_last)
+            rec = _log_record(tr, b, loss, parts, is_dag, cfg.batch_size * ctx.world_size, now - t_last,
+                              job.objective.name)
             t_last = now
             last_loss = rec["loss"]
             emit(rec)
@@ -629,7 +534,7 @@ def _train_loop(tr: _Training, cfg: FitConfig, ctx: DistContext, loader: ShardLo
 
 # --------------------------------------------------------------------------------------------------------- fit
 def fit(cfg: FitConfig, *, resume: bool = False, on_step: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) MaxEnt fine-tuning; returns a summary dict (steps, final loss, paths).
+    """Run (or resume) fine-tuning with ``cfg.objective``; returns a summary dict (steps, final loss, paths).
 
     The job holds an exclusive lock on ``cfg.out`` (``OUT/.lock``) from before its first check to its end: a second
     job on the same run directory is refused with one line naming this one. Under ``torchrun`` (``WORLD_SIZE > 1``)
@@ -654,11 +559,14 @@ def fit(cfg: FitConfig, *, resume: bool = False, on_step: Callable[[dict], None]
 
 @dataclass
 class _Job:
-    """A prepared run: its data, mix plan, step budget, the record of ``config.json`` and the checkpoint metadata."""
+    """A prepared run: its data, mix plan, step budget, objective, learning-rate schedule, the record of
+    ``config.json`` and the checkpoint metadata."""
 
     dataset: Any
     plan: MixPlan
     total_steps: int
+    objective: Objective
+    schedule: LRSchedule
     record: dict[str, Any]
     metadata: dict[str, Any]
     training: _Training
@@ -667,6 +575,7 @@ class _Job:
 def _prepare_job(cfg: FitConfig, ctx: DistContext, run: RunDir, resume: bool) -> _Job:
     """Open the data, plan the batches, build (or restore) the model and, on rank 0, write ``config.json``."""
     use_amp = bool(cfg.amp) and ctx.device.type == "cuda"   # AMP is CUDA only; ignored on CPU
+    objective = cfg.make_objective()
     dataset = open_training_data(cfg.data, verify_checksums=cfg.verify_checksums)
     counts = {k: dataset.num_samples(k) for k in ("cityscapes", "coco", "dag")}
     plan = MixPlan(counts=counts, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -676,28 +585,51 @@ def _prepare_job(cfg: FitConfig, ctx: DistContext, run: RunDir, resume: bool) ->
     total_steps = per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
+    # the poly schedule runs over every planned step, whatever --max-steps stops at (a non-result option)
+    schedule = LRSchedule(cfg.lr_schedule, cfg.lr, per_epoch * cfg.epochs, cfg.lr_power)
+    net, patterns, trained = _build_network(cfg, objective)
     options = dataclasses.asdict(cfg)
+    trained_record = _training_record(objective, net, patterns, trained, cfg)
     record = {"format": CONFIG_FORMAT, "version": 1, "options": options, "seed": cfg.seed,
               "versions": {"maxent_train": __version__, **library_versions()},
               "data_manifest_hash": dataset.manifest_hash, "data_totals": counts, "git_commit": git_commit(),
               "world_size": ctx.world_size, "steps_per_epoch": per_epoch, "total_steps": total_steps,
-              "amp_active": use_amp,
-              "loss_reduction": "mean over all pixels (and classes for entropy target); see maxent_train.loss"}
-    # What --resume compares, kept in every checkpoint itself (plain types: loads with weights_only=True)
-    metadata = {"model": cfg.model, "num_classes": cfg.num_classes, "model_kwargs": dict(cfg.model_kwargs),
+              "amp_active": use_amp, "loss_reduction": _LOSS_REDUCTION.get(objective.name, _LOSS_REDUCTION[""]),
+              **trained_record}
+    # What --resume compares, kept in every checkpoint itself (plain types: loads with weights_only=True), and what
+    # export, miou and predict rebuild the network from: model, model_kwargs and num_classes, the network's outputs
+    # (= num_outputs: the classes, plus the abstention channel when abstention_channel is set; options.num_classes
+    # and the objective's params keep the class count)
+    metadata = {"model": cfg.model, "num_classes": net.num_outputs, "model_kwargs": dict(cfg.model_kwargs),
                 "seed": cfg.seed,
                 "lam": cfg.lam, "optim_target": cfg.optim_target, "embedding_img_interval": cfg.embedding_img_interval,
                 "data_manifest_hash": dataset.manifest_hash, "maxent_train": __version__,
                 "world_size": ctx.world_size,
-                "options": {k: v for k, v in options.items() if k not in _NON_RESULT_OPTIONS}}
-    tr = _Training.create(cfg, ctx.device, use_amp)
+                "options": {k: v for k, v in options.items() if k not in NON_RESULT_OPTIONS},
+                **trained_record}
+    tr = _Training.create(cfg, net.model, ctx.device, use_amp)
     if resume:
         tr.restore(run.check_resume(options, dataset.manifest_hash, cfg.data, ctx.world_size))
     else:
         run.check_fresh()
     if ctx.is_main:
         run.start(record, tr.step, resume)
-    return _Job(dataset, plan, total_steps, record, metadata, tr)
+    return _Job(dataset, plan, total_steps, objective, schedule, record, metadata, tr)
+
+
+_LOSS_REDUCTION = {"maxent": "mean over all pixels (and classes for entropy target); see maxent_train.loss",
+                   "": "per batch, as the objective's official training loop adds it; see maxent_train.objectives"}
+
+
+def _training_record(objective: Objective, net: Network, patterns: list[str] | None, trained: list[str],
+                     cfg: FitConfig) -> dict[str, Any]:
+    """What config.json and the checkpoint metadata record of the objective, the network's outputs and the trained
+    parameters (``abstention_channel``: the index of the abstention channel, None without one)."""
+    return {"objective": {"name": objective.name, "params": objective.get_params()},
+            "num_outputs": net.num_outputs, "abstention_channel": net.abstention_channel,
+            "abstention_source": net.abstention_source, "grown_classifier": list(net.grown),
+            "train_only": None if patterns is None else list(patterns), "trained_tensors": len(trained),
+            "frozen_bn": cfg.frozen_bn, "frozen_bn_layers": len(frozen_batchnorm(net.model))}
 
 
 def _run_job(job: _Job, cfg: FitConfig, ctx: DistContext, run: RunDir,
@@ -722,8 +654,7 @@ def _run_job(job: _Job, cfg: FitConfig, ctx: DistContext, run: RunDir,
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.1f}")
 
-        last_loss = _train_loop(tr, cfg, ctx, loader, train_model, job.plan.batches_per_epoch, job.total_steps,
-                                save, emit)
+        last_loss = _train_loop(tr, job, cfg, ctx, loader, train_model, save, emit)
     if ctx.is_main:
         run.save({"state_dict": tr.model.state_dict(), "metadata": {**job.metadata, "steps": tr.step}}, run.final)
     ctx.barrier()

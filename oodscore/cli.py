@@ -1,6 +1,6 @@
 """`oodscore` command line: thin typer shells over library functions (oodscore.report, oodscore.compare,
-oodscore.fit, oodscore.io, cocodag.formats.evalsets). Every error of ours becomes one red ``error:`` line and exit
-code 1.
+oodscore.fit, oodscore.io, oodscore.meta_report, cocodag.formats.evalsets). Every error of ours becomes one red
+``error:`` line and exit code 1.
 
 ``evaluate``'s options are :class:`oodscore.options.EvalOptions`, built here and checked there; each choice option is
 annotated with that module's ``Literal`` alias (typer lists the choices and refuses others). The ``--method`` choices
@@ -217,6 +217,51 @@ def evaluate(
             assert logits is not None      # _check_inputs
             res = evaluate_logits(logits, method or [], out, options)
         _print_summary(res)
+
+
+@app.command("meta-classify")
+def meta_classify(
+    logits: Annotated[Path, typer.Option("--logits", help="logits.h5 to classify (its labels give the counts).")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="Report folder (meta.json, frames.csv, segments.csv, overlays/).")],
+    entropy_threshold: Annotated[float | None, typer.Option(
+        "--entropy-threshold", help="Segments: normalized entropy >= t, t in (0, 1]. Default: 0.7 (meta-ood's), "
+        "or the --model's own.")] = None,
+    cv: Annotated[str | None, typer.Option(
+        "--cv", help="loo: leave-one-out, meta-ood's (default) | K: K folds grouped by frame (faster on large "
+        "sets, and honest: a frame's segments never train the model that judges them).")] = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="Apply this fitted classifier (from --save-model) instead of cross-validation; works "
+        "without labels.")] = None,
+    save_model: Annotated[Path | None, typer.Option(
+        "--save-model", help="Write the classifier fitted on every segment here (to apply with --model).")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", help="Frames in this many processes, folds in as many threads (results identical to 1).")] = 1,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    max_overlays: Annotated[int, typer.Option(
+        "--max-overlays", help="Overlays of kept / removed segments for this many frames.")] = 4,
+) -> None:
+    """meta-ood's meta classification: entropy segments, their MetaSeg metrics, a logistic regression that removes
+    false-positive segments, and the false-positive / false-negative segment counts before and after."""
+    with user_errors():
+        from .meta_report import MetaOptions
+        from .meta_report import meta_classify as run_meta_classify
+
+        options = MetaOptions(entropy_threshold=entropy_threshold, cv=cv, model=model, save_model=save_model,
+                              workers=workers, progress=progress, max_overlays=max_overlays).validate()
+        res = run_meta_classify(logits, out, options)
+        s = res.summary
+
+        def num(k: str) -> str:
+            v = s.get(k)
+            return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+        typer.echo(f"{num('segments')} segments, {num('kicked')} removed; false positives {num('fp_before')} -> "
+                   f"{num('fp_left')} left (meta-ood's fp_after {num('fp_after')}); false negatives "
+                   f"{num('fn_before')} -> {num('fn_after')}")
+        typer.echo(f"meta classifier: AUROC {num('meta_auroc')}, AUPRC {num('meta_auprc')}, accuracy "
+                   f"{num('meta_accuracy')}")
+        typer.echo(f"report: {res.out_dir}")
 
 
 @app.command("methods")

@@ -12,7 +12,7 @@ import torch
 
 from cocodag.device import resolve_device
 from cocodag.errors import CocodagError
-from cocodag.formats.logits import LogitsFile
+from cocodag.formats.logits import LogitsFile, class_logits, class_mc
 from cocodag.formats.sml_stats import SMLStats
 from cocodag.progress import progress_bar
 
@@ -40,7 +40,7 @@ def fit_sml(logits_path: Path | str, *, device: str | None = None, progress: boo
     with LogitsFile(logits_path) as lf:
         stats = SMLStats(num_classes=lf.num_classes, source=str(logits_path))
         for i in progress_bar(range(len(lf)), desc="fit-sml", unit="frame", disable=not progress):
-            batch = lf.logits(i)[None]      # the labels are not used (nor read) here
+            batch = class_logits(lf.logits(i), lf.abstention_channel)[None]     # labels: not used (nor read)
             x = batch if dev is None else torch.from_numpy(batch).to(dev)
             try:
                 stats.update(x)
@@ -79,7 +79,7 @@ def fit_oodmc(logits_path: Path | str, *, classifier: str | None = None, progres
         def frames():
             for i in progress_bar(range(len(lf)), desc="fit-oodmc", unit="frame", disable=not progress):
                 at["frame"] = i
-                yield lf.mc(i), lf.label(i)
+                yield class_mc(lf.mc(i), lf.abstention_channel), lf.label(i)
             at["frame"] = None
 
         try:

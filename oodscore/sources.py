@@ -6,6 +6,10 @@ takes it. For ``--workers N`` each source is also a picklable object (:class:`_L
 :class:`_ScoreMapsSource`) whose ``open(stack)`` gives ``(frame(i), describe(name))`` in a worker process
 (:mod:`oodscore.workers`). :func:`build_scorers` makes the methods' scorers from the evaluation's options, checking up
 front what each needs (stats file, model file, the MC-dropout block).
+
+A logits file with an abstention channel (``LogitsFile.abstention_channel``: PEBAL, Balanced Energy) hands the
+scorers its C class channels only, here, where frames are handed to them (:data:`_INPUT_READERS`): the abstention
+channel is no class, so every class-based score sees what it means (and the argmax segmentation never picks it).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import numpy as np
 
 from cocodag.errors import CocodagError
 from cocodag.formats.evalsets import parse_dataset_spec
-from cocodag.formats.logits import LogitsFile
+from cocodag.formats.logits import LogitsFile, class_logits, class_mc
 from cocodag.imageio import read_rgb
 from cocodag.labels import IGNORE_ID
 
@@ -116,10 +120,10 @@ def build_scorers(methods: Sequence[str], options: EvalOptions, *, num_classes: 
 
 
 # ------------------------------------------------------------------------------------------------- logits
-#: how a logits file's frame ``i`` gives each kind of scorer input (``Scorer.requires``)
+#: how a logits file's frame ``i`` gives each kind of scorer input (``Scorer.requires``): the class channels only
 _INPUT_READERS = {
-    "logits": lambda lf, i, frame: frame.logits,
-    "mc": lambda lf, i, frame: lf.mc(i),
+    "logits": lambda lf, i, frame: class_logits(frame.logits, lf.abstention_channel),
+    "mc": lambda lf, i, frame: class_mc(lf.mc(i), lf.abstention_channel),
 }
 
 
@@ -138,13 +142,13 @@ def _logits_frame(lf, scorers: dict, region: str, overlay_at: frozenset[int], i:
                   ) -> tuple:
     """Frame ``i`` of a ``LogitsFile``, every method's scores computed (``segmentation``: plus the argmax trainIds
     under ``layouts.SEGMENTATION_KEY``, for --save-scores)."""
-    kinds = {sc.requires for sc in scorers.values()}
+    kinds = {sc.requires for sc in scorers.values()} | ({"logits"} if segmentation else set())
     fr = lf.frame(i, image=i in overlay_at)
     label = _apply_region(fr.label, fr.roi, region, fr.image_id)
     inputs = {k: _INPUT_READERS[k](lf, i, fr) for k in kinds}
     scores = _score_frame(lf, i, fr.image_id, scorers, inputs, label.shape)
     if segmentation:
-        scores[SEGMENTATION_KEY] = np.argmax(fr.logits, axis=0).astype(np.uint8)
+        scores[SEGMENTATION_KEY] = np.argmax(inputs["logits"], axis=0).astype(np.uint8)
     return fr.image_id, label, scores, fr.image
 
 

@@ -17,13 +17,16 @@ size (``upsample_mode``, ``upsample_align_corners``); the reader applies that ru
 :meth:`LogitsFile.frame` / :meth:`LogitsFile.logits` always return label-size float32 logits, whatever the layout
 (``native=True`` gives the stored ones). Version 1 files (label resolution) still read.
 
+A network with an abstention channel (PEBAL, Balanced Energy: C classes + 1, that channel last) is stored whole, with
+the ``abstention_channel`` attribute (= C; version 3). It is no class: :attr:`LogitsFile.num_classes` is C, and every
+class-based consumer (scores, SML statistics, segmentation) takes :func:`class_logits` / :func:`class_mc` of a frame.
+
 :func:`upsample` is the one rule for bringing logits to the label size (bilinear; ``align_corners`` as the network
 that computed them: ``False`` unless a file or model records otherwise); :func:`upsample_frame` applies it to one
 stored frame on the CPU (what the reader returns, and what export feeds its SML statistics).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ import numpy as np
 from ..atomic import atomic_write
 from ..errors import CocodagError
 from ..outputs import disk_errors
+from ._write_guard import WriteGuard
 from .choices import (  # the writer's choices, defined without h5py (re-exported here)
     GZIP_LEVEL1,
     LOGITS_DTYPES,
@@ -46,7 +50,9 @@ from .choices import (  # the writer's choices, defined without h5py (re-exporte
 
 LOGITS_FORMAT = "cocodag-logits"
 LOGITS_VERSION = 2
-READABLE_VERSIONS = (1, 2)      # 1: logits at label resolution, no layout attributes
+#: the version of a file whose last channel is an abstention channel (a version-2 reader would score it as a class)
+ABSTENTION_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)   # 1: logits at label resolution, no layout attributes; 3: 2 + abstention_channel
 #: the rule of version-1 files and of models that record none
 DEFAULT_RULE = {"mode": "bilinear", "align_corners": False}
 MC_KEYS = ("mean", "central", "entropy")
@@ -117,7 +123,7 @@ class LogitsFile:
     Parameters
     ----------
     path : path
-        The file. It is checked at once: ``format``/``version`` attrs (versions 1 and 2), the layout attributes
+        The file. It is checked at once: ``format``/``version`` attrs (versions 1 to 3), the layout attributes
         (``logits_resolution``, ``label_shape``, the upsampling rule), dataset shapes (``logits`` (N,C,h,w),
         ``label`` (N,H,W), ``image_id`` (N,), optional ``roi`` (N,H,W), ``image``, ``mc/*`` at (h, w)) and dtypes.
 
@@ -207,11 +213,14 @@ class LogitsFile:
         if n == 0:
             raise self._err("holds no frames ('logits' has shape "
                             f"{self._logits.shape}); re-export it (an interrupted or empty export?)")
+        self._abstention = self._read_abstention(c)
+        classes = c if self._abstention is None else c - 1
+        besides = "" if self._abstention is None else f" (with the abstention channel {self._abstention})"
         nc = self._attr("num_classes")
-        if nc is not None and int(nc) != c:
-            raise self._err(f"num_classes attribute is {int(nc)} but 'logits' has {c} channels")
-        if c < 2:
-            raise self._err(f"'logits' has {c} class channel(s), expected at least 2")
+        if nc is not None and int(nc) != classes:
+            raise self._err(f"num_classes attribute is {int(nc)} but 'logits' has {c} channels{besides}")
+        if classes < 2:
+            raise self._err(f"'logits' has {classes} class channel(s){besides}, expected at least 2")
         self._read_layout(version, (h, w))
         lh, lw = self._label_hw
         what = "to match 'logits'" if self._resolution == "label" else "(the label_shape attribute)"
@@ -226,6 +235,16 @@ class LogitsFile:
         if self._image is not None and (self._image.shape[0] != n or self._image.shape[3] != 3):
             raise self._err(f"'image' has shape {self._image.shape}, expected ({n}, h, w, 3)")
         self._mc = self._mc_datasets(n, c, h, w) if "mc" in self._f else None
+
+    def _read_abstention(self, channels: int) -> int | None:
+        """The ``abstention_channel`` attribute: None when absent (or -1), else it must name the last channel."""
+        a = self._attr("abstention_channel")
+        if a is None or (isinstance(a, int) and not isinstance(a, bool) and a == -1):
+            return None
+        if not isinstance(a, int) or isinstance(a, bool) or a != channels - 1:
+            raise self._err(f"abstention_channel attribute is {a!r}, expected {channels - 1} (the last of the "
+                            f"{channels} channels of 'logits') or none")
+        return a
 
     def _read_ids(self, n: int) -> None:
         ids = self._dataset("image_id", 1, ())
@@ -257,7 +276,19 @@ class LogitsFile:
 
     @property
     def num_classes(self) -> int:
+        """The number of classes C: the channels of ``logits``, less the abstention channel when there is one."""
+        return self.num_channels - (self._abstention is not None)
+
+    @property
+    def num_channels(self) -> int:
+        """The channels of the stored ``logits`` (and ``mc/*``): C, or C + 1 with an abstention channel."""
         return int(self._logits.shape[1])
+
+    @property
+    def abstention_channel(self) -> int | None:
+        """Index of the abstention channel (the last, = :attr:`num_classes`), or None when the file has none.
+        It is no class: feed class-based consumers :func:`class_logits` / :func:`class_mc` of what you read."""
+        return self._abstention
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -407,7 +438,8 @@ class LogitsFile:
 
     def __repr__(self) -> str:
         native = f", native_shape={self.native_shape}" if self._resolution == "native" else ""
-        return (f"LogitsFile({str(self.path)!r}, frames={len(self)}, num_classes={self.num_classes}, "
+        abstention = "" if self._abstention is None else f", abstention_channel={self._abstention}"
+        return (f"LogitsFile({str(self.path)!r}, frames={len(self)}, num_classes={self.num_classes}{abstention}, "
                 f"shape={self.shape}{native}, mc={self.has_mc}, images={self.has_images}, roi={self.has_roi})")
 
 
@@ -422,10 +454,14 @@ class LogitsWriter:
     ----------
     path : path
     num_classes : int
+        C, the classes: every frame's logits have C channels, C + 1 with an abstention channel.
     dataset, model, checkpoint : str
         Provenance attributes.
     attrs : dict, optional
         More file attributes (e.g. the exporting package's version); cannot override the format keys.
+        ``abstention_channel`` (an int, or None for none) is the format's own: it must be ``num_classes`` (the
+        channel after the C classes, as PEBAL's network has it); the frames then have C + 1 channels and the file
+        is version 3 (:data:`ABSTENTION_VERSION`).
     compression : {None, "none", "gzip"}
         Of the logits, the MC block and the images; ``gzip`` is level 1 (the measured size/speed choice). Labels
         and ROI masks are always gzip level 1 (measured: ~15 KiB per 2048x1024 label, smaller and faster to read
@@ -469,8 +505,15 @@ class LogitsWriter:
             raise CocodagError(f"attrs: {clash} are set by the writer itself")
         self.path = Path(path)
         self.num_classes = int(num_classes)
-        self._attrs = {"format": LOGITS_FORMAT, "version": LOGITS_VERSION, "num_classes": self.num_classes,
-                       "dataset": dataset, "model": model, "checkpoint": checkpoint, **(attrs or {}),
+        attrs = dict(attrs or {})
+        self.abstention_channel = self._check_abstention(attrs.pop("abstention_channel", None), self.num_classes)
+        #: the channels of every frame's logits: the classes, and the abstention channel when there is one
+        self.num_channels = self.num_classes + (self.abstention_channel is not None)
+        if self.abstention_channel is not None:     # version 3: a version-2 reader would take it for a class
+            attrs["abstention_channel"] = self.abstention_channel
+        version = LOGITS_VERSION if self.abstention_channel is None else ABSTENTION_VERSION
+        self._attrs = {"format": LOGITS_FORMAT, "version": version, "num_classes": self.num_classes,
+                       "dataset": dataset, "model": model, "checkpoint": checkpoint, **attrs,
                        **self._layout_attrs(logits_resolution, upsample_rule)}
         self.native = logits_resolution == "native"
         self._ck: dict[str, Any] = {} if compression is None else dict(GZIP_LEVEL1)
@@ -478,9 +521,20 @@ class LogitsWriter:
         self._dtype = np.dtype(logits_dtype)
         self._mc_dtype = None if mc_dtype is None else np.dtype(mc_dtype)
         self._f: h5py.File | None = None
-        self._file: _WriteGuard | None = None
+        self._file: WriteGuard | None = None
         self._atomic: AbstractContextManager[Path] | None = None
         self._n = 0
+
+    @staticmethod
+    def _check_abstention(channel, num_classes: int) -> int | None:
+        """``attrs["abstention_channel"]``: None, or the channel after the ``num_classes`` classes."""
+        if channel is None:
+            return None
+        if isinstance(channel, (bool, np.bool_)) or not isinstance(channel, (int, np.integer)) \
+                or int(channel) != num_classes:
+            raise CocodagError(f"abstention_channel {channel!r}: expected None or {num_classes} (the channel after "
+                               f"the {num_classes} classes)")
+        return int(channel)
 
     @staticmethod
     def _layout_attrs(resolution: str, rule: dict | None) -> dict:
@@ -499,7 +553,7 @@ class LogitsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._atomic = atomic_write(self.path)
         tmp = self._atomic.__enter__()
-        self._file = _WriteGuard(tmp)
+        self._file = WriteGuard(tmp)
         self._f = h5py.File(self._file, "w")
         self._f.attrs.update(self._attrs)
         return self
@@ -557,9 +611,9 @@ class LogitsWriter:
         if self._f is None:
             raise CocodagError("LogitsWriter.write called outside its `with` block")
         logits = np.asarray(logits)
-        if logits.ndim != 3 or logits.shape[0] != self.num_classes:
+        if logits.ndim != 3 or logits.shape[0] != self.num_channels:
             raise CocodagError(f"logits of {image_id!r} have shape {logits.shape}, "
-                               f"expected ({self.num_classes}, H, W)")
+                               f"expected ({self.num_channels}, H, W)")
         label = np.asarray(label)
         if label.ndim != 2 or (not self.native and label.shape != logits.shape[1:]):
             raise CocodagError(f"label of {image_id!r} has shape {label.shape}, expected "
@@ -635,63 +689,6 @@ class LogitsWriter:
         finally:
             self._file = None
         atomic.__exit__(exc_type, exc, tb)      # rename on success, remove the temp file on an error
-
-
-class _WriteGuard:
-    """The file object HDF5 writes ``logits.h5`` through: it records the first ``OSError`` of a write (a full disk,
-    a quota) and accepts every later write without doing it, so that HDF5 never sees a failed write. (After a failed
-    write HDF5 cannot close its file and the process crashes at exit; here the writer raises the recorded error as
-    one line and deletes the temp file instead.)"""
-
-    def __init__(self, path: Path):
-        self._raw = open(path, "w+b", buffering=0)
-        self.error: OSError | None = None
-
-    def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        if self.error is None:
-            try:
-                done = 0
-                while done < len(view):        # unbuffered writes may be partial
-                    n = self._raw.write(view[done:])
-                    if not n:
-                        raise OSError(28, os.strerror(28))
-                    done += n
-            except OSError as e:
-                self.error = e
-        return len(view)
-
-    def _guarded(self, fn, *args):
-        if self.error is None:
-            try:
-                return fn(*args)
-            except OSError as e:
-                self.error = e
-        return None
-
-    def read(self, size: int = -1) -> bytes:
-        return self._raw.read(size)
-
-    def readinto(self, buf) -> int:
-        return self._raw.readinto(buf)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._raw.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._raw.tell()
-
-    def truncate(self, size: int | None = None) -> int:
-        out = self._guarded(self._raw.truncate, size)
-        return self._raw.tell() if out is None else out
-
-    def flush(self) -> None:
-        self._guarded(self._raw.flush)
-
-    def close(self) -> None:
-        if not self._raw.closed:
-            self._guarded(os.fsync, self._raw.fileno())
-            self._raw.close()
 
 
 def as_logits_tensor(logits, *, name: str = "logits", device=None, check_finite: bool = True,
@@ -778,3 +775,24 @@ def upsample_frame(logits: np.ndarray, size: tuple[int, int], rule: dict | None)
     t = torch.from_numpy(a.reshape(1, -1, *a.shape[-2:]))
     out = upsample(t, size, **(rule or DEFAULT_RULE))
     return out.numpy().reshape(*a.shape[:-2], *(int(v) for v in size))
+
+
+def class_logits(logits, abstention_channel: int | None):
+    """The class channels of ``logits`` (``(..., C(+1), H, W)``, numpy or torch): without the abstention channel
+    (no class; :attr:`LogitsFile.abstention_channel`, the last channel), unchanged when it is None.
+
+    The one rule for every class-based consumer of a ``logits.h5`` file (scores, SML statistics, argmax
+    segmentation); a view, not a copy."""
+    if abstention_channel is None:
+        return logits
+    return logits[..., :abstention_channel, :, :]
+
+
+def class_mc(mc: dict | None, abstention_channel: int | None) -> dict | None:
+    """A frame's MC block (as :meth:`LogitsFile.mc` returns it) restricted to the classes: ``mean`` and ``central``
+    without the abstention channel (:func:`class_logits`); ``entropy`` is already that of the classes' mean softmax
+    (``maxent-train export`` computes it over the C classes)."""
+    if mc is None or abstention_channel is None:
+        return mc
+    return {**mc, "mean": class_logits(mc["mean"], abstention_channel),
+            "central": class_logits(mc["central"], abstention_channel)}

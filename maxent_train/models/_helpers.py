@@ -308,6 +308,15 @@ def _apply_filter(state: dict[str, torch.Tensor], model: nn.Module, path, name: 
     return dict(out)
 
 
+def filtered_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path,
+                   name: str | None = None) -> dict[str, torch.Tensor]:
+    """``state`` as :func:`load_state` would load it into ``model``: training-only keys dropped, the model's
+    ``checkpoint_filter`` applied (the keys are the model's own names then; shapes are not checked)."""
+    name = name or getattr(model, "registry_name", None)
+    raw, _ = _drop_training_keys(dict(state), model.state_dict())
+    return _apply_filter(raw, model, path, name)
+
+
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, strict: bool = True,
                name: str | None = None) -> LoadReport:
     """Load an already read (and cleaned) ``state`` into ``model``: training-only keys dropped, the model's

@@ -49,6 +49,7 @@ import fnmatch
 import importlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch.nn as nn
@@ -65,13 +66,37 @@ _MODULE_OF: dict[str, str] = {}
 _FILTERS: dict[str, Callable[[dict, nn.Module], dict]] = {}
 
 
+@dataclass(frozen=True)
+class ClassifierBlock:
+    """A family's final classifier block, as the outlier-exposure objectives use it.
+
+    Parameters
+    ----------
+    params : tuple of str
+        Parameter-name globs (``fnmatch``) of the block: what ``fit --train-only`` trains by default for an objective
+        that fine-tunes the classifier only (PEBAL trains ``final.*`` of NVIDIA's WRN38).
+    convs : tuple of str
+        The ``named_modules()`` names of the ``Conv2d`` layers with one output channel per class (the logits, plus an
+        auxiliary head's when the state_dict holds one): each gains one output for an abstention channel, so that
+        ``create_model(name, num_classes=C + 1)`` loads the grown network.
+    """
+
+    params: tuple[str, ...]
+    convs: tuple[str, ...]
+
+
+_CLASSIFIERS: dict[str, ClassifierBlock] = {}
+
+
 def register_model(fn: Callable[..., nn.Module] | None = None, *,
-                   checkpoint_filter: Callable[[dict, nn.Module], dict] | None = None):
+                   checkpoint_filter: Callable[[dict, nn.Module], dict] | None = None,
+                   classifier: ClassifierBlock | None = None):
     """Decorator: register ``fn`` under its own ``__name__`` (the variant name) and return it unchanged.
 
-    ``@register_model`` or ``@register_model(checkpoint_filter=f)``: ``f(state_dict, model)`` receives the state_dict
-    of a released upstream file (wrappers and the ``module.`` prefix already removed) and returns it with this
-    model's key names, so that the load that follows can stay strict.
+    ``@register_model`` or ``@register_model(checkpoint_filter=f, classifier=ClassifierBlock(...))``:
+    ``f(state_dict, model)`` receives the state_dict of a released upstream file (wrappers and the ``module.`` prefix
+    already removed) and returns it with this model's key names, so that the load that follows can stay strict;
+    ``classifier`` declares the family's final classifier block (every family of ours declares one).
     """
     def deco(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = f.__name__
@@ -81,6 +106,8 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *,
         _MODULE_OF[name] = f.__module__
         if checkpoint_filter is not None:
             _FILTERS[name] = checkpoint_filter
+        if classifier is not None:
+            _CLASSIFIERS[name] = classifier
         return f
 
     return deco(fn) if fn is not None else deco
@@ -89,6 +116,11 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *,
 def checkpoint_filter_for(name: str) -> Callable[[dict, nn.Module], dict] | None:
     """The registered checkpoint filter of model ``name`` (None for plug-ins and models without one)."""
     return _FILTERS.get(name)
+
+
+def classifier_block_for(name: str) -> ClassifierBlock | None:
+    """The final classifier block model ``name`` declared when it was registered (None for plug-ins)."""
+    return _CLASSIFIERS.get(name)
 
 
 def native_output_rule(model: nn.Module) -> dict | None:

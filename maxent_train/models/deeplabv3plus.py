@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._registry import register_model
+from ._registry import ClassifierBlock, register_model
 from ._split import SplitForward
 from .resnet import ResNet, load_backbone_weights
 
@@ -84,25 +84,29 @@ class DeepLabV3Plus(SplitForward, nn.Module):
         return self.classifier(self.dropout(feats))
 
 
+#: the decoder after the skip concat (two 3x3 conv+BN+ReLU) and the 1x1 classifier (WRN38's ``final`` block)
+CLASSIFIER = ClassifierBlock(params=("decoder.*", "classifier.*"), convs=("classifier",))
+
+
 def _create_deeplab(backbone: str, num_classes: int = 19, output_stride: int = 8, dropout: float = 0.1,
                     backbone_weights=None) -> DeepLabV3Plus:
     return DeepLabV3Plus(backbone, num_classes=num_classes, output_stride=output_stride, dropout=dropout,
                          backbone_weights=backbone_weights)
 
 
-@register_model
+@register_model(classifier=CLASSIFIER)
 def deeplabv3plus_resnet18(num_classes: int = 19, **kwargs) -> DeepLabV3Plus:
     """DeepLabV3+ on ResNet-18; kwargs ``output_stride`` (8), ``dropout`` (0.1), ``backbone_weights``."""
     return _create_deeplab("resnet18", num_classes=num_classes, **kwargs)
 
 
-@register_model
+@register_model(classifier=CLASSIFIER)
 def deeplabv3plus_resnet50(num_classes: int = 19, **kwargs) -> DeepLabV3Plus:
     """DeepLabV3+ on ResNet-50; kwargs ``output_stride`` (8), ``dropout`` (0.1), ``backbone_weights``."""
     return _create_deeplab("resnet50", num_classes=num_classes, **kwargs)
 
 
-@register_model
+@register_model(classifier=CLASSIFIER)
 def deeplabv3plus_resnet101(num_classes: int = 19, **kwargs) -> DeepLabV3Plus:
     """DeepLabV3+ on ResNet-101; kwargs ``output_stride`` (8), ``dropout`` (0.1), ``backbone_weights``."""
     return _create_deeplab("resnet101", num_classes=num_classes, **kwargs)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import register_model
+from ._registry import ClassifierBlock, register_model
 from ._split import SplitForward
 from .resnet import Bottleneck
 
@@ -173,7 +173,12 @@ def checkpoint_filter(state_dict: dict, model: nn.Module | None = None) -> dict:
     return out
 
 
-@register_model(checkpoint_filter=checkpoint_filter)
+#: ``final1`` (two 3x3 conv+BN+ReLU after the skip concat) and ``final2`` (the 1x1 classifier): what PEBAL's
+#: ``'module.branch1.final' in name`` trains of this network; PEBAL grows ``final2.0`` and the auxiliary ``dsn.4``
+CLASSIFIER = ClassifierBlock(params=("final1.*", "final2.*"), convs=("final2.0", "dsn.4"))
+
+
+@register_model(checkpoint_filter=checkpoint_filter, classifier=CLASSIFIER)
 def deeplabv3plus_resnet101_sml(num_classes: int = 19, **kwargs) -> SMLDeepLabV3PlusR101:
     """SML's DeepLabV3+ ResNet-101 OS8 (``r101_os8_base_cty.pth``): deep stem, ``align_corners=True``, no dropout on
     the output path (``final_classifier = "final2.0"``)."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._registry import register_model
+from ._registry import ClassifierBlock, register_model
 from ._split import SplitForward
 
 
@@ -86,7 +86,11 @@ class TinySegNet(SplitForward, nn.Module):
         return self.classifier(self.dropout(feats))
 
 
-@register_model
+#: the fusion after the skip concat (conv+BN+ReLU, residual block) and the 1x1 classifier
+CLASSIFIER = ClassifierBlock(params=("fuse.*", "classifier.*"), convs=("classifier",))
+
+
+@register_model(classifier=CLASSIFIER)
 def tiny_segnet(num_classes: int = 19, dropout: float = 0.1, width: int = 32) -> TinySegNet:
     """Small demo/test model: ~0.49 M parameters, output stride 4, ``Dropout2d(dropout)`` in the head."""
     return TinySegNet(num_classes=num_classes, dropout=dropout, width=width)

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import MaxentError
-from ._registry import register_model
+from ._registry import ClassifierBlock, register_model
 from ._split import SplitForward
 from .resnet import ResNet
 
@@ -241,14 +241,18 @@ def vainf_checkpoint_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Mo
     return out
 
 
-@register_model(checkpoint_filter=vainf_checkpoint_filter)
+#: the decoder after the skip concat (3x3 conv+BN+ReLU) and the 1x1 classifier (WRN38's ``final`` block)
+CLASSIFIER = ClassifierBlock(params=("classifier.classifier.*",), convs=("classifier.classifier.3",))
+
+
+@register_model(checkpoint_filter=vainf_checkpoint_filter, classifier=CLASSIFIER)
 def deeplabv3plus_resnet101_vainf(num_classes: int = 19, **kwargs) -> DeepLabV3PlusVainF:
     """VainF ``deeplabv3plus_resnet101`` (``best_deeplabv3plus_resnet101_cityscapes_os16.pth``); kwargs
     ``output_stride`` (16; 8), ``dropout`` (0.1, the ASPP projection's)."""
     return DeepLabV3PlusVainF("resnet101", num_classes=num_classes, **kwargs)
 
 
-@register_model(checkpoint_filter=vainf_checkpoint_filter)
+@register_model(checkpoint_filter=vainf_checkpoint_filter, classifier=CLASSIFIER)
 def deeplabv3plus_mobilenetv2_vainf(num_classes: int = 19, **kwargs) -> DeepLabV3PlusVainF:
     """VainF ``deeplabv3plus_mobilenet`` (``best_deeplabv3plus_mobilenet_cityscapes_os16.pth``); kwargs
     ``output_stride`` (16; 8), ``dropout`` (0.1, the ASPP projection's)."""

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import register_model
+from ._registry import ClassifierBlock, register_model
 
 #: Input convention and provenance of the released weights (timm's ``pretrained_cfg``).
 PRETRAINED_CFG = {
@@ -221,7 +221,12 @@ def checkpoint_filter(state_dict: dict, model: nn.Module | None = None) -> dict:
     return out
 
 
-@register_model(checkpoint_filter=checkpoint_filter)
+#: the decoder after the skip concat (two 3x3 conv+BN+ReLU) and the 1x1 classifier: what PEBAL fine-tunes
+#: (``module.branch1.final``) and grows by one output (``final.6``, ``load_model(extra_channel=True)``)
+CLASSIFIER = ClassifierBlock(params=("final.*",), convs=("final.6",))
+
+
+@register_model(checkpoint_filter=checkpoint_filter, classifier=CLASSIFIER)
 def deeplabv3plus_wrn38(num_classes: int = 19) -> DeepWV3Plus:
     """NVIDIA's DeepWV3Plus (DeepLabV3+, WiderResNet-38 A2, output stride 8; 137 M parameters); no options besides
     ``num_classes``. Loads ``cityscapes_best.pth`` (meta-ood, PEBAL, RPL, DenseHybrid, ATTA) strictly."""

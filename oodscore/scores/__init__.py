@@ -36,6 +36,7 @@ _REGISTRY = {
     "msp-t": "baseline:MSPT",         # 1 - max softmax(z/T)
     "gen": "baseline:GEN",            # generalized entropy of the top-M probabilities
     "mc-entropy": "baseline:MCEntropy",  # entropy of the MC-dropout mean softmax / log C
+    "pebal": "baseline:PEBAL",        # blur(-logsumexp(z)) at the label size
 }
 #: the registered method names, in display order
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
@@ -44,7 +45,7 @@ METHODS: tuple[str, ...] = tuple(_REGISTRY)
 _LAZY = {
     "Scorer": "base", "INPUT_KINDS": "base",
     "MSP": "baseline", "MaxLogit": "baseline", "Entropy": "baseline", "Energy": "baseline", "MSPT": "baseline",
-    "GEN": "baseline", "MCEntropy": "baseline",
+    "GEN": "baseline", "MCEntropy": "baseline", "PEBAL": "baseline",
     "SML": "sml", "SMLStats": "sml",
     "VDE": "vde", "drivable_region": "vde",
     "OODMC": "oodmc", "mc_features": "oodmc", "make_classifier": "oodmc",
@@ -52,7 +53,7 @@ _LAZY = {
 
 if TYPE_CHECKING:  # the names __getattr__ provides, for linters and type checkers
     from oodscore.scores.base import INPUT_KINDS, Scorer
-    from oodscore.scores.baseline import GEN, MSP, MSPT, Energy, Entropy, MaxLogit, MCEntropy
+    from oodscore.scores.baseline import GEN, MSP, MSPT, PEBAL, Energy, Entropy, MaxLogit, MCEntropy
     from oodscore.scores.oodmc import OODMC, make_classifier, mc_features
     from oodscore.scores.sml import SML, SMLStats
     from oodscore.scores.vde import VDE, drivable_region
@@ -133,5 +134,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["METHODS", "SCORERS", "check_methods", "scorer_class", "get_scorer", "definitions", "Scorer",
-           "INPUT_KINDS", "MSP", "MaxLogit", "Entropy", "Energy", "MSPT", "GEN", "MCEntropy", "SML", "SMLStats", "VDE",
-           "OODMC", "drivable_region", "mc_features", "make_classifier"]
+           "INPUT_KINDS", "MSP", "MaxLogit", "Entropy", "Energy", "MSPT", "GEN", "MCEntropy", "PEBAL", "SML",
+           "SMLStats", "VDE", "OODMC", "drivable_region", "mc_features", "make_classifier"]

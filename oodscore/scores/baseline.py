@@ -1,5 +1,7 @@
 """Stateless post-hoc scores (docs/methods.md §5): pure functions of the logits, plus the MC predictive entropy.
 
+PEBAL's anomaly score (``pebal``) is the free energy blurred at the label size: the map of ``Energy(blur=True)``.
+
 Higher = more anomalous. Each class states its formula and reference in ``definition`` (what ``oodscore methods``
 lists). Logits are ``z`` (C classes per pixel); ``T`` a temperature.
 
@@ -18,9 +20,19 @@ import torch
 
 from cocodag.arrays import to_numpy
 from cocodag.errors import CocodagError
+from cocodag.filters import gaussian_blur
 from cocodag.formats.logits import check_upsample_rule, upsample_frame
 from oodscore import OodscoreError
-from oodscore.scores.base import DEVICE, Interval, Scorer, as_logits_tensor, check_size, to_output, upsample
+from oodscore.scores.base import (
+    BOOLEAN,
+    DEVICE,
+    Interval,
+    Scorer,
+    as_logits_tensor,
+    check_size,
+    to_output,
+    upsample,
+)
 
 
 class _LeftOpen:
@@ -40,6 +52,17 @@ class _LeftOpen:
 
 #: a finite number > 0 (temperatures)
 POSITIVE = _LeftOpen(0)
+#: PEBAL's smoothing of its anomaly map: torchvision's ``GaussianBlur(7, sigma=1)``
+BLUR_KERNEL_SIZE, BLUR_SIGMA = 7, 1.0
+
+
+def _blurred(m: torch.Tensor) -> torch.Tensor:
+    """PEBAL's blur of ``(N, H, W)`` maps (:func:`cocodag.filters.gaussian_blur`, 7x7, sigma 1, mirror padding)."""
+    pad = BLUR_KERNEL_SIZE // 2
+    if min(m.shape[-2:]) <= pad:
+        raise OodscoreError(f"the {BLUR_KERNEL_SIZE}x{BLUR_KERNEL_SIZE} blur needs maps of at least {pad + 1}x"
+                            f"{pad + 1} pixels, got {m.shape[-2]}x{m.shape[-1]}")
+    return gaussian_blur(m, BLUR_KERNEL_SIZE, BLUR_SIGMA)
 
 
 def _softmax_parts(t: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -146,18 +169,44 @@ class Energy(_TemperedScorer):
     Parameters
     ----------
     temperature : float > 0, default=1
+    blur : bool, default=False
+        Smooth the map at the label size with PEBAL's Gaussian blur (7x7, sigma 1, mirror padding); with T = 1
+        this is the ``pebal`` score.
     device : str or torch.device, optional
     """
 
     definition = "-T * logsumexp_c(z_c / T), T = 1 by default (free energy; Liu et al., NeurIPS 2020)"
+    _parameter_constraints = {"temperature": [POSITIVE], "blur": [BOOLEAN], "device": DEVICE}
 
-    def __init__(self, temperature: float = 1.0, device=None):
+    def __init__(self, temperature: float = 1.0, blur: bool = False, device=None):
         self.temperature = temperature
+        self.blur = blur
         self.device = device
 
     def _compute(self, t):
         temperature = float(self.temperature)
-        return -temperature * torch.logsumexp(t / temperature, dim=1)
+        energy = -temperature * torch.logsumexp(t / temperature, dim=1)
+        return _blurred(energy) if self.blur else energy
+
+
+class PEBAL(_LogitScorer):
+    """PEBAL's anomaly score (Tian et al. 2022): the free energy of the class logits at the label size, blurred.
+
+    What its code's ``compute_anomaly_score`` computes from the network's output once upsampled to the input size:
+    ``-logsumexp`` over the first 19 (= the C class) channels, then torchvision's ``GaussianBlur(7, sigma=1)``.
+    The abstention channel of a PEBAL network is no class: ``oodscore`` hands scorers the class channels only (a
+    ``logits.h5`` file's ``abstention_channel``), so here all the channels given are the classes.
+
+    Parameters
+    ----------
+    device : str or torch.device, optional
+    """
+
+    definition = ("-logsumexp_c z_c over the C classes at the label size, then a 7x7 Gaussian blur (sigma 1, mirror "
+                  "padding) (PEBAL's compute_anomaly_score; Tian et al., ECCV 2022)")
+
+    def _compute(self, t):
+        return _blurred(-torch.logsumexp(t, dim=1))
 
 
 class Entropy(_LogitScorer):

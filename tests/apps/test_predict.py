@@ -87,3 +87,30 @@ def test_predict_a_raw_released_checkpoint_with_model_and_model_kwargs(tmp_path)
     with torch.no_grad():
         logits = model(normalize(torch.from_numpy(rgb)[None]))[0].numpy()
     np.testing.assert_allclose(np.load(tmp_path / "o" / "scores" / "a.npy"), -logits.max(0), atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["msp", "pebal"])
+def test_predict_scores_the_classes_of_a_network_with_an_abstention_channel(tmp_path, method):
+    """A PEBAL-style checkpoint (20 outputs, the last an abstention channel): the score is that of the 19 classes."""
+    torch.manual_seed(4)
+    model = create_model("tiny_segnet", num_classes=20).eval()
+    with torch.no_grad():
+        model.classifier.bias[19] += 3.0        # the abstention channel dominates: as a class it would change msp
+    path = tmp_path / "pebal.pt"
+    torch.save({"state_dict": model.state_dict(),
+                "metadata": {"model": "tiny_segnet", "num_classes": 20, "abstention_channel": 19}}, path)
+    rgb = np.random.default_rng(1).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), rgb[..., ::-1])
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--checkpoint", str(path), "--out",
+                                 str(tmp_path / "out"), "--method", method, "--save-scores", "--device", "cpu",
+                                 "--no-progress"])
+    assert r.exit_code == 0, r.output
+    with torch.no_grad():
+        z = model(normalize(torch.from_numpy(rgb)[None])).double()[:, :19]
+    if method == "msp":
+        ref = 1.0 - torch.softmax(z, 1).amax(1)[0].numpy()
+    else:       # -logsumexp of the classes, then PEBAL's blur (torch's float64 reflect padding = mirror)
+        from cocodag.filters import gaussian_blur
+
+        ref = gaussian_blur(-torch.logsumexp(z, 1))[0].numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "scores" / "a.npy"), ref, atol=1e-4)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cocodag import CocodagError
-from cocodag.formats.logits import LogitsFile, LogitsWriter
+from cocodag.formats.logits import LogitsFile, LogitsWriter, class_logits, class_mc
 
 C, H, W = 5, 12, 16
 
@@ -52,7 +52,7 @@ def test_roundtrip_with_raw_h5py_check(tmp_path):
     with h5py.File(path, "r") as f:
         assert f.attrs["format"] == "cocodag-logits" and int(f.attrs["version"]) == 2
         assert f.attrs["logits_resolution"] == "label" and tuple(f.attrs["label_shape"]) == (H, W)
-        assert int(f.attrs["num_classes"]) == C
+        assert int(f.attrs["num_classes"]) == C and "abstention_channel" not in f.attrs
         assert f["label"].compression == "gzip" and f["roi"].compression == "gzip"   # always (mostly constant)
         assert f["logits"].dtype == np.float16 and f["logits"].shape == (3, C, H, W)
         assert f["logits"].chunks == (1, C, H, W)
@@ -216,6 +216,8 @@ def _raw_file(path, **over):
         f.create_dataset("image_id", data=over.get("image_id", ["a", "b"]), dtype=h5py.string_dtype())
         if "roi" in over:
             f["roi"] = over["roi"]
+        if "abstention_channel" in over:
+            f.attrs["abstention_channel"] = over["abstention_channel"]
     return path
 
 
@@ -229,6 +231,12 @@ def _raw_file(path, **over):
     ({"logits": np.zeros((2, H, W), np.float16)}, "'logits' has shape .* expected 4 dimensions"),
     ({"image_id": ["a", "a"]}, "1 duplicated image_id"),
     ({"roi": np.zeros((2, H, 3), np.uint8)}, "'roi' has shape"),
+    ({"version": 3, "num_classes": 4, "abstention_channel": 2},
+     r"abstention_channel attribute is 2, expected 4 \(the last of the 5 channels of 'logits'\) or none"),
+    ({"version": 3, "abstention_channel": 4},
+     r"num_classes attribute is 5 but 'logits' has 5 channels \(with the abstention channel 4\)"),
+    ({"version": 3, "num_classes": 1, "abstention_channel": 1, "logits": np.zeros((2, 2, H, W), np.float16)},
+     r"'logits' has 1 class channel\(s\) \(with the abstention channel 1\), expected at least 2"),
 ])
 def test_validation_errors(tmp_path, over, msg):
     path = _raw_file(tmp_path / "bad.h5", **over)
@@ -319,3 +327,53 @@ def test_lzf_is_refused_for_writing_and_lzf_files_still_read(tmp_path):
             got = lf.frame(i)
             assert np.array_equal(got.logits, fr["logits"]) and np.array_equal(got.label, fr["label"])
             assert np.array_equal(lf.mc(i)["central"], fr["mc"]["central"]) and np.array_equal(got.image, fr["image"])
+
+
+def test_abstention_channel_is_recorded_read_and_dropped_for_the_classes(tmp_path):
+    """A network with an abstention channel (PEBAL): C + 1 channels stored, the attribute says which one abstains,
+    version 3 (a version-2 reader refuses the file instead of scoring that channel as a class)."""
+    rng = np.random.default_rng(5)
+    frames = _frames(rng, 2, mc_order=3)
+    for fr in frames:           # C classes + the abstention channel
+        fr["logits"] = rng.normal(size=(C + 1, H, W)).astype(np.float16)
+        fr["mc"] = {**fr["mc"], "mean": rng.normal(size=(C + 1, H, W)).astype(np.float32),
+                    "central": rng.random((2, C + 1, H, W)).astype(np.float32)}
+    path = tmp_path / "a.h5"
+    _write(path, frames, attrs={"abstention_channel": C, "maxent_train": "x"})
+    with h5py.File(path, "r") as f:
+        assert int(f.attrs["version"]) == 3 and int(f.attrs["num_classes"]) == C
+        assert int(f.attrs["abstention_channel"]) == C and f["logits"].shape == (2, C + 1, H, W)
+    with LogitsFile(path) as lf:
+        assert (lf.num_classes, lf.num_channels, lf.abstention_channel) == (C, C + 1, C)
+        assert "abstention_channel=5" in repr(lf)
+        fr = lf.frame(1)
+        np.testing.assert_array_equal(fr.logits, frames[1]["logits"].astype(np.float32))   # stored as written
+        np.testing.assert_array_equal(class_logits(fr.logits, lf.abstention_channel),
+                                      frames[1]["logits"][:C].astype(np.float32))
+        mc = class_mc(lf.mc(1), lf.abstention_channel)
+        assert mc is not None
+        np.testing.assert_array_equal(mc["mean"], frames[1]["mc"]["mean"][:C])
+        np.testing.assert_array_equal(mc["central"], frames[1]["mc"]["central"][:, :C])
+        np.testing.assert_array_equal(mc["entropy"], frames[1]["mc"]["entropy"])
+    # the rule on batches and tensors too; None leaves everything as it is
+    import torch
+    z = torch.zeros(3, C + 1, 2, 2)
+    assert class_logits(z, C).shape == (3, C, 2, 2) and class_logits(z, None) is z
+    assert class_mc(None, C) is None and class_mc({"mean": 1}, None) == {"mean": 1}
+    # a file without the attribute (or with -1) has none, and reads as before
+    _write(tmp_path / "b.h5", _frames(rng, 1), attrs={"abstention_channel": None})
+    with h5py.File(tmp_path / "b.h5", "r") as f:
+        assert int(f.attrs["version"]) == 2 and "abstention_channel" not in f.attrs
+    with LogitsFile(_raw_file(tmp_path / "m1.h5", abstention_channel=-1)) as lf:
+        assert lf.abstention_channel is None and lf.num_classes == lf.num_channels == C
+
+
+def test_writer_refuses_a_bad_abstention_channel(tmp_path):
+    for bad in (C - 1, True, "5", 5.0):
+        with pytest.raises(CocodagError, match=rf"abstention_channel {bad!r}: expected None or {C} \(the channel "):
+            LogitsWriter(tmp_path / "x.h5", C, attrs={"abstention_channel": bad})
+    with LogitsWriter(tmp_path / "x.h5", C, attrs={"abstention_channel": C}) as w:
+        with pytest.raises(CocodagError, match=rf"have shape \({C}, {H}, {W}\), expected \({C + 1}, H, W\)"):
+            w.write(np.zeros((C, H, W), np.float16), np.zeros((H, W), np.uint8), "f")
+        w.write(np.zeros((C + 1, H, W), np.float16), np.zeros((H, W), np.uint8), "f")
+    assert not (tmp_path / "y.h5").exists()

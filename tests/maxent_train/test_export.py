@@ -69,6 +69,7 @@ def test_export_shards_logits_labels_and_sml(setup):
         ids = [x.decode() for x in f["image_id"][()]]
         assert ids[0].startswith("dag-00000/00000/") and len(set(ids)) == 11
         assert f["image"].shape == (11, 12, 12, 3) and "mc" not in f and "roi" not in f
+        assert "abstention_channel" not in f.attrs      # a network without one: the version-2 file as before
         native = f["logits"][()]
     with torch.no_grad():
         x = normalize(torch.from_numpy(imgs))
@@ -166,6 +167,79 @@ def test_export_writes_the_logits_contract_and_sml_stats_of_the_stored_logits(se
     np.testing.assert_array_equal(st.count_, expect.count_)
     np.testing.assert_array_equal(st.mean_, expect.mean_)
     np.testing.assert_array_equal(st.var_, expect.var_)
+
+
+@pytest.fixture(scope="module")
+def abstention_ckpt(tmp_path_factory):
+    """A 20-output tiny_segnet recorded as a PEBAL-style network: output 19 is the abstention channel."""
+    torch.manual_seed(3)
+    model = create_model("tiny_segnet", num_classes=20, dropout=0.3).eval()
+    with torch.no_grad():       # make the abstention channel win the argmax of some pixels, so slicing matters
+        model.classifier.bias[19] += 2.0
+    ckpt = tmp_path_factory.mktemp("abstention") / "pebal-final.pt"
+    torch.save({"state_dict": model.state_dict(),
+                "metadata": {"model": "tiny_segnet", "num_classes": 20, "model_kwargs": {"dropout": 0.3},
+                             "abstention_channel": 19, "objective": {"name": "pebal", "params": {}}}}, ckpt)
+    return ckpt, model
+
+
+def test_export_keeps_the_abstention_channel_and_says_which_it_is(setup, abstention_ckpt, tmp_path):
+    _, data, _, _ = setup
+    ckpt, model = abstention_ckpt
+    out, sml_path = tmp_path / "pebal.h5", tmp_path / "pebal-sml.json"
+    T, K, seed = 4, 3, 7
+    res = export_logits(ExportOptions(checkpoint=str(ckpt), out=str(out), data=str(data), kinds=("dag",), limit=3,
+                                      mc_samples=T, moment_order=K, seed=seed, sml_stats=str(sml_path),
+                                      logits_dtype="float32", progress=False))
+    assert res["shape"] == (3, 20, 6, 6)        # every output, the abstention channel included
+    with h5py.File(out, "r") as f:              # the documented attributes, with plain h5py
+        assert f.attrs["version"] == 3 and f.attrs["num_classes"] == 19 and f.attrs["abstention_channel"] == 19
+        assert f["logits"].shape == (3, 20, 6, 6) and f["mc/mean"].shape == (3, 20, 6, 6)
+        assert f["mc/central"].shape == (3, K - 1, 20, 6, 6)
+        entropy = f["mc/entropy"][()]
+    imgs, _ = _shard_reference(data)
+    with LogitsFile(out) as lf:
+        assert (lf.num_classes, lf.num_channels, lf.abstention_channel) == (19, 20, 19)
+        logits = np.stack([lf.logits(i) for i in range(3)])
+        with torch.no_grad():
+            expect = model(normalize(torch.from_numpy(imgs[:3]))).numpy()
+        np.testing.assert_allclose(logits, expect, atol=1e-5, rtol=1e-5)
+        assert (logits.argmax(1) == 19).any()   # the abstention channel would win some pixels if it were a class
+        # the SML statistics count the 19 classes only: those of the class channels as the reader returns them
+        expect_sml = SMLStats(num_classes=19).fit(logits[i:i + 1, :19] for i in range(3))
+    st = SMLStats.load(sml_path)
+    assert st.num_classes == 19 and st.mean_.shape == (19,)
+    np.testing.assert_array_equal(st.count_, expect_sml.count_)
+    np.testing.assert_array_equal(st.mean_, expect_sml.mean_)
+    # the MC block: moments of every output, the entropy of the 19 classes' mean softmax (explicit passes)
+    for i in range(3):
+        x = normalize(torch.from_numpy(imgs[i:i + 1]))
+        for m in model.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.train()
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(seed + i)
+            passes = torch.stack([model.forward_native(x)[0] for _ in range(T)]).double()
+        model.eval()
+        pm = F.softmax(passes[:, :19], dim=1).mean(0)
+        np.testing.assert_allclose(entropy[i], -(pm * pm.log()).sum(0).numpy(), atol=1e-4)
+
+
+def test_export_refuses_what_an_abstention_channel_cannot_have(setup, abstention_ckpt, tmp_path):
+    _, data, _, _ = setup
+    ckpt, model = abstention_ckpt
+    with pytest.raises(MaxentError, match=r"--moments-of probs: checkpoint .* has an abstention channel \(output 19\)"):
+        export_logits(ExportOptions(checkpoint=str(ckpt), out=str(tmp_path / "p.h5"), data=str(data), limit=1,
+                                    mc_samples=3, moments_of="probs", progress=False))
+    with pytest.raises(MaxentError, match="moments of probabilities with an abstention channel"):
+        mc_moments(model, torch.zeros(1, 3, 16, 16), samples=2, moments_of="probs", classes=19)
+    bad = tmp_path / "bad.pt"       # an abstention channel that is not the last output
+    torch.save({"state_dict": model.state_dict(), "metadata": {"model": "tiny_segnet", "num_classes": 20,
+                                                               "abstention_channel": 3}}, bad)
+    with pytest.raises(MaxentError, match=r"abstention_channel is 3, expected 19 \(the last of the model's 20 "):
+        export_logits(ExportOptions(checkpoint=str(bad), out=str(tmp_path / "b.h5"), data=str(data), limit=1,
+                                    progress=False))
+    assert not any(tmp_path.glob("*.h5"))
 
 
 def test_export_float16_mc_overflow_is_refused(setup, tmp_path):

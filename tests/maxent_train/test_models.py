@@ -466,3 +466,50 @@ def test_native_output_rule_of_plugins():
     plain.output_upsample = {"mode": "bilinear", "align_corners": "yes"}
     with pytest.raises(MaxentError, match="output_upsample: upsampling align_corners 'yes'"):
         native_output_rule(plain)
+
+
+# ------------------------------------------------------------------------------------------ classifier block
+@pytest.mark.parametrize("name", _shipped_models())
+def test_every_family_declares_its_classifier_block_and_it_grows_to_the_c_plus_1_network(name):
+    """The block's globs match parameters (the classifier convs' among them); growing its convs by one output gives
+    exactly the state_dict layout of ``create_model(name, num_classes=C + 1)`` (so a grown run loads back), with the
+    first C rows kept and the new row drawn like PEBAL's ``kaiming_normal_`` (bias: kept, new entry 0)."""
+    import fnmatch
+
+    from maxent_train.models import classifier_block_for, grow_classifier
+
+    block = classifier_block_for(name)
+    assert block is not None and block.params and block.convs
+    big = name in ("deeplabv3plus_wrn38", "deeplabv3plus_resnet101_sml", "deeplabv3plus_resnet101",
+                   "deeplabv3plus_resnet101_vainf")
+    with torch.device("meta" if big else "cpu"):   # names and shapes of the big ones only
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=5)
+        wanted = {k: v.shape for k, v in create_model(name, num_classes=6).state_dict().items()}
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in block.params:
+        assert any(fnmatch.fnmatchcase(n, pattern) for n in names), pattern
+    assert any(fnmatch.fnmatchcase(f"{block.convs[0]}.weight", p) for p in block.params)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grow_classifier(model, block.convs, 5)
+    assert {k: v.shape for k, v in model.state_dict().items()} == wanted and model.num_classes == 6
+    if not big:
+        state = model.state_dict()
+        for conv in block.convs:
+            w = state[f"{conv}.weight"]
+            assert torch.equal(w[:5], before[f"{conv}.weight"])
+            fan_in = w[0].numel()
+            assert 0.5 < float(w[5].std()) / (2.0 / fan_in) ** 0.5 < 1.5 or fan_in < 30
+            if f"{conv}.bias" in state:
+                assert torch.equal(state[f"{conv}.bias"][:5], before[f"{conv}.bias"]) and state[f"{conv}.bias"][5] == 0
+        assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 6, 32, 32)
+
+
+def test_grow_classifier_refuses_a_wrong_declaration():
+    from maxent_train.models import grow_classifier
+
+    model = create_model("tiny_segnet", num_classes=5)
+    with pytest.raises(MaxentError, match="'fuse' is not a Conv2d"):
+        grow_classifier(model, ("fuse",), 5)
+    with pytest.raises(MaxentError, match="classifier has 5 outputs, expected 7"):
+        grow_classifier(model, ("classifier",), 7)

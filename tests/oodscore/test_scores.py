@@ -83,7 +83,7 @@ def test_bad_logits():
 
 def test_registry():
     assert list(SCORERS) == ["msp", "maxlogit", "entropy", "sml", "vde", "oodmc", "energy", "msp-t", "gen",
-                             "mc-entropy"]
+                             "mc-entropy", "pebal"]
     assert SCORERS["energy"] is Energy and SCORERS["msp-t"] is MSPT and SCORERS["gen"] is GEN
     assert SCORERS["mc-entropy"] is MCEntropy
     assert SCORERS["sml"] is SML and SCORERS["vde"] is VDE and SCORERS["oodmc"] is OODMC
@@ -350,7 +350,7 @@ def test_definitions_one_line_each():
     assert list(defs) == list(SCORERS)
     for name, text in defs.items():
         assert text and "\n" not in text, name
-    for name in ("msp", "maxlogit", "entropy", "sml", "energy", "msp-t", "gen", "mc-entropy"):
+    for name in ("msp", "maxlogit", "entropy", "sml", "energy", "msp-t", "gen", "mc-entropy", "pebal"):
         assert SCORERS[name].definition == defs[name]
         assert any(str(y) in defs[name] for y in range(2014, 2025)), name   # cites its reference
 
@@ -380,3 +380,33 @@ def test_new_score_parameters():
         with pytest.raises(OodscoreError) as e:
             call()
         assert msg in str(e.value) and "\n" not in str(e.value), (msg, str(e.value))
+
+
+def _mirror_blur64(m):
+    """PEBAL's blur in float64 with SciPy (an independent implementation): 7 taps exp(-x^2/2), mirror padding."""
+    import scipy.ndimage as ndi
+
+    k = np.exp(-0.5 * np.arange(-3, 4, dtype=np.float64) ** 2)
+    k /= k.sum()
+    return ndi.correlate1d(ndi.correlate1d(m, k, axis=-1, mode="mirror"), k, axis=-2, mode="mirror")
+
+
+def test_pebal_is_the_blurred_free_energy_at_the_label_size(logits):
+    from oodscore.scores import PEBAL
+
+    out = get_scorer("pebal").score(logits)
+    assert isinstance(get_scorer("pebal"), PEBAL) and out.dtype == np.float32 and out.shape == (3, 9, 11)
+    np.testing.assert_allclose(out, _mirror_blur64(-_logsumexp64(logits)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(get_scorer("pebal").score(logits[1]), out[1])      # one frame, no batch axis
+    # upsampled first, then blurred (PEBAL blurs the map of the network's output upsampled to the input size)
+    up = torch.nn.functional.interpolate(torch.from_numpy(logits), size=(18, 22), mode="bilinear",
+                                         align_corners=False).double().numpy()
+    np.testing.assert_allclose(PEBAL().score(logits, size=(18, 22)), _mirror_blur64(-_logsumexp64(up)),
+                               rtol=1e-5, atol=1e-5)
+    # the energy's blur option is the same map (T = 1); without it the energy is unchanged
+    np.testing.assert_array_equal(Energy(blur=True).score(logits), out)
+    assert Energy().get_params() == {"temperature": 1.0, "blur": False, "device": None}
+    with pytest.raises(OodscoreError, match="Energy blur: expected a bool, got 1"):
+        Energy(blur=1).score(logits)
+    with pytest.raises(OodscoreError, match="the 7x7 blur needs maps of at least 4x4 pixels, got 3x11"):
+        PEBAL().score(logits[:, :, :3])
