@@ -45,8 +45,9 @@ OBJECTIVE_HELP = ("Training objective (maxent_train.objectives): maxent (meta-oo
                   "pebal or balanced-energy (one extra output, the abstention channel, grown from a C-class --init "
                   "as PEBAL does; they train the model's final classifier block by default).")
 OBJECTIVE_KWARGS_HELP = ("The objective's parameters: KEY=VALUE[,KEY=VALUE...] (values read as JSON when they parse, "
-                         "e.g. m_out=-5,alpha=4,prior=[...]) or a JSON object; recorded in config.json "
-                         "and the checkpoint. Unknown names are refused with the valid ones.")
+                         "e.g. pebal: m_out=-5,energy_weight=0.2; balanced-energy: alpha=4,prior=[...]; maxent "
+                         "takes --lambda and --optim-target) or a JSON object; recorded in config.json and the "
+                         "checkpoint. Unknown names are refused with the valid ones.")
 TRAIN_ONLY_HELP = ("Train only the parameters whose names match these globs (repeat the option or separate them by "
                    "commas, e.g. 'final.*'); the others are frozen. Default: the objective's (maxent: all; pebal, "
                    "balanced-energy: the model's final classifier block, final.* for WRN38).")

@@ -111,11 +111,22 @@ def fit_oodmc(
         _echo(f"wrote {out}: {model.n_samples_['id']} ID + {model.n_samples_['ood']} OOD training pixels")
 
 
+def _fmt(v) -> str:
+    """A number of a summary line: floats to 4 decimals, None as ``-``."""
+    return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
 def _print_summary(res) -> None:
     keys = ("auroc", "ap", "fpr95", "f1", "component_mean_f1")
     for m, r in res.results.items():
         parts = [f"{k}={r[k]:.4f}" for k in keys if isinstance(r.get(k), float)]
         typer.echo(f"{m:>10}  " + "  ".join(parts))
+        if "meta_segments" in r:        # --meta: the segment counts beside the pixel metrics
+            n = {k: _fmt(r.get(f"meta_{k}")) for k in ("segments", "fp_before", "fp_left", "fn_before", "fn_after",
+                                                        "auroc")}
+            typer.echo(f"{'':>10}  meta: {n['segments']} segments, false positives {n['fp_before']} -> "
+                       f"{n['fp_left']}, false negatives {n['fn_before']} -> {n['fn_after']}, meta AUROC "
+                       f"{n['auroc']}")
     typer.echo(f"report: {res.out_dir}")
 
 
@@ -193,6 +204,10 @@ def evaluate(
         "smiyc:DIR (DIR/anomaly_p/<method>/<dataset>/<frame>.hdf5, float16) | fishyscapes:DIR "
         "(DIR/<method>/<frame>_anomaly.npy + _segmentation.npy) | npy:DIR (DIR/<method>/<frame>.npy); "
         "docs/formats.md §4.")] = None,
+    meta: Annotated[str | None, typer.Option(
+        "--meta", metavar="[METHOD=]DIR", help="A meta-classify --out folder of the same frames: its numbers go "
+        "into METHOD's row of metrics.json/csv (default: entropy) as meta_auroc, meta_fp_before, meta_fp_left, "
+        "meta_fn_after, ...")] = None,
 ) -> None:
     """Score frames and write metrics (exact by default; --protocol smiyc|fishyscapes|all: as the benchmarks'
     own code computes them), ROC/PR plots and heat-map overlays."""
@@ -205,7 +220,7 @@ def evaluate(
             save_scores=tuple(save_scores or ()), workers=workers, progress=progress, sml_stats=sml_stats,
             oodmc_model=oodmc_model, boundary_iters=boundary_iters, smoothing=smoothing,
             vde_threshold=vde_threshold, sml_border=sml_border, boundary_width=boundary_width,
-            temperature=temperature, device=device, resize_scores=resize_scores).validate()
+            temperature=temperature, device=device, resize_scores=resize_scores, meta=meta).validate()
         _check_inputs(logits=logits, scores=scores, dataset=dataset, method=method)
         if scores is not None:
             assert dataset is not None     # _check_inputs
@@ -306,7 +321,9 @@ def compare(
     out: Annotated[Path, typer.Option("--out", help="Folder for leaderboard.md/.csv/.tex (and roc.png, pr.png).")],
     metric: Annotated[str | None, typer.Option(
         "--metric", help="Columns, comma-separated: auroc,ap,fpr95,f1,precision,recall,fpr,threshold,"
-        "siou,ppv,mean_f1 (default: the usual ones the reports have).")] = None,
+        "siou,ppv,mean_f1; with evaluate --meta: meta_auroc,meta_auprc,meta_accuracy and the segment counts "
+        "meta_fp_before,meta_fp_left,meta_fp_after,meta_fn_before,meta_fn_after,... (default: the usual ones the "
+        "reports have).")] = None,
     names: Annotated[str | None, typer.Option(
         "--names", help="Run names, comma-separated, one per report folder (default: folder names).")] = None,
 ) -> None:

@@ -2,7 +2,8 @@
 
 Reads what ``oodscore evaluate`` wrote in each report folder:
 
-    metrics.json      {method: {metric: value}} (its protocol: the ``"protocol"`` key, ``exact`` when absent)
+    metrics.json      {method: {metric: value}} (its protocol: the ``"protocol"`` key, ``exact`` when absent;
+                      ``meta_*``: the meta classification of ``evaluate --meta``)
     protocols.csv     (``--protocol all``) every method x protocol: the other protocols' rows
     curves.json / curves.npz   (optional) per-method ROC / PR curves, for the overlaid plots
 
@@ -32,6 +33,7 @@ from cocodag.atomic import atomic_write_text
 from cocodag.outputs import disk_errors, prepare_output
 
 from . import OodscoreError
+from .meta_summary import COUNT_KEYS
 from .plots import plot_curves
 from .tables import Table
 
@@ -39,12 +41,21 @@ from .tables import Table
 DIRECTIONS: dict[str, int] = {
     "auroc": 1, "ap": 1, "fpr95": -1, "f1": 1, "precision": 1, "recall": 1, "fpr": -1, "threshold": 0,
     "component_siou": 1, "component_ppv": 1, "component_mean_f1": 1,
+    # evaluate --meta (oodscore.meta_summary): the meta classifier, then the segment counts. meta_fp_after is
+    # meta-ood's arithmetic (the true positives removed); the false positives left are meta_fp_left
+    "meta_auroc": 1, "meta_auprc": 1, "meta_accuracy": 1, "meta_segments": 0, "meta_kicked": 0,
+    "meta_fp_before": -1, "meta_fp_after": -1, "meta_fp_left": -1, "meta_fp_removed": 0, "meta_tp_removed": -1,
+    "meta_gt_segments": 0, "meta_fn_before": -1, "meta_fn_after": -1,
 }
 #: short names accepted by ``--metric``
 ALIASES = {"siou": "component_siou", "ppv": "component_ppv", "mean_f1": "component_mean_f1"}
-#: the columns when ``--metric`` is not given (those that some row has)
-DEFAULT_METRICS = ("auroc", "ap", "fpr95", "f1", "component_siou", "component_ppv", "component_mean_f1")
+#: the columns when ``--metric`` is not given (those that some row has): meta-ood's segment table is FP / FN
+#: before and after, with the honest false positives left
+DEFAULT_METRICS = ("auroc", "ap", "fpr95", "f1", "component_siou", "component_ppv", "component_mean_f1",
+                   "meta_auroc", "meta_fp_before", "meta_fp_left", "meta_fn_before", "meta_fn_after")
 _CURVE_KEYS = ("fpr", "tpr", "precision", "recall")
+#: the columns that are counts (segments): shown as integers
+_COUNTS = frozenset(f"meta_{k}" for k in COUNT_KEYS)
 
 
 def parse_metrics(metrics: str | Sequence[str] | None) -> list[str] | None:
@@ -82,7 +93,13 @@ def _num(v: Any) -> float | None:
     return None
 
 
-def _read_report(path: Path) -> list[tuple[str, str, dict[str, float | None]]]:
+def _value(key: str, v: Any) -> float | int | None:
+    """A cell of column ``key``: :func:`_num`, counts as ``int``."""
+    n = _num(v)
+    return int(n) if key in _COUNTS and n is not None and n.is_integer() else n
+
+
+def _read_report(path: Path) -> list[tuple[str, str, dict[str, float | int | None]]]:
     """``[(method, protocol, {metric: value})]`` of one report folder."""
     if not path.is_dir():
         raise OodscoreError(f"{path}: not a report folder (" + ("is a file" if path.exists() else "not found")
@@ -99,7 +116,8 @@ def _read_report(path: Path) -> list[tuple[str, str, dict[str, float | None]]]:
         raise OodscoreError(f"{mj}: expected {{method: {{metric: value}}}} (a metrics.json of oodscore evaluate)")
     rows: list[tuple[str, str, dict]] = []
     for m, r in doc.items():
-        rows.append((str(m), str(r.get("protocol") or "exact"), {k: _num(v) for k, v in r.items() if k in DIRECTIONS}))
+        rows.append((str(m), str(r.get("protocol") or "exact"),
+                     {k: _value(k, v) for k, v in r.items() if k in DIRECTIONS}))
     pc = path / "protocols.csv"
     if pc.is_file():
         index = {(m, p): vals for m, p, vals in rows}
@@ -108,7 +126,7 @@ def _read_report(path: Path) -> list[tuple[str, str, dict[str, float | None]]]:
                 m, p = rec.get("method"), rec.get("protocol")
                 if not m or not p:
                     continue
-                vals = {k: _num(v) for k, v in rec.items() if k in DIRECTIONS}
+                vals = {k: _value(k, v) for k, v in rec.items() if k in DIRECTIONS}
                 if (m, p) in index:      # the metrics.json protocol: fill what it lacks, keep its values
                     for k, v in vals.items():
                         index[(m, p)].setdefault(k, v)
@@ -177,8 +195,8 @@ def compare_reports(paths: Sequence[Path | str], out: Path | str, metrics: str |
     ----------
     paths : report folders of ``oodscore evaluate`` (each with a ``metrics.json``).
     out : output folder (created).
-    metrics : columns, e.g. ``"auroc,ap,fpr95"`` (aliases ``siou``, ``ppv``, ``mean_f1``); default: the usual ones
-        that some row has.
+    metrics : columns, e.g. ``"auroc,ap,fpr95"`` (aliases ``siou``, ``ppv``, ``mean_f1``; every ``meta_*`` key of
+        ``evaluate --meta``); default: the usual ones that some row has.
     names : one run name per folder (default: the folder names).
 
     Returns

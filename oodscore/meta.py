@@ -48,6 +48,7 @@ from cocodag.atomic import atomic_write
 from cocodag.progress import progress_bar
 
 from . import OodscoreError
+from .meta_summary import COUNT_KEYS  # the counts' names and order (read back by evaluate --meta)
 from .metaseg import DEFAULT_THRESHOLD, GtOverlap
 
 __all__ = [
@@ -62,9 +63,6 @@ EXCLUDED_METRICS = ("iou", "iou0", "prc")
 STD_EPS = 1e-10
 MODEL_FORMAT = "oodscore-meta-classifier"
 MODEL_VERSION = 1
-#: the per-frame and total counts, in their CSV / JSON order
-COUNT_KEYS = ("segments", "kicked", "fp_before", "fp_after", "fp_left", "fp_removed", "tp_removed", "gt_segments",
-              "fn_before", "fn_after")
 
 
 # ------------------------------------------------------------------------------------------------- settings

@@ -52,13 +52,13 @@ from .meta import (
     total_counts,
 )
 from .meta_plots import save_meta_overlay
+from .meta_summary import META_FORMAT
 from .metaseg import DEFAULT_THRESHOLD, SegmentMetrics, SegmentTable, entropy_mask, segment_metrics
 from .tables import Table
 from .workers import SerialFrames, WorkerFrames, check_workers
 
 __all__ = ["META_FORMAT", "MetaOptions", "MetaOutput", "classify_frames", "meta_classify", "softmax"]
 
-META_FORMAT = "oodscore-meta"
 _SEGMENT_COLUMNS = ("S", "mean_x", "mean_y", "iou", "iou0")
 
 

@@ -20,6 +20,7 @@ from cocodag.device import resolve_device
 
 from . import OodscoreError
 from .layouts import parse_save_spec
+from .meta_summary import parse_meta_spec
 
 __all__ = [
     "COMPONENT_RULES",
@@ -101,7 +102,9 @@ class EvalOptions:
     smiyc ``gt``), ``protocol`` (``docs/protocols.md``; ``all``: every protocol side by side in
     ``protocols.md/.csv``), ``region`` (None = ``all`` for logits, the preset's region for score maps),
     ``threshold_from`` / ``threshold_kind`` (a ``thresholds.json`` of a validation run: its thresholds draw the
-    overlay masks and give F1 / precision / recall / FPR at that fixed threshold, ``<metric>@<kind>_given``).
+    overlay masks and give F1 / precision / recall / FPR at that fixed threshold, ``<metric>@<kind>_given``),
+    ``meta`` (``[METHOD=]DIR``: the numbers of that ``oodscore meta-classify`` folder go into METHOD's row,
+    ``entropy`` by default, as ``meta_auroc``, ``meta_fp_before``, ...: :mod:`oodscore.meta_summary`).
 
     Report and run: ``max_overlays`` (heat-map overlays of this many frames), ``save_scores`` (``LAYOUT:DIR``
     specs, :mod:`oodscore.layouts`), ``workers`` (frames scored in this many processes; the numbers and files are
@@ -133,6 +136,7 @@ class EvalOptions:
     temperature: float | None = None
     device: str | None = None
     resize_scores: bool = False
+    meta: Path | str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "save_scores", tuple(self.save_scores or ()))   # a list from the CLI
@@ -170,6 +174,8 @@ class EvalOptions:
             raise OodscoreError(f"--sml-border {self.sml_border!r}: expected one of {', '.join(SML_BORDERS)}")
         for spec in self.save_scores:
             parse_save_spec(spec)
+        if self.meta is not None:
+            parse_meta_spec(self.meta)
         if self.device is not None:
             resolve_device(self.device)          # CUDA asked for on a machine without it: one line, up front
         return self

@@ -17,7 +17,7 @@ logits or scores); a full disk while writing is one line (``No space left on dev
 
 Report folder::
 
-    metrics.json      {method: {metric: value}}
+    metrics.json      {method: {metric: value}}; with --meta, METHOD's row also holds meta_auroc, meta_fp_before, ...
     metrics.csv       one row per method
     roc.png, pr.png   every method on one plot
     curves.npz        the plotted curves (what ``oodscore compare`` overlays)
@@ -48,6 +48,7 @@ from cocodag.outputs import disk_errors, prepare_output
 from . import OodscoreError
 from .io import open_score_maps
 from .layouts import ScoreSaver
+from .meta_summary import MetaSummary, read_meta
 from .options import PROTOCOL_CHOICES, THRESHOLD_KINDS, EvalOptions
 from .passes import _component_pass, _fixed_threshold_stats, _pixel_pass, _run_thresholds
 from .plots import normalize_scores, plot_curves, save_overlay
@@ -93,7 +94,8 @@ class Evaluation:
 
     Attributes
     ----------
-    results : ``{method: {metric: value}}`` (``METRIC_KEYS``, plus ``<metric>@<kind>_given`` and ``component_*``)
+    results : ``{method: {metric: value}}`` (``METRIC_KEYS``, plus ``<metric>@<kind>_given``, ``component_*`` and,
+        with ``meta``, the ``meta_*`` numbers of a meta-classify folder in its method's row)
     thresholds : ``{method: {"f1": t, "tpr95": t, "tpr95_exact": bool}}`` of this run
     curves : ``{method: curves}`` as ``PixelMetrics.curves`` returns them (for the ROC / PR plots)
     overlays : ``[(frame name, label, {method: float16 score}, RGB image)]`` for the heat-map overlays
@@ -124,6 +126,14 @@ def _given(options: EvalOptions, methods: Sequence[str]) -> dict[str, float] | N
     return load_thresholds(options.threshold_from, options.threshold_kind, methods)
 
 
+def _meta(options: EvalOptions, methods: Sequence[str], num_frames: int,
+          names: Sequence[str] | None = None) -> MetaSummary | None:
+    """The numbers of ``--meta`` (read and checked against the methods and frames before any scoring), or None."""
+    if options.meta is None:
+        return None
+    return read_meta(options.meta).check(methods, num_frames=num_frames, names=names)
+
+
 def _overlay_indices(n: int, k: int) -> list[int]:
     """``k`` frames spread evenly over ``n`` (deterministic)."""
     if k <= 0 or n == 0:
@@ -150,7 +160,8 @@ def evaluate_frames(methods: Sequence[str], frames: Callable[[], Iterable[tuple]
         called once per pass (twice with component metrics)
     options : :class:`~oodscore.options.EvalOptions`, or its fields as keywords (``overrides``). Used here:
         ``bins``, ``components``, ``component_rule``, ``protocol``, ``threshold_from`` / ``threshold_kind`` (adds
-        ``<metric>@<kind>_given``) and ``progress`` (default here: off); the others are about files and scorers.
+        ``<metric>@<kind>_given``), ``meta`` (checked against ``methods`` and ``num_frames``) and ``progress``
+        (default here: off); the others are about files and scorers.
     overlay_at : indices of the frames kept for overlays (only those with an image)
     describe : frame name -> the file it comes from, to name it in error messages
     saver : :class:`oodscore.layouts.ScoreSaver`, optional; writes every frame's maps (pass 1, frame order)
@@ -163,14 +174,15 @@ def evaluate_frames(methods: Sequence[str], frames: Callable[[], Iterable[tuple]
     """
     options = _options(options, overrides, progress=False)
     return _evaluate(methods, SerialFrames(frames, describe), num_frames, options,
-                     given=_given(options, methods), overlay_at=overlay_at, saver=saver)
+                     given=_given(options, methods), overlay_at=overlay_at, saver=saver,
+                     meta=_meta(options, methods, num_frames))
 
 
 def _evaluate(methods: Sequence[str], runner, num_frames: int, options: EvalOptions, *,
-              given: dict[str, float] | None, overlay_at: set[int] | frozenset[int], saver: ScoreSaver | None
-              ) -> Evaluation:
+              given: dict[str, float] | None, overlay_at: set[int] | frozenset[int], saver: ScoreSaver | None,
+              meta: MetaSummary | None = None) -> Evaluation:
     """:func:`evaluate_frames` with the frames computed by ``runner`` (:mod:`oodscore.workers`) and the given
-    thresholds already read."""
+    thresholds and meta numbers already read."""
     protocols = options.protocols()
     kind = options.threshold_kind
     if given is not None:
@@ -193,6 +205,8 @@ def _evaluate(methods: Sequence[str], runner, num_frames: int, options: EvalOpti
         with_components = {k: r for k, r in every.items() if k[0] in COMPONENT_RULES}
         _component_pass(with_components, runner, num_frames, options.components, options.progress,
                         rule=options.component_rule)
+    if meta is not None:        # after every metric of this run: the meta_* keys come last in the row
+        results[meta.method].update(meta.values)
     by_protocol = {p: {m: every[(p, m)] for m in methods} for p in protocols} if options.protocol == "all" else {}
     return Evaluation(results, thresholds, curves, kept, by_protocol, given, kind)
 
@@ -227,7 +241,8 @@ def write_report(out_dir: Path | str, ev: Evaluation, *, source: str = "") -> li
 
 
 def _run(out_dir: Path, methods: Sequence[str], runner, num_frames: int, options: EvalOptions, *,
-         given: dict[str, float] | None, overlay_at: set[int], saver: ScoreSaver | None, source: str) -> EvalOutput:
+         given: dict[str, float] | None, overlay_at: set[int], saver: ScoreSaver | None, source: str,
+         meta: MetaSummary | None = None) -> EvalOutput:
     """Evaluate, then write the report: :func:`evaluate_frames` (frames from ``runner``) + :func:`write_report`.
 
     ``out_dir`` is checked (:func:`cocodag.outputs.prepare_output`) before the first frame is scored and held
@@ -238,7 +253,8 @@ def _run(out_dir: Path, methods: Sequence[str], runner, num_frames: int, options
     out_dir = prepare_output(out_dir, kind="dir", option="--out")
     with OutputLock(out_dir, option="--out"), (saver.locked(held=[out_dir]) if saver else contextlib.nullcontext()):
         with runner:
-            ev = _evaluate(methods, runner, num_frames, options, given=given, overlay_at=overlay_at, saver=saver)
+            ev = _evaluate(methods, runner, num_frames, options, given=given, overlay_at=overlay_at, saver=saver,
+                           meta=meta)
         with disk_errors(out_dir, option="--out"):
             files = write_report(out_dir, ev, source=source)
     return EvalOutput(ev.results, ev.thresholds, out_dir, files)
@@ -270,6 +286,7 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
             raise OodscoreError(f"{lf.path}: --region road needs a 'roi' dataset in the logits file "
                                 "(export from a road-region preset, e.g. lostandfound)")
         scorers = build_scorers(methods, options, num_classes=lf.num_classes, has_mc=lf.has_mc)
+        meta = _meta(options, list(scorers), len(lf), lf.image_ids)
         saver = ScoreSaver.from_specs(options.save_scores, str(lf.attrs.get("dataset") or "dataset"))
         seg = saver is not None and saver.wants_segmentation
         overlay_at = frozenset(_overlay_indices(len(lf), options.max_overlays)) if lf.has_images else frozenset()
@@ -281,7 +298,7 @@ def evaluate_logits(logits_path: Path | str, methods: Sequence[str], out_dir: Pa
         else:
             runner = SerialFrames(_logits_frames(lf, scorers, region, overlay_at, seg), lambda _name: str(lf.path))
         return _run(Path(out_dir), list(scorers), runner, len(lf), options, given=given, overlay_at=set(overlay_at),
-                    saver=saver, source=str(logits_path))
+                    saver=saver, source=str(logits_path), meta=meta)
 
 
 def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | str,
@@ -307,6 +324,7 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
     method = name or _method_of(Path(scores_path))
     given = _given(options, [method])
     items = preset.find(root)
+    meta = _meta(options, [method], len(items), [it.name for it in items])
     saver = ScoreSaver.from_specs(options.save_scores, preset.name)
     resize = options.resize_scores
     with open_score_maps(scores_path) as maps:
@@ -321,6 +339,6 @@ def evaluate_score_maps(scores_path: Path | str, dataset: str, out_dir: Path | s
                                                             i in overlay_at) for i, it in enumerate(items)),
                                   maps.where)
         out = _run(Path(out_dir), [method], runner, len(items), options, given=given, overlay_at=set(overlay_at),
-                   saver=saver, source=f"{scores_path} on {dataset}")
+                   saver=saver, source=f"{scores_path} on {dataset}", meta=meta)
     out.extra_names = extra
     return out
