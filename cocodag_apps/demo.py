@@ -1,7 +1,22 @@
 """`cocodag demo`: the whole method end to end on the embedded demo world, in one command.
 
-demo-data -> build -> baseline segmentation model -> MaxEnt fine-tunes {entropy, logit} x {no DAG, DAG} x seeds
--> export (logits, MC-dropout moments) -> SML stats / OODMC fit -> evaluate every score -> ``REPORT/results.md``.
+demo-data -> build -> baseline segmentation model -> MaxEnt fine-tunes {entropy, logit} x {no DAG, DAG} x seeds,
+and the other training objectives {pebal, balanced-energy} x {no DAG, DAG} x seeds -> export (logits, MC-dropout
+moments) -> SML stats / OODMC fit -> evaluate every score -> meta classification of the entropy models' segments
+(``oodscore meta-classify``) -> ``REPORT/results.md``.
+
+The PEBAL and Balanced Energy fine-tunes follow their official recipe where it carries over to the demo's
+``tiny_segnet``: the abstention channel is grown from the baseline's classifier by ``fit``, only the model's final
+classifier block is trained (the objectives' default ``--train-only``: ``fuse.*`` and ``classifier.*`` for
+``tiny_segnet``), one Adam for the whole run (``--keep-optimizer``, as PEBAL's code keeps it), weight decay 0, the
+frozen layers' BatchNorm in train mode (their code's choice), the same steps, batch size and seeds as the MaxEnt
+runs. Two departures, both for the demo's budget of a few hundred steps on a 0.5 M-parameter model: the learning
+rate is :attr:`DemoConfig.objective_lr` = 1e-3, and it is constant. PEBAL's published Adam 1e-5 with a poly schedule
+is for WideResNet38 over 40 epochs; in the demo's 300 steps even 1e-4 (the MaxEnt runs' rate) leaves the classifier
+block short of what it learns (measured on the default world, PEBAL with DAG: AUROC 93.8 / AP 19.6 at 1e-4 against
+95.6 / 47.0 at 1e-3; without DAG 79.8 / 4.0 against 84.1 / 15.3), and a poly schedule would only lower the rate.
+Their models are exported without MC dropout and scored with their own score (``pebal``) only, so they need no SML
+statistics.
 
 A top-layer app (:mod:`cocodag_apps`; the ``demo`` command is registered by :mod:`cocodag_apps.cli`). Each stage
 runs the packages' command lines in subprocesses (``python -m cocodag.cli``, ``python -m maxent_train``,
@@ -20,7 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -62,8 +77,9 @@ class DemoConfig:
     baseline: str = "auto"         # auto: the shipped checkpoint if it matches this world, else train; a path; "train"
     baseline_steps: int = 1500
     baseline_lr: float = 2e-3
-    steps: int = 300               # MaxEnt fine-tuning steps per run
-    lr: float = 1e-4
+    steps: int = 300               # fine-tuning steps per run (every objective)
+    lr: float = 1e-4               # MaxEnt fine-tunes
+    objective_lr: float = 1e-3     # PEBAL / Balanced Energy fine-tunes (the classifier block only; see the docstring)
     lam: float = 0.9
     batch_size: int = 8
     embedding_img_interval: int = 2
@@ -77,6 +93,7 @@ class DemoConfig:
     workers: int = 2
     seed: int = 0
     overlays: int = 3
+    meta_threshold: float = 0.7    # meta classification: segments = normalized entropy >= this (meta-ood's 0.7)
     progress: bool = True
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -86,12 +103,24 @@ class DemoConfig:
                 "seed": self.seed, "crop": self.crop, "crops_per_frame": self.crops_per_frame, "model": self.model}
 
 
-RUNS = (  # (name, optim_target, uses DAG)
+RUNS = (  # (name, optim_target, uses DAG): the MaxEnt fine-tunes
     ("entropy_noDAG", "entropy", False),
     ("entropy_DAG", "entropy", True),
     ("logit_noDAG", "logit", False),
     ("logit_DAG", "logit", True),
 )
+OBJECTIVE_RUNS = (  # (name, objective, uses DAG): the other training objectives (maxent_train.objectives)
+    ("pebal_noDAG", "pebal", False),
+    ("pebal_DAG", "pebal", True),
+    ("balanced-energy_noDAG", "balanced-energy", False),
+    ("balanced-energy_DAG", "balanced-energy", True),
+)
+#: each objective scored by its own score: MaxEnt (entropy target) by entropy, the abstention objectives by PEBAL's
+OWN_SCORE = {"maxent": "entropy", "pebal": "pebal", "balanced-energy": "pebal"}
+#: the models whose segments are meta-classified (meta-ood's second step follows entropy maximization)
+META_RUNS = ("baseline", "entropy_noDAG", "entropy_DAG")
+#: the runs that get SML statistics (the scores sml and vde): those of the SML / VDE table
+SML_RUNS = ("baseline", "entropy_DAG")
 
 
 # ------------------------------------------------------------------------------------------------------ running
@@ -194,6 +223,15 @@ def baseline_source(cfg: DemoConfig) -> str:
     return str(cfg.baseline)
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """``path``'s JSON object, or {} when there is none (a stage that failed before writing it)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def _resume(run_dir: Path) -> list[str]:
     """``--resume`` when an interrupted ``fit`` left its checkpoint in ``run_dir`` (a fresh fit there is refused)."""
     return ["--resume"] if (run_dir / "checkpoint-last.pt").is_file() else []
@@ -276,28 +314,35 @@ class _Demo:
         return json.loads((base_dir / "miou.json").read_text())
 
     def finetune(self) -> dict[str, list[Path]]:
-        """MaxEnt fine-tunes of the baseline: every (optim target, DAG or not) of :data:`RUNS` x seeds."""
+        """The fine-tunes of the baseline x seeds: MaxEnt for every (optim target, DAG or not) of :data:`RUNS`, then
+        every (objective, DAG or not) of :data:`OBJECTIVE_RUNS`."""
         models: dict[str, list[Path]] = {}
-        for name, target, dag in RUNS:
+        runs = [(name, ["--objective", "maxent", "--optim-target", target, "--lambda", self.cfg.lam,
+                        "--lr", self.cfg.lr], dag) for name, target, dag in RUNS]
+        # the objective's own recipe: its default --train-only (the classifier block), the abstention channel grown
+        # by fit, one Adam for the whole run as PEBAL's code keeps it (see the module docstring for the lr)
+        runs += [(name, ["--objective", objective, "--lr", self.cfg.objective_lr, "--keep-optimizer"], dag)
+                 for name, objective, dag in OBJECTIVE_RUNS]
+        for name, args, dag in runs:
             models[name] = []
             for s in range(self.cfg.seeds):
                 rdir = self.runs / f"{name}-s{s}"
                 self.stage(f"fit {name} seed {s}", rdir / "model-final.pt",
-                           functools.partial(self._fit, name, rdir, target, dag, s))
+                           functools.partial(self._fit, name, rdir, args, dag, s))
                 models[name].append(rdir / "model-final.pt")
         return models
 
-    def _fit(self, name: str, rdir: Path, target: str, dag: bool, s: int) -> None:
+    def _fit(self, name: str, rdir: Path, args: list[Any], dag: bool, s: int) -> None:
         cfg = self.cfg
         _run(_cmd("maxent_train", "fit", "--data", self.shards, "--init", self.base_ckpt, "--model", cfg.model,
-                  "--out", rdir, "--optim-target", target, "--lambda", cfg.lam, "--lr", cfg.lr,
-                  "--embedding-img-interval", cfg.embedding_img_interval if dag else 0,
+                  "--out", rdir, *args, "--embedding-img-interval", cfg.embedding_img_interval if dag else 0,
                   "--max-steps", cfg.steps, "--epochs", 10000, "--batch-size", cfg.batch_size,
                   "--seed", 1000 + s, *self.dev, *self.prog, *_resume(rdir)), self.logs / f"fit-{name}-s{s}.log",
              quiet=False)
 
     def score(self, name: str, ckpt: Path) -> dict[str, Any]:
-        """Export the anomaly set's logits, fit SML (and OODMC), evaluate every score; return metrics.json."""
+        """Export the anomaly set's logits, fit SML (and OODMC) where used, evaluate the model's scores; return
+        metrics.json. A model of another objective (:data:`OBJECTIVE_RUNS`) is scored by its own score only."""
         cfg, rdir, log = self.cfg, ckpt.parent, self.logs / f"export-{ckpt.parent.name}.log"
         mc = name in ("baseline", self.OODMC_MODEL)
         mc_args = ["--mc-samples", cfg.mc_samples, "--moment-order", cfg.moment_order, "--mc-dtype", "float32"]
@@ -305,14 +350,20 @@ class _Demo:
             "maxent_train", "export", "--checkpoint", ckpt, "--images", self.world / "anomaly", "--preset", "standard",
             "--out", rdir / "test.h5", "--store-images", *(mc_args if mc else []), "--seed", cfg.seed, *self.dev,
             "--no-progress"), log))
-        self.stage(f"sml-stats {rdir.name}", rdir / "sml.json", lambda: _run(_cmd(
-            "maxent_train", "export", "--checkpoint", ckpt, "--data", self.shards, "--kinds", "cityscapes",
-            "--limit", cfg.sml_train_crops, "--out", rdir / "train-id.h5", "--sml-stats", rdir / "sml.json",
-            *self.dev, "--no-progress"), self.logs / f"sml-{rdir.name}.log"))
-        methods = ["msp", "maxlogit", "entropy", "sml", "vde"]
-        extra: list[Any] = ["--sml-stats", rdir / "sml.json"]
-        if cfg.vde_threshold is not None:
-            extra += ["--vde-threshold", cfg.vde_threshold]
+        objective = dict((n, o) for n, o, _ in OBJECTIVE_RUNS).get(name)
+        methods = [OWN_SCORE[objective]] if objective else ["msp", "maxlogit", "entropy"]
+        extra: list[Any] = []
+        if name == "baseline":          # the reference for the objectives table
+            methods.append(OWN_SCORE["pebal"])
+        if name in SML_RUNS:
+            self.stage(f"sml-stats {rdir.name}", rdir / "sml.json", lambda: _run(_cmd(
+                "maxent_train", "export", "--checkpoint", ckpt, "--data", self.shards, "--kinds", "cityscapes",
+                "--limit", cfg.sml_train_crops, "--out", rdir / "train-id.h5", "--sml-stats", rdir / "sml.json",
+                *self.dev, "--no-progress"), self.logs / f"sml-{rdir.name}.log"))
+            methods += ["sml", "vde"]
+            extra += ["--sml-stats", rdir / "sml.json"]
+            if cfg.vde_threshold is not None:
+                extra += ["--vde-threshold", cfg.vde_threshold]
         if mc:
             self.stage(f"oodmc-fit {rdir.name}", rdir / "oodmc.npz", lambda: self._fit_oodmc(ckpt, mc_args))
             methods.append("oodmc")
@@ -325,6 +376,27 @@ class _Demo:
         for big in ("train-id.h5", "train-dag-mc.h5"):   # large intermediates: only their products are kept
             (rdir / big).unlink(missing_ok=True)
         return json.loads((rdir / "report" / "metrics.json").read_text())
+
+    def meta_classify(self, ckpt: Path) -> dict[str, Any]:
+        """meta-ood's meta classification of the model's entropy segments on the anomaly set (leave-one-out, as
+        meta-ood); returns meta.json. A set whose classifier cannot be fitted (too few segments, or all of one
+        kind) is no failure of the demo: the command writes its counts (the meta numbers null) and its reason."""
+        rdir = ckpt.parent
+        meta_dir, log = rdir / "meta", self.logs / f"meta-{rdir.name}.log"
+
+        def run() -> None:
+            try:
+                _run(_cmd("oodscore.cli", "meta-classify", "--logits", rdir / "test.h5", "--out", meta_dir,
+                          "--entropy-threshold", self.cfg.meta_threshold, "--cv", "loo",
+                          "--max-overlays", self.cfg.overlays, "--no-progress"), log)
+            except CocodagError:
+                if "error" not in _read_json(meta_dir / "meta.json"):
+                    raise
+                print(f"  the meta classifier was not fitted: {_read_json(meta_dir / 'meta.json')['error']}",
+                      file=sys.stderr)
+
+        self.stage(f"meta-classify {rdir.name}", meta_dir / "meta.json", run)
+        return json.loads((meta_dir / "meta.json").read_text())
 
     def _fit_oodmc(self, ckpt: Path, mc_args: list[Any]) -> None:
         cfg, rdir = self.cfg, ckpt.parent
@@ -352,22 +424,23 @@ def run_demo(cfg: DemoConfig, until: str | None = None) -> dict[str, Any]:
         return {"baseline": str(demo.base_ckpt), "miou": miou}
     models = {"baseline": [demo.base_ckpt], **demo.finetune()}
     results = {name: [demo.score(name, ckpt) for ckpt in ckpts] for name, ckpts in models.items()}
+    meta = {name: [demo.meta_classify(ckpt) for ckpt in models[name]] for name in META_RUNS}
     rdirs = [ckpt.parent for ckpts in models.values() for ckpt in ckpts]
     demo.report.mkdir(parents=True, exist_ok=True)     # every run x score in one table (cheap: always rewritten)
     _run(_cmd("oodscore.cli", "compare", *(d / "report" for d in rdirs), "--names", ",".join(d.name for d in rdirs),
               "--out", demo.report), demo.logs / "compare.log")
-    return write_results(demo.report, cfg, results, miou, demo.runs)
+    return write_results(demo.report, cfg, results, miou, demo.runs, meta)
 
 
 # ------------------------------------------------------------------------------------------------------ report
-def _agg(values: list[float]) -> tuple[float, float]:
+def _agg(values: Sequence[float | None]) -> tuple[float, float]:
     a = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if a.size == 0:
         return float("nan"), float("nan")
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
-def _fmt(values: list[float], pct: bool = True) -> str:
+def _fmt(values: Sequence[float | None], pct: bool = True) -> str:
     m, s = _agg(values)
     k = 100.0 if pct else 1.0
     if np.isnan(m):
@@ -375,7 +448,7 @@ def _fmt(values: list[float], pct: bool = True) -> str:
     return f"{m * k:.1f} ± {s * k:.1f}" if len(values) > 1 else f"{m * k:.1f}"
 
 
-def _col(results: dict[str, list[dict]], run: str, method: str, metric: str) -> list[float]:
+def _col(results: dict[str, list[dict]], run: str, method: str, metric: str) -> list[float | None]:
     return [r.get(method, {}).get(metric) for r in results.get(run, [])]
 
 
@@ -385,13 +458,51 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def _tables(results: dict[str, list[dict]]) -> tuple[str, str, str, str]:
-    """The four markdown tables of results.md (seed's Tables 1-3 shapes, then every model and score)."""
-    t1 = _table(["model (entropy score)", "F1", "precision", "FP rate"],
-                [[label, _fmt(_col(results, run, "entropy", "f1")), _fmt(_col(results, run, "entropy", "precision")),
-                  _fmt(_col(results, run, "entropy", "fpr"))]
-                 for label, run in (("baseline (no MaxEnt)", "baseline"), ("entropy, without DAG", "entropy_noDAG"),
-                                    ("entropy, with DAG", "entropy_DAG"))])
+def _fmt_count(values: Sequence[float | None]) -> str:
+    """A count: the integer for one seed, mean ± std over several; n/a where the command could not give it."""
+    m, sd = _agg(values)
+    if np.isnan(m):
+        return "n/a"
+    return f"{m:.1f} ± {sd:.1f}" if len(values) > 1 else f"{m:.0f}"
+
+
+#: the segment counts of meta classification in Table 1: (column, meta.json key, is a count)
+META_COLUMNS = (("segments", "segments", True), ("FP before", "fp_before", True),
+                ("FP after (meta-ood)", "fp_after", True), ("FP left", "fp_left", True),
+                ("TP removed", "tp_removed", True), ("FN before", "fn_before", True), ("FN after", "fn_after", True),
+                ("meta AUROC", "meta_auroc", False))
+
+
+def _table1(results: dict[str, list[dict]], meta: dict[str, list[dict]]) -> str:
+    """The seed's Table 1 shape and, per model, meta-ood's segment counts before / after meta classification."""
+    rows = []
+    for label, run in (("baseline (no MaxEnt)", "baseline"), ("entropy, without DAG", "entropy_noDAG"),
+                       ("entropy, with DAG", "entropy_DAG")):
+        docs = meta.get(run, [])
+        counts = [(_fmt_count if is_count else _fmt)([d.get(key) for d in docs]) if docs else "n/a"
+                  for _, key, is_count in META_COLUMNS]
+        rows.append([label, _fmt(_col(results, run, "entropy", "f1")), _fmt(_col(results, run, "entropy", "precision")),
+                     _fmt(_col(results, run, "entropy", "fpr")), *counts])
+    return _table(["model (entropy score)", "F1", "precision", "FP rate", *(c for c, _, _ in META_COLUMNS)], rows)
+
+
+def _objectives_table(results: dict[str, list[dict]]) -> str:
+    """objective x {without, with} DAG, each scored by its own score (:data:`OWN_SCORE`); the baseline for
+    reference."""
+    runs = [("maxent", name, dag) for name, target, dag in RUNS if target == "entropy"]
+    runs += [(objective, name, dag) for name, objective, dag in OBJECTIVE_RUNS]
+    rows = [[objective, "with" if dag else "without", OWN_SCORE[objective],
+             *(_fmt(_col(results, run, OWN_SCORE[objective], k)) for k in ("auroc", "ap", "fpr95"))]
+            for objective, run, dag in runs]
+    for score in sorted(set(OWN_SCORE.values())):
+        if any(score in r for r in results.get("baseline", [])):
+            rows.append(["(baseline)", "-", score,
+                         *(_fmt(_col(results, "baseline", score, k)) for k in ("auroc", "ap", "fpr95"))])
+    return _table(["objective", "DAG", "score", "AUROC", "AP", "FPR95"], rows)
+
+
+def _tables(results: dict[str, list[dict]]) -> tuple[str, str, str]:
+    """Tables 2-4 of results.md (seed's Tables 2-3 shapes, then every model and score)."""
     # each target scored by what it optimizes: the entropy target by entropy, the seed's logit target by max logit
     natural = {"entropy": "entropy", "logit": "maxlogit"}
     rows2 = [[target, "with" if dag else "without", natural[target],
@@ -411,7 +522,7 @@ def _tables(results: dict[str, list[dict]]) -> tuple[str, str, str, str]:
     t3 = _table(["model", "score", "AP", "AUROC", "FPR95"], rows3)
     rows4 = []
     for run in results:
-        for method in ("msp", "maxlogit", "entropy", "sml", "vde", "oodmc"):
+        for method in ("msp", "maxlogit", "entropy", "sml", "vde", "oodmc", "pebal"):
             if not any(method in r for r in results[run]):
                 continue
             rows4.append([run, method, _fmt(_col(results, run, method, "auroc")),
@@ -420,16 +531,20 @@ def _tables(results: dict[str, list[dict]]) -> tuple[str, str, str, str]:
                           _fmt(_col(results, run, method, "component_ppv")),
                           _fmt(_col(results, run, method, "component_mean_f1"))])
     t4 = _table(["model", "score", "AUROC", "AP", "FPR95", "sIoU", "PPV", "mean F1"], rows4)
-    return t1, t2, t3, t4
+    return t2, t3, t4
 
 
 def write_results(report: Path, cfg: DemoConfig, results: dict[str, list[dict]], miou: dict,
-                  runs: Path) -> dict[str, Any]:
-    """Write results.md (tables in the shape of the seed's Tables 1-3), results.json and a heat-map sheet."""
+                  runs: Path, meta: dict[str, list[dict]] | None = None) -> dict[str, Any]:
+    """Write results.md (tables in the shape of the seed's Tables 1-3, the objectives table), results.json and a
+    heat-map sheet. ``meta``: the meta.json of each meta-classified model (:data:`META_RUNS`) per seed."""
     report.mkdir(parents=True, exist_ok=True)
+    meta = meta or {}
     n = cfg.seeds
     note = f"(mean ± std over {n} seeds)" if n > 1 else "(one seed; `--seeds 3` gives mean ± std)"
-    t1, t2, t3, t4 = _tables(results)
+    t1 = _table1(results, meta)
+    t2, t3, t4 = _tables(results)
+    t_obj = _objectives_table(results)
     timings = "\n".join(f"| {k} | {v:.1f} |" for k, v in cfg.timings.items())
     sheet = _heatmap_sheet(report / "heatmaps.png", runs, cfg)
     miou_line = (f"Baseline segmentation on the demo val split ({miou.get('n_frames')} frames): "
@@ -444,6 +559,11 @@ All numbers in % {note}; pixel-level metrics on the anomaly set (0 = ID, 1 = ano
 {miou_line}
 
 ## Table 1 shape: entropy target without / with DAG (entropy score, F1-optimal threshold)
+Then meta-ood's second step, meta classification (`oodscore meta-classify`, leave-one-out): segments = normalized
+entropy >= {cfg.meta_threshold}; FP / FN = false-positive predicted / missed ground-truth segments before and after
+the classifier removes segments. "FP after (meta-ood)" is meta-ood's own count, which is the number of true positives
+removed (`tp_removed`), not the false positives left (`FP left`); n/a where the classifier could not be fitted (see
+`runs/<model>/meta/meta.json`).
 {t1}
 
 ## Table 2 shape: {{logit, entropy}} x {{without, with}} DAG (each target scored by what it optimizes)
@@ -451,6 +571,12 @@ All numbers in % {note}; pixel-level metrics on the anomaly set (0 = ID, 1 = ano
 
 ## Table 3 shape: SML vs VDE, and OODMC vs entropy
 {t3}
+
+## Training objectives: {{maxent, pebal, balanced-energy}} x {{without, with}} DAG (each scored by its own score)
+Same baseline, steps, batch size and seeds; maxent = the entropy target (lr {cfg.lr}, every parameter); pebal and
+balanced-energy: the abstention channel grown from the baseline, only the classifier block trained, Adam lr
+{cfg.objective_lr} kept for the whole run.
+{t_obj}
 
 ## Every model and score, with component-level metrics (SegmentMeIfYouCan anomaly track)
 {t4}
@@ -470,7 +596,7 @@ ROC / PR curves per model: `runs/<model>/report/roc.png`, `pr.png`; score heat m
 """
     atomic_write_text(report / "results.md", md)
     summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-               "miou": miou, "results": results}
+               "miou": miou, "results": results, "meta": meta}
     atomic_write_text(report / "results.json", json.dumps(summary, indent=2, default=str))
     print(md)
     return summary
@@ -481,7 +607,8 @@ def _heatmap_sheet(path: Path, runs: Path, cfg: DemoConfig) -> Path | None:
     import cv2  # here, not at the top: the console scripts import this module at start-up
 
     picks = [("baseline", "entropy"), ("baseline", "sml"), ("baseline", "vde"), ("entropy_noDAG-s0", "entropy"),
-             ("entropy_DAG-s0", "entropy"), ("entropy_DAG-s0", "oodmc")]
+             ("entropy_DAG-s0", "entropy"), ("entropy_DAG-s0", "oodmc"), ("pebal_DAG-s0", "pebal"),
+             ("balanced-energy_DAG-s0", "pebal")]
     rows: list[np.ndarray] = []
     for run, method in picks:
         files = sorted((runs / run / "report" / "overlays").glob(f"*__{method}.png"))

@@ -4,7 +4,9 @@ The whole pipeline itself runs in tests/e2e/test_demo_pipeline.py (slow).
 """
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -119,3 +121,64 @@ def test_an_interrupted_fit_is_resumed(tmp_path):
     assert demo._resume(tmp_path) == []
     (tmp_path / "checkpoint-last.pt").write_text("x")
     assert demo._resume(tmp_path) == ["--resume"]
+
+
+def _fake_meta_run(doc):
+    """A stand-in for ``_run`` of `oodscore meta-classify`: writes ``doc`` (if any) as OUT/meta.json and fails the
+    way the command ends when its classifier cannot be fitted (or, ``doc`` None, before writing anything)."""
+    def fake(cmd, log, quiet=True):
+        out = Path(cmd[cmd.index("--out") + 1])
+        if doc is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "meta.json").write_text(json.dumps(doc))
+        raise CocodagError("demo stage `oodscore.cli meta-classify` failed (exit 1): ...")
+    return fake
+
+
+def test_a_meta_classifier_that_cannot_be_fitted_does_not_fail_the_demo(tmp_path, monkeypatch, capsys):
+    d = demo._Demo(demo.DemoConfig(out=tmp_path, progress=False))
+    ckpt = d.runs / "baseline" / "model-final.pt"
+    doc = {"segments": 4, "fp_before": 4, "fn_before": 32, "meta_auroc": None, "fp_after": None,
+           "error": "every one of the 4 segment(s) is a false positive"}
+    monkeypatch.setattr(demo, "_run", _fake_meta_run(doc))
+    assert d.meta_classify(ckpt) == doc
+    assert "not fitted: every one of the 4 segment(s)" in capsys.readouterr().err
+    assert d.meta_classify(ckpt) == doc                 # resumed: the written counts are the stage's result
+    assert "already done" in capsys.readouterr().err
+    monkeypatch.setattr(demo, "_run", _fake_meta_run(None))     # any other failure is the demo's failure
+    with pytest.raises(CocodagError):
+        d.meta_classify(d.runs / "entropy_DAG-s0" / "model-final.pt")
+
+
+def _metrics(auroc):
+    return {"auroc": auroc, "ap": auroc / 2, "fpr95": 1 - auroc, "f1": 0.5, "precision": 0.4, "fpr": 0.01}
+
+
+def test_results_gain_the_segment_counts_and_the_objectives_table(tmp_path):
+    results = {"baseline": [{"entropy": _metrics(0.7), "maxlogit": _metrics(0.7), "pebal": _metrics(0.72)}]}
+    for name, _, _ in demo.RUNS:
+        results[name] = [{"entropy": _metrics(0.8), "maxlogit": _metrics(0.8)}, {"entropy": _metrics(0.9)}]
+    for name, _, dag in demo.OBJECTIVE_RUNS:
+        results[name] = [{"pebal": _metrics(0.95 if dag else 0.85)}, {"pebal": _metrics(0.95 if dag else 0.85)}]
+    counts = {"segments": 10, "fp_before": 6, "fp_after": 1, "fp_left": 2, "tp_removed": 1, "fn_before": 5,
+              "fn_after": 6, "meta_auroc": 0.875}
+    meta = {"baseline": [{**counts, "segments": 4, "fp_after": None, "fp_left": None, "tp_removed": None,
+                          "fn_after": None, "meta_auroc": None, "error": "one class"}],
+            "entropy_noDAG": [counts, {**counts, "segments": 12}],
+            "entropy_DAG": [counts, counts]}
+    cfg = demo.DemoConfig(out=tmp_path, seeds=2)
+    summary = demo.write_results(tmp_path / "report", cfg, results, {"miou": 0.7, "pixel_acc": 0.9, "n_frames": 2},
+                                 tmp_path / "runs", meta)
+    md = (tmp_path / "report" / "results.md").read_text()
+    assert "| FP before | FP after (meta-ood) | FP left | TP removed | FN before | FN after | meta AUROC |" in md
+    # the baseline's classifier was not fitted: its counts before, n/a for the rest (one seed: whole numbers)
+    assert "| baseline (no MaxEnt) | 50.0 | 40.0 | 1.0 | 4 | 6 | n/a | n/a | n/a | 5 | n/a | n/a |" in md
+    assert "| entropy, without DAG | 50.0 ± 0.0 | 40.0 ± 0.0 | 1.0 ± 0.0 | 11.0 ± 1.4 | 6.0 ± 0.0 |" in md
+    assert md.count("| 87.5 ± 0.0 |") == 2
+    assert "## Training objectives" in md
+    assert "| maxent | without | entropy | 85.0 ± 7.1 | 42.5 ± 3.5 | 15.0 ± 7.1 |" in md
+    assert "| pebal | with | pebal | 95.0 ± 0.0 | 47.5 ± 0.0 | 5.0 ± 0.0 |" in md
+    assert "| balanced-energy | without | pebal | 85.0 ± 0.0 | 42.5 ± 0.0 | 15.0 ± 0.0 |" in md
+    assert "| (baseline) | - | pebal | 72.0 | 36.0 | 28.0 |" in md
+    assert summary["meta"] == meta
+    assert json.loads((tmp_path / "report" / "results.json").read_text())["meta"] == meta

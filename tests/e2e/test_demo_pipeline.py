@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from cocodag_apps.demo import RUNS, DemoConfig, run_demo
+from cocodag.formats.logits import LogitsFile
+from cocodag_apps.demo import META_RUNS, OBJECTIVE_RUNS, RUNS, DemoConfig, run_demo
 
 
 @pytest.mark.slow
@@ -15,11 +16,23 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     summary = run_demo(cfg)
     report = tmp_path / "demo" / "report"
     md = (report / "results.md").read_text()
-    for heading in ("Table 1 shape", "Table 2 shape", "Table 3 shape", "component-level", "mIoU"):
+    for heading in ("Table 1 shape", "Table 2 shape", "Table 3 shape", "Training objectives", "component-level",
+                    "mIoU", "FP before"):
         assert heading in md
-    assert set(summary["results"]) == {"baseline", *(name for name, _, _ in RUNS)}
+    assert set(summary["results"]) == {"baseline", *(name for name, _, _ in RUNS + OBJECTIVE_RUNS)}
+    for name, objective, _ in OBJECTIVE_RUNS:       # the abstention objectives, scored by their own score
+        assert set(summary["results"][name][0]) == {"pebal"}
+        assert f"| {objective} | with" in md and f"| {objective} | without" in md
+        with LogitsFile(tmp_path / "demo" / "runs" / f"{name}-s0" / "test.h5") as lf:    # grown by fit
+            assert lf.num_classes == 19 and lf.abstention_channel == 19
+    # meta classification of the entropy models: the counts always; meta numbers, or the reason they are missing
+    # (a toy set may have too few segments to fit the classifier; the demo goes on)
+    for name in META_RUNS:
+        doc = summary["meta"][name][0]
+        assert doc["segments"] >= 0 and doc["fp_before"] >= 0 and doc["fn_before"] >= 0
+        assert (doc["meta_auroc"] is None) == ("error" in doc)
     base = summary["results"]["baseline"][0]
-    assert {"msp", "maxlogit", "entropy", "sml", "vde", "oodmc"} <= set(base)
+    assert {"msp", "maxlogit", "entropy", "sml", "vde", "oodmc", "pebal"} <= set(base)
     for m in base.values():
         assert 0.0 <= m["auroc"] <= 1.0 and 0.0 <= m["ap"] <= 1.0
     assert (report / "heatmaps.png").is_file()
@@ -28,4 +41,5 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     again = run_demo(cfg)
     assert "already done" in capsys.readouterr().err
-    assert json.dumps(again["results"], sort_keys=True) == json.dumps(summary["results"], sort_keys=True)
+    for key in ("results", "meta"):
+        assert json.dumps(again[key], sort_keys=True) == json.dumps(summary[key], sort_keys=True)
