@@ -18,7 +18,7 @@ from cocodag.labels import NUM_CLASSES
 
 from . import MaxentError
 from .choices import FROZEN_BN, LR_SCHEDULES, OPTIM_TARGETS, FrozenBN, LrSchedule, ObjectiveName, OptimTarget
-from .models import parse_model_kwargs, read_checkpoint
+from .models import parse_kwargs, parse_model_kwargs, read_checkpoint
 from .objectives import Objective, make_objective, objective_class, parse_objective_kwargs
 
 if sys.version_info >= (3, 11):
@@ -175,22 +175,11 @@ def _recorded_classes(meta: dict[str, Any]) -> int | None:
 
 
 def objective_options(value: Any) -> dict[str, Any]:
-    """``--objective-kwargs`` as a dict: ``None`` / ``""`` -> ``{}``; a table (a config file) or a JSON object as it
-    is; ``k=v,k=v`` read by :func:`maxent_train.objectives.parse_objective_kwargs` (values JSON when they parse:
-    numbers, ``true``, ``null``, ``[...]``; else strings). Names and values are checked by the objective."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return {}
-    if isinstance(value, str) and value.strip().startswith("{"):
-        try:
-            value = json.loads(value)
-        except ValueError as e:
-            raise MaxentError(f"--objective-kwargs {value!r}: not valid JSON ({str(e).splitlines()[0]})") from None
-    if isinstance(value, str):
-        return parse_objective_kwargs(value)
-    if not isinstance(value, dict) or not all(isinstance(k, str) and k.isidentifier() for k in value):
-        raise MaxentError(f"--objective-kwargs: expected KEY=VALUE[,KEY=VALUE...] or a table of parameters, got "
-                          f"{value!r}")
-    return dict(value)
+    """``--objective-kwargs`` as a dict (:func:`maxent_train.models.parse_kwargs`): ``k=v,k=v`` is read by
+    :func:`maxent_train.objectives.parse_objective_kwargs` (values JSON when they parse: numbers, ``true``,
+    ``null``, ``[...]``; else strings). Names and values are checked by the objective."""
+    return parse_kwargs(value, "--objective-kwargs", "expected KEY=VALUE[,KEY=VALUE...] (e.g. m_out=-5,alpha=4) "
+                        "or a table of parameters", parse_objective_kwargs)
 
 
 def train_only_patterns(value: Any) -> list[str] | None:

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cocodag.atomic import atomic_write
-
-from .plots import _OVERLAY_WIDTH, _pyplot, _resize
+from .plots import _OVERLAY_WIDTH, _pyplot, _resize, save_figure
 
 __all__ = ["KEPT_RGB", "REMOVED_RGB", "save_meta_overlay"]
 
@@ -76,9 +74,4 @@ def save_meta_overlay(path: Path | str, background: np.ndarray, components: np.n
             fig.text(0.5, 0.01, text, ha="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, keep_suffix=True) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -25,6 +25,16 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: Path | str) -> None:
+    """``fig`` laid out and written to ``path`` atomically (parent folders made), then closed."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, keep_suffix=True) as tmp:
+        fig.savefig(tmp)
+    _pyplot().close(fig)
+
+
 def plot_curves(out_dir: Path | str, curves: dict[str, dict], results: dict[str, dict] | None = None) -> None:
     """``roc.png`` and ``pr.png`` with every method on one plot each.
 
@@ -56,10 +66,7 @@ def plot_curves(out_dir: Path | str, curves: dict[str, dict], results: dict[str,
             ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
         else:
             ax.legend(loc="lower right" if kind == "roc" else "upper right", fontsize=8)
-        fig.tight_layout()
-        with atomic_write(out_dir / f"{kind}.png", keep_suffix=True) as tmp:
-            fig.savefig(tmp)
-        plt.close(fig)
+        save_figure(fig, out_dir / f"{kind}.png")
 
 
 def normalize_scores(score: np.ndarray, valid: np.ndarray | None = None, lo_pct: float = 1.0,
@@ -136,9 +143,4 @@ def save_overlay(path: Path | str, image: np.ndarray, score: np.ndarray, label: 
         a.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, keep_suffix=True) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -32,11 +32,12 @@ from ._registry import (
     is_model,
     list_models,
     native_output_rule,
+    parse_kwargs,
     parse_model_kwargs,
     register_model,
 )
 
 __all__ = ["ClassifierBlock", "LoadReport", "checkpoint_filter_for", "classifier_block_for", "clean_state_dict",
            "create_model", "filtered_state", "grow_classifier", "guess_family", "is_model", "list_models",
-           "load_checkpoint", "load_state", "native_output_rule", "parse_model_kwargs", "read_checkpoint",
-           "read_state_dict", "register_model"]
+           "load_checkpoint", "load_state", "native_output_rule", "parse_kwargs", "parse_model_kwargs",
+           "read_checkpoint", "read_state_dict", "register_model"]

@@ -228,16 +228,17 @@ def _parse_value(text: str):
     return t
 
 
-def parse_model_kwargs(value, option: str = "--model-kwargs") -> dict:
-    """Model options as a dict: ``None``/``""`` -> ``{}``; a dict (from a config file) is checked; a string is
-    ``KEY=VALUE[,KEY=VALUE...]`` (values int, float, bool, none or str) or a JSON object.
+def parse_kwargs(value: Any, option: str, usage: str, parse_pairs: Callable[[str], dict]) -> dict:
+    """Keyword options from the command line or a config file, as a dict: ``None`` / ``""`` -> ``{}``; a JSON object
+    string is parsed; a dict (a config file's table) is checked (identifier keys); any other string goes to
+    ``parse_pairs`` (the option's own ``KEY=VALUE,...`` reader). Used by ``--model-kwargs`` and
+    ``--objective-kwargs``.
 
     Raises
     ------
     MaxentError
-        One line naming ``option``, what it got and the expected syntax.
+        One line naming ``option``, what it got and the expected syntax (``usage``).
     """
-    usage = "expected KEY=VALUE[,KEY=VALUE...] (e.g. output_stride=16,dropout=0.1) or a JSON object"
     if value is None or (isinstance(value, str) and not value.strip()):
         return {}
     if isinstance(value, str) and value.strip().startswith("{"):
@@ -252,13 +253,26 @@ def parse_model_kwargs(value, option: str = "--model-kwargs") -> dict:
         return dict(value)
     if not isinstance(value, str):
         raise MaxentError(f"{option}: expected a string or a table of options, got {type(value).__name__}; {usage}")
-    out = {}
-    for item in value.split(","):
-        key, eq, val = item.partition("=")
-        key = key.strip()
-        if not eq or not key.isidentifier():
-            raise MaxentError(f"{option} {value!r}: cannot parse {item.strip()!r}; {usage}")
-        if key in out:
-            raise MaxentError(f"{option} {value!r}: {key} given twice")
-        out[key] = _parse_value(val)
-    return out
+    return parse_pairs(value)
+
+
+_MODEL_USAGE = "expected KEY=VALUE[,KEY=VALUE...] (e.g. output_stride=16,dropout=0.1) or a JSON object"
+
+
+def parse_model_kwargs(value, option: str = "--model-kwargs") -> dict:
+    """Model options as a dict (:func:`parse_kwargs`); a string is ``KEY=VALUE[,KEY=VALUE...]`` with values int,
+    float, bool, none or str."""
+
+    def pairs(text: str) -> dict:
+        out = {}
+        for item in text.split(","):
+            key, eq, val = item.partition("=")
+            key = key.strip()
+            if not eq or not key.isidentifier():
+                raise MaxentError(f"{option} {text!r}: cannot parse {item.strip()!r}; {_MODEL_USAGE}")
+            if key in out:
+                raise MaxentError(f"{option} {text!r}: {key} given twice")
+            out[key] = _parse_value(val)
+        return out
+
+    return parse_kwargs(value, option, _MODEL_USAGE, pairs)
