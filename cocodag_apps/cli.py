@@ -1,6 +1,7 @@
 """The installed console scripts ``cocodag`` and ``maxent-train``: each lower package's commands plus its top-layer app.
 
-* ``cocodag``      = :data:`cocodag.cli.COMMANDS` (demo-data, build, verify, inspect) + ``demo``
+* ``cocodag``      = :data:`cocodag.cli.COMMANDS` (demo-data, build, verify, inspect) + ``demo`` + ``recipe``
+  (:mod:`cocodag_apps.cli_recipe`)
 * ``maxent-train`` = :data:`maxent_train.cli.COMMANDS` (fit, export, models, miou) + ``predict``
 
 Both commands here are thin typer shells over :func:`cocodag_apps.demo.run_demo` (a light module: its stages run in
@@ -25,7 +26,7 @@ from cocodag.cli_utils import user_errors
 from maxent_train import cli as maxent_cli
 from oodscore.options import ThresholdKind
 
-from . import demo
+from . import cli_recipe, demo
 from .demo import DemoConfig
 
 
@@ -113,6 +114,7 @@ def _insert_after(commands: Mapping[str, Callable[..., None]], after: str, name:
 
 # `cocodag --help` lists demo right after demo-data, as it always has.
 cocodag_app = cocodag_cli.create_app(_insert_after(cocodag_cli.COMMANDS, "demo-data", "demo", demo_cmd))
+cocodag_app.add_typer(cli_recipe.app, name="recipe")     # recipe list | show | copy | run
 maxent_app = maxent_cli.create_app({**maxent_cli.COMMANDS, "predict": predict})
 
 APPS = {"cocodag": cocodag_app, "maxent-train": maxent_app}

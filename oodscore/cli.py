@@ -21,6 +21,7 @@ from cocodag.outputs import disk_errors, prepare_output
 
 from . import OodscoreError
 from .options import ComponentRule, EvalOptions, ProtocolChoice, Region, SmlBorder, ThresholdKind, Track
+from .published import Leaderboard  # the names only: the leaderboard file is read when a command asks for it
 from .scores import METHODS  # the registry's names only: no scorer (nor torch) is imported here
 
 app = typer.Typer(help="Anomaly scores and exact metrics from saved logits or score maps.", no_args_is_help=True,
@@ -326,13 +327,17 @@ def compare(
         "reports have).")] = None,
     names: Annotated[str | None, typer.Option(
         "--names", help="Run names, comma-separated, one per report folder (default: folder names).")] = None,
+    published: Annotated[Leaderboard | None, typer.Option(
+        "--published", help="Add the methods of this SegmentMeIfYouCan leaderboard (shipped with oodscore) as rows, "
+        "marked published, with their requires_ood flag; best is then over all rows.")] = None,
 ) -> None:
     """One leaderboard over several reports (runs x methods x protocols), best per column marked, as markdown,
     CSV and LaTeX; overlaid ROC/PR curves when the reports hold curve data."""
     with user_errors():
         from .compare import compare_reports
 
-        res = compare_reports(reports, out, metrics=metric, names=names.split(",") if names is not None else None)
+        res = compare_reports(reports, out, metrics=metric, names=names.split(",") if names is not None else None,
+                              published=published)
         for note in res["notes"]:
             _echo(f"note: {note}")
         typer.echo(f"{len(res['rows'])} rows x {len(res['metrics'])} metrics: "

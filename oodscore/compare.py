@@ -14,6 +14,12 @@ and writes, atomically, into ``out``:
     leaderboard.tex   LaTeX ``tabular``, the best in ``\\textbf{}``
     roc.png, pr.png   every run/method overlaid, only when the reports hold curve data
 
+``published=`` (``--published smiyc-anomaly|smiyc-obstacle|smiyc-laf``) adds the methods of that SegmentMeIfYouCan
+leaderboard (:mod:`oodscore.published`, shipped with the package) as rows of the same table: run = the leaderboard's
+name, protocol ``smiyc``, a ``source`` column (``report`` / ``published``) and the leaderboard's ``requires_ood``
+flag (``yes`` / ``no``, ``-`` where it gives none); their values are fractions as ours, in the same precision. The
+best of a column is then taken over all rows, the published ones included, and the markdown says so.
+
 Curve files (``evaluate`` writes ``curves.npz``; ``curves.json`` is read too): ``curves.json``
 ``{method: {"fpr": [...], "tpr": [...], "precision": [...], "recall": [...]}}`` or ``curves.npz`` with arrays named
 ``<method>/fpr`` etc.
@@ -35,6 +41,7 @@ from cocodag.outputs import disk_errors, prepare_output
 from . import OodscoreError
 from .meta_summary import COUNT_KEYS
 from .plots import plot_curves
+from .published import Leaderboard, load_published
 from .tables import Table
 
 #: metric -> +1 (higher is better), -1 (lower is better) or 0 (no best: e.g. a threshold)
@@ -187,8 +194,16 @@ def _best(rows: list[dict], metrics: list[str]) -> dict[str, set[int]]:
     return best
 
 
+def _marks(row: dict) -> list[Any]:
+    """The ``source`` and ``requires_ood`` cells of a row (with ``published=``)."""
+    if row.get("source") != "published":
+        return ["report", None]
+    flag = row.get("requires_ood")
+    return ["published", None if flag is None else "yes" if flag else "no"]
+
+
 def compare_reports(paths: Sequence[Path | str], out: Path | str, metrics: str | Sequence[str] | None = None,
-                    names: Sequence[str] | None = None) -> dict[str, Any]:
+                    names: Sequence[str] | None = None, published: Leaderboard | None = None) -> dict[str, Any]:
     """Write ``leaderboard.md/.csv/.tex`` (and ``roc.png``/``pr.png`` when the reports hold curves) into ``out``.
 
     Parameters
@@ -198,6 +213,9 @@ def compare_reports(paths: Sequence[Path | str], out: Path | str, metrics: str |
     metrics : columns, e.g. ``"auroc,ap,fpr95"`` (aliases ``siou``, ``ppv``, ``mean_f1``; every ``meta_*`` key of
         ``evaluate --meta``); default: the usual ones that some row has.
     names : one run name per folder (default: the folder names).
+    published : ``"smiyc-anomaly"``, ``"smiyc-obstacle"`` or ``"smiyc-laf"``: that leaderboard's methods as rows
+        too, after the reports' (their row dicts also hold ``"source": "published"``, ``"requires_ood"``,
+        ``"paper"``, ``"code"``); best is then over all rows.
 
     Returns
     -------
@@ -219,6 +237,11 @@ def compare_reports(paths: Sequence[Path | str], out: Path | str, metrics: str |
             curves[f"{run}/{m}"] = c
     if not rows:
         raise OodscoreError("the report folders hold no methods (empty metrics.json)")
+    table = load_published(published) if published is not None else None
+    if table is not None:
+        rows += [{"run": table.name, "method": p.method, "protocol": "smiyc", "values": dict(p.values),
+                  "source": "published", "requires_ood": p.requires_ood, "paper": p.paper, "code": p.code}
+                 for p in table.rows]
     if wanted is None:
         wanted = [k for k in DEFAULT_METRICS if any(r["values"].get(k) is not None for r in rows)]
         if not wanted:
@@ -226,14 +249,23 @@ def compare_reports(paths: Sequence[Path | str], out: Path | str, metrics: str |
     protos = {r["protocol"] for r in rows}
     show_proto = len(protos) > 1 or protos != {"exact"}
     best = _best(rows, wanted)
-    head = ["run", "method", *(["protocol"] if show_proto else [])]
-    keys: list[list[Any]] = [[r["run"], r["method"], *([r["protocol"]] if show_proto else [])] for r in rows]
+    marked = ["source", "requires_ood"] if table is not None else []
+    head = ["run", "method", *(["protocol"] if show_proto else []), *marked]
+    keys: list[list[Any]] = [[r["run"], r["method"], *([r["protocol"]] if show_proto else []),
+                              *(_marks(r) if marked else [])] for r in rows]
     values: list[list[Any]] = [[r["values"].get(m) for m in wanted] for r in rows]
     shown = Table([*head, *wanted], [k + v for k, v in zip(keys, values)], align="l" * len(head) + "r" * len(wanted),
                   bold=frozenset((i, len(head) + j) for j, m in enumerate(wanted) for i in best[m]))
     dirs = ", ".join(f"{m} {'↑' if DIRECTIONS[m] > 0 else '↓' if DIRECTIONS[m] < 0 else '(no best)'}" for m in wanted)
+    if table is None:
+        intro = f"Best per column in **bold** ({dirs}); `-`: not in that report."
+    else:
+        intro = (f"Best per column in **bold** over all rows, the published ones included ({dirs}); `-`: not in "
+                 f"that report or not published.\n\nPublished rows (source `published`, run `{table.name}`): "
+                 f"{table.citation()}; SMIYC protocol, values as published (fractions, as ours). `requires_ood`: "
+                 "the leaderboard's flag, the method trains with OOD data (`-`: not given).")
     md = ("# Leaderboard\n\nReports: " + ", ".join(f"{n} = `{p}`" for n, p in zip(run_names, folders))
-          + f"\n\nBest per column in **bold** ({dirs}); `-`: not in that report.\n\n" + shown.markdown(".4f") + "\n")
+          + f"\n\n{intro}\n\n" + shown.markdown(".4f") + "\n")
     listed = Table([*head, *wanted, "best"], [k + v + [";".join(m for m in wanted if i in best[m])]
                                               for i, (k, v) in enumerate(zip(keys, values))])
 
@@ -246,6 +278,8 @@ def compare_reports(paths: Sequence[Path | str], out: Path | str, metrics: str |
         atomic_write_text(files[2], shown.latex(".4f") + "\n")
         if curves:
             for r in rows:
+                if r.get("source") == "published":       # no curves: nothing to label
+                    continue
                 if r["protocol"] == "exact" or not show_proto:
                     labels.setdefault(f"{r['run']}/{r['method']}", {k: v for k, v in r["values"].items()
                                                                      if v is not None})
@@ -253,5 +287,7 @@ def compare_reports(paths: Sequence[Path | str], out: Path | str, metrics: str |
             files += [out / "roc.png", out / "pr.png"]
         else:
             notes.append("no curve data (curves.json / curves.npz) in the reports: roc.png / pr.png not written")
+    if table is not None:
+        notes.append(f"{len(table.rows)} published rows from {table.citation()}")
     return {"rows": rows, "metrics": wanted, "best": {m: sorted(v) for m, v in best.items()},
             "files": files, "plotted": bool(curves), "notes": notes}
