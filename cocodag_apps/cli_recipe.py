@@ -78,21 +78,29 @@ def run(
     out: Annotated[str, typer.Option(help="Output folder of the run.")] = "recipe-out",
     device: Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N; every stage.")
                       ] = "auto",
+    launcher: Annotated[str, typer.Option(help="How fit and the exports start: python (one process), torchrun "
+                                               "(--nproc processes), or a command prefix to which `-m MODULE ...` "
+                                               "is appended.")] = "python",
+    nproc: Annotated[int | None, typer.Option(min=1, help="Processes per node with --launcher torchrun.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every stage's command line; run nothing.")
                        ] = False,
 ) -> None:
-    """Run a recipe's stages (build -> fit -> export -> evaluate ...) through the packages' command lines."""
+    """Run a recipe's stages (build -> fit -> export -> evaluate ...) through the packages' command lines.
+
+    Resumable: a stage whose output exists and was made from the same settings (OUT/stages/STAGE.json) is skipped;
+    one made from other settings is refused. Ends with OUT/results.md and OUT/results.json."""
     from .recipes.plan import RunInputs, build_plan, parse_eval
     from .recipes.resolve import shown
 
     with user_errors():
         inputs = RunInputs(out=out, cityscapes=cityscapes, coco=coco, init=init,
-                           evals=[parse_eval(e) for e in eval_ or []], device=device)
+                           evals=[parse_eval(e) for e in eval_ or []], device=device, launcher=launcher, nproc=nproc)
         plan = build_plan(recipe, overrides or [], inputs)
         if not dry_run:
-            typer.echo("error: running the stages arrives in a later version; use --dry-run to print the commands "
-                       "and run them by hand", err=True)
-            raise typer.Exit(2)
+            from .recipes.run import run_plan
+
+            run_plan(plan, inputs, plan.resolved.get("name", recipe))
+            return
         for note in plan.notes:
             print(f"note: {note}", file=sys.stderr)
         for stage, cmd in plan.commands:

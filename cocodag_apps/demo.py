@@ -25,29 +25,24 @@ threads stay in its own process. Every stage skips itself when its output exists
 """
 from __future__ import annotations
 
-import codecs
 import functools
-import io
 import json
-import os
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from cocodag.atomic import atomic_write, atomic_write_text
 from cocodag.device import resolve_device
 from cocodag.errors import CocodagError
-from cocodag.progress import ENV as PROGRESS_ENV
-from cocodag.progress import use_bars
+
+from .stage_runner import module_cmd, run_logged
 
 # The shipped baseline is package data (pyproject's [tool.setuptools.package-data]): read through importlib.resources,
 # it is found in a wheel install as in a source checkout. `data/make_baseline.py` (in the repository) remakes it.
@@ -124,80 +119,13 @@ SML_RUNS = ("baseline", "entropy_DAG")
 
 
 # ------------------------------------------------------------------------------------------------------ running
-def _cmd(module: str, *args: Any) -> list[str]:
-    return [sys.executable, "-m", module, *[str(a) for a in args]]
-
-
-def _tee_stderr(cmd: list[str], fh: BinaryIO, env: dict[str, str]) -> int:
-    """Run ``cmd`` with stdout to ``fh`` and stderr both to ours (progress) and to ``fh`` (the log)."""
-    decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
-    with subprocess.Popen(cmd, stdout=fh, stderr=subprocess.PIPE, env=env) as p:
-        stderr = p.stderr
-        assert isinstance(stderr, io.BufferedReader)    # stderr=PIPE
-        for chunk in iter(lambda: stderr.read1(1 << 16), b""):
-            sys.stderr.write(decode(chunk))
-            sys.stderr.flush()
-            fh.write(chunk)
-            fh.flush()
-    return p.returncode
-
-
-def _what_failed(text: str) -> str:
-    """The one line of a failed stage's output that says what went wrong.
-
-    Our CLIs print one ``error: ...`` line; a bug ends with the traceback's ``ExcType: message`` line. So: the last
-    ``error:`` line, else the last non-empty line.
-    """
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("error:"):
-            return line[len("error:"):].strip()
-    return lines[-1] if lines else "no output"
-
-
-def _child_env(shown: bool) -> dict[str, str]:
-    """The environment of a stage's process; ``shown``: its stderr is passed on to ours.
-
-    A child never sees a terminal (its stderr is a pipe or the log), so its progress would be plain lines
-    (:mod:`cocodag.progress`): where ours is a terminal, a shown child is told to draw bars
-    (``COCODAG_PROGRESS=bar``); otherwise the variable is left as the user set it (unset: lines in the log).
-    """
-    # plain Python tracebacks in the logs: rich's boxed ones wrap the exception line at 80 columns
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TYPER_STANDARD_TRACEBACK="1")
-    # GNU OpenMP threads spin while they wait by default, several times slower when another process holds a core;
-    # only the environment of a fresh process can change it (a user's own setting wins)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if shown and use_bars():
-        env[PROGRESS_ENV] = "bar"
-    return env
+_cmd = module_cmd
 
 
 def _run(cmd: list[str], log: Path, quiet: bool = True) -> None:
-    """Run one stage command, its output appended to ``log`` (``quiet=False``: stderr shown too).
-
-    Raises
-    ------
-    CocodagError
-        One line: the stage, the line of its output that says what failed, and the path of the full log.
-    """
-    shown = " ".join(shlex.quote(c) for c in [Path(cmd[0]).name, *cmd[1:]])
-    print(f"  $ {shown}", file=sys.stderr, flush=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = _child_env(shown=not quiet)
-    with open(log, "ab") as fh:
-        fh.write(f"\n$ {shown}\n".encode())
-        fh.flush()
-        start = fh.tell()
-        if quiet:
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
-        else:
-            rc = _tee_stderr(cmd, fh, env)
-    if rc != 0:
-        with open(log, "rb") as fh:
-            fh.seek(start)
-            what = _what_failed(fh.read().decode(errors="replace"))
-        stage = " ".join(cmd[2:4])          # e.g. "maxent_train fit"; the whole command is printed above
-        raise CocodagError(f"demo stage `{stage}` failed (exit {rc}): {what} (full log: {log})")
+    """Run one stage command, its output appended to ``log`` (``quiet=False``: stderr shown too); a failure is one
+    line (:func:`cocodag_apps.stage_runner.run_logged`)."""
+    run_logged(cmd, log, quiet=quiet, who="demo")
 
 
 def _copy_atomic(src: Path | str, dst: Path) -> None:

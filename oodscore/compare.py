@@ -143,6 +143,10 @@ def _read_report(path: Path) -> list[tuple[str, str, dict[str, float | int | Non
     return rows
 
 
+#: public: ``cocodag recipe run`` reads its reports with it (``[(method, protocol, {metric: value})]``)
+read_report = _read_report
+
+
 def _read_curves(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """Per-method curves of a report folder, ``{}`` when it holds none."""
     out: dict[str, dict[str, np.ndarray]] = {}

@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import inspect
 import json
-import shlex
 import sys
 import types
 import typing
@@ -37,6 +36,7 @@ from oodscore import cli as oodscore_cli
 from oodscore.meta_report import MetaOptions
 from oodscore.options import EvalOptions
 
+from ..stage_runner import shown  # noqa: F401 - re-exported: the dry run prints with it
 from . import STAGES, RecipeError, close_matches, load_recipe
 
 #: objective parameters that another option of ``fit`` sets (``--lambda``, ``--optim-target``, ``--num-classes``)
@@ -179,7 +179,10 @@ def _coerce(value: Any, typ: Any, raw: str | None) -> tuple[bool, Any]:
             return False, value
         elems = typing.get_args(typ)
         elem = elems[0] if elems else None
-        done = [_coerce(v, elem, v if elem in (str, Path) and isinstance(v, str) else None) for v in value]
+        # the elements of a split text (``0.5:1``) are text too: read each as JSON, as a whole override's value
+        done = [_coerce(v, elem, v) if elem in (str, Path) and isinstance(v, str)
+                else _coerce(_parse_text(v) if raw is not None and isinstance(v, str) else v, elem, None)
+                for v in value]
         return all(ok for ok, _ in done), [v for _, v in done]
     if origin is dict or typ is dict:
         return isinstance(value, dict), value
@@ -323,7 +326,3 @@ def command(stage: str, *args: Any) -> list[str]:
     spec = STAGE_SPECS[stage]
     return [sys.executable, "-m", spec.module, spec.command, *[str(a) for a in args]]
 
-
-def shown(cmd: Sequence[str]) -> str:
-    """A command as a user would type it (the interpreter by its name)."""
-    return " ".join(shlex.quote(c) for c in [Path(cmd[0]).name, *cmd[1:]])

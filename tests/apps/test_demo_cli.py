@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cocodag.errors import CocodagError
-from cocodag_apps import demo
+from cocodag_apps import demo, stage_runner
 from cocodag_apps.cli import cocodag_app
 
 
@@ -82,13 +82,13 @@ def test_children_draw_bars_only_where_the_demo_has_a_terminal(monkeypatch):
     """A stage's stderr is a pipe: it is told to draw bars when ours is a terminal, and left alone otherwise (plain
     progress lines in a redirected log)."""
     monkeypatch.delenv("COCODAG_PROGRESS", raising=False)
-    monkeypatch.setattr(demo, "use_bars", lambda: True)
-    assert demo._child_env(shown=True)["COCODAG_PROGRESS"] == "bar"
-    assert "COCODAG_PROGRESS" not in demo._child_env(shown=False)       # its stderr goes to the log only
-    monkeypatch.setattr(demo, "use_bars", lambda: False)
-    assert "COCODAG_PROGRESS" not in demo._child_env(shown=True)
+    monkeypatch.setattr(stage_runner, "use_bars", lambda: True)
+    assert stage_runner.child_env(shown=True)["COCODAG_PROGRESS"] == "bar"
+    assert "COCODAG_PROGRESS" not in stage_runner.child_env(shown=False)       # its stderr goes to the log only
+    monkeypatch.setattr(stage_runner, "use_bars", lambda: False)
+    assert "COCODAG_PROGRESS" not in stage_runner.child_env(shown=True)
     monkeypatch.setenv("COCODAG_PROGRESS", "lines")                     # the user's own choice is passed on
-    assert demo._child_env(shown=True)["COCODAG_PROGRESS"] == "lines"
+    assert stage_runner.child_env(shown=True)["COCODAG_PROGRESS"] == "lines"
 
 
 def test_the_shipped_baseline_is_package_data_matching_the_default_world(tmp_path):

@@ -96,6 +96,7 @@ def test_dry_run_prints_the_stage_commands():
     assert "skipped" in err                # the published sets without a folder: a note, not an error
 
 
-def test_run_without_dry_run_says_it_is_not_there_yet():
-    code, _, err = _run("recipe", "run", "sml")
-    assert code == 2 and "later version" in err
+def test_run_without_its_inputs_is_one_line_before_any_stage(tmp_path):
+    code, _, err = _run("recipe", "run", "sml", "--out", str(tmp_path / "o"))
+    assert code == 1 and err.strip().count("\n") == 0 and "--cityscapes" in err, err
+    assert not (tmp_path / "o").exists()
