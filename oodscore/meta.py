@@ -30,7 +30,6 @@ fitted on (its mean and scale are part of the model).
 """
 from __future__ import annotations
 
-import json
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,10 +43,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 from sklearn.model_selection import GroupKFold
 
-from cocodag.atomic import atomic_write
 from cocodag.progress import progress_bar
 
 from . import OodscoreError
+from .archive import read_archive, write_archive
 from .meta_summary import COUNT_KEYS  # the counts' names and order (read back by evaluate --meta)
 from .metaseg import DEFAULT_THRESHOLD, GtOverlap
 
@@ -256,10 +255,7 @@ class MetaClassifier:
                 "feature_names": self.feature_names_, "n_segments": self.n_segments_}
         arrays = {"mean": self.mean_, "scale": self.scale_, "coef": self.model_.coef_,
                   "intercept": self.model_.intercept_, "classes": self.model_.classes_}
-        path = Path(path)
-        with atomic_write(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
-        return path
+        return write_archive(path, meta, arrays)
 
     @classmethod
     def load(cls, path: Path | str) -> MetaClassifier:
@@ -279,18 +275,8 @@ class MetaClassifier:
         if not zipfile.is_zipfile(path):
             raise OodscoreError(f"--model {path}: not a meta-classifier file (expected the numpy archive written by "
                                 "`oodscore meta-classify --save-model`)")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"][()])) if "meta" in z.files else None
-                arrays = {k: z[k] for k in z.files if k != "meta"}
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-            raise OodscoreError(f"--model {path}: not a readable meta-classifier file ({type(e).__name__}: "
-                                f"{(str(e).splitlines() or [''])[0]})") from None
-        if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-            raise OodscoreError(f"--model {path}: not a meta-classifier file (expected format {MODEL_FORMAT!r})")
-        if meta.get("version") != MODEL_VERSION:
-            raise OodscoreError(f"--model {path}: meta-classifier version {meta.get('version')!r} is not supported "
-                                f"(expected {MODEL_VERSION})")
+        meta, arrays = read_archive(path, where=f"--model {path}", what="meta-classifier", fmt=MODEL_FORMAT,
+                                    version=MODEL_VERSION)
         try:
             return cls._from_file(meta, arrays)
         except (KeyError, TypeError, ValueError) as e:

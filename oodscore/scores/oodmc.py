@@ -31,7 +31,6 @@ code used probabilities — both are supported and recorded).
 """
 from __future__ import annotations
 
-import json
 import numbers
 import zipfile
 from pathlib import Path
@@ -47,10 +46,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from cocodag.arrays import to_numpy
-from cocodag.atomic import atomic_write
 from cocodag.errors import CocodagError
 from cocodag.formats.logits import check_upsample_rule, upsample_frame
 from oodscore import OodscoreError
+from oodscore.archive import read_archive, write_archive
 from oodscore.scores.base import Interval, Options, Scorer, check_size
 
 #: the classifier names of ``oodscore fit-oodmc --classifier``
@@ -441,10 +440,7 @@ class OODMC(Scorer):
                 "moment_order": int(self.moment_order_), "num_classes": int(self.num_classes_),
                 "n_samples": self.n_samples_, "n_available": self.n_available_,
                 "pipeline": _encode(self.pipeline_, arrays)}
-        path = Path(path)
-        with atomic_write(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
-        return path
+        return write_archive(path, meta, arrays)
 
     @classmethod
     def load(cls, path, *, allow_pickle: bool = False) -> OODMC:
@@ -472,18 +468,8 @@ class OODMC(Scorer):
                                 "a version-1 file is a joblib pickle, which can run code when loaded: re-fit it with "
                                 "`oodscore fit-oodmc`, or if you trust it, load it with "
                                 "OODMC.load(path, allow_pickle=True) and save it again")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"][()])) if "meta" in z.files else None
-                arrays = {k: z[k] for k in z.files if k != "meta"}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise OodscoreError(f"{path}: not a readable OODMC model file ({type(e).__name__}: "
-                                f"{(str(e).splitlines() or [''])[0]})") from None
-        if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-            raise OodscoreError(f"{path}: not an OODMC model (expected format {MODEL_FORMAT!r})")
-        if meta.get("version") != MODEL_VERSION:
-            raise OodscoreError(f"{path}: OODMC model version {meta.get('version')!r} is not supported "
-                                f"(expected {MODEL_VERSION})")
+        meta, arrays = read_archive(path, where=str(path), what="OODMC model", fmt=MODEL_FORMAT,
+                                    version=MODEL_VERSION)
         try:
             model = cls(**{k: _decode(v, arrays) for k, v in meta["params"].items()})
             pipeline = _decode(meta["pipeline"], arrays)
