@@ -13,7 +13,6 @@ No numpy, sklearn nor h5py here: ``evaluate`` reads the file before scoring anyt
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import OodscoreError
+from .jsondoc import read_json_doc
 
 __all__ = ["COUNT_KEYS", "DEFAULT_META_METHOD", "META_FORMAT", "REPORT_KEYS", "MetaSummary", "parse_meta_spec",
            "read_meta"]
@@ -134,18 +134,7 @@ def read_meta(spec: Path | str) -> MetaSummary:
     if not path.is_file():
         what = "not found" if not where.exists() else "no meta.json there"
         raise OodscoreError(f"--meta {where}: {what}; give the --out folder of `oodscore meta-classify`")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise OodscoreError(f"{path}: not valid JSON ({e}); write it again with `oodscore meta-classify`") from None
-    except OSError as e:
-        raise OodscoreError(f"{path}: cannot read it ({e.strerror or e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != META_FORMAT:
-        found = doc.get("format") if isinstance(doc, dict) else None
-        raise OodscoreError(f"{path}: format {found!r}, expected {META_FORMAT!r} (a meta.json written by oodscore "
-                            "meta-classify)")
-    if doc.get("version") != 1:
-        raise OodscoreError(f"{path}: version {doc.get('version')!r} is not supported (expected 1)")
+    doc = read_json_doc(path, fmt=META_FORMAT, name="meta.json", writer="oodscore meta-classify")
     frames = doc.get("frames")
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
         raise OodscoreError(f"{path}: frames is {frames!r}, expected a count")

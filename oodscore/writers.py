@@ -14,6 +14,7 @@ import numpy as np
 from cocodag.atomic import atomic_write, atomic_write_text
 
 from . import OodscoreError
+from .jsondoc import read_json_doc
 from .options import THRESHOLD_KINDS
 from .tables import Table
 
@@ -65,17 +66,8 @@ def _read_thresholds_doc(path: Path) -> dict:
         raise OodscoreError(f"{path}: is a folder, expected a thresholds.json file (written by oodscore evaluate)")
     if not path.is_file():
         raise OodscoreError(f"{path}: thresholds file not found")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise OodscoreError(f"{path}: not valid JSON ({e}); write it again with `oodscore evaluate`") from None
-    except OSError as e:
-        raise OodscoreError(f"{path}: cannot read the thresholds file ({e.strerror or e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != THRESHOLDS_FORMAT:
-        raise OodscoreError(f"{path}: format {doc.get('format') if isinstance(doc, dict) else None!r}, "
-                            f"expected {THRESHOLDS_FORMAT!r} (a thresholds.json written by oodscore evaluate)")
-    if doc.get("version", 1) != 1:
-        raise OodscoreError(f"{path}: version {doc.get('version')!r} is not supported (expected 1)")
+    doc = read_json_doc(path, fmt=THRESHOLDS_FORMAT, name="thresholds.json", writer="oodscore evaluate",
+                        version_default=1)
     if not isinstance(doc.get("methods", {}), dict):
         raise OodscoreError(f"{path}: 'methods' is a {type(doc['methods']).__name__}, expected an object "
                             '{method: {"f1": t, "tpr95": t}}')
