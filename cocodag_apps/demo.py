@@ -1,9 +1,17 @@
-"""`cocodag demo`: the whole method end to end on the embedded demo world, in one command.
+"""`cocodag demo`: the whole method end to end on the embedded demo world, in one command: the recipe ``demo``.
 
 demo-data -> build -> baseline segmentation model -> MaxEnt fine-tunes {entropy, logit} x {no DAG, DAG} x seeds,
 and the other training objectives {pebal, balanced-energy} x {no DAG, DAG} x seeds -> export (logits, MC-dropout
 moments) -> SML stats / OODMC fit -> evaluate every score -> meta classification of the entropy models' segments
 (``oodscore meta-classify``) -> ``REPORT/results.md``.
+
+The demo is a recipe run (:mod:`cocodag_apps.recipes`, the shipped ``demo.toml``): one orchestrator runs it and
+every published method's recipe. Each option of :class:`DemoConfig` is an override of that recipe
+(:data:`FIELD_KEYS`), so ``cocodag demo --steps 30`` and ``cocodag recipe run demo fit.max_steps=30`` run the same
+commands; the demo adds only the choice of its starting model (the shipped baseline when the world matches) and its
+tables (:func:`write_demo_results`). Each stage is the packages' command line in a subprocess, exactly as a user
+would type it (printed, and kept in ``OUT/commands.log``); a finished stage is skipped on the next invocation, and
+one made from other settings is refused (``OUT/stages/``), so an interrupted demo resumes.
 
 The PEBAL and Balanced Energy fine-tunes follow their official recipe where it carries over to the demo's
 ``tiny_segnet``: the abstention channel is grown from the baseline's classifier by ``fit``, only the model's final
@@ -17,20 +25,11 @@ block short of what it learns (measured on the default world, PEBAL with DAG: AU
 95.6 / 47.0 at 1e-3; without DAG 79.8 / 4.0 against 84.1 / 15.3), and a poly schedule would only lower the rate.
 Their models are exported without MC dropout and scored with their own score (``pebal``) only, so they need no SML
 statistics.
-
-A top-layer app (:mod:`cocodag_apps`; the ``demo`` command is registered by :mod:`cocodag_apps.cli`). Each stage
-runs the packages' command lines in subprocesses (``python -m cocodag.cli``, ``python -m maxent_train``,
-``python -m oodscore.cli``), exactly as a user would type them (they are printed), so a stage's failure, memory and
-threads stay in its own process. Every stage skips itself when its output exists, so an interrupted demo resumes.
 """
 from __future__ import annotations
 
-import functools
 import json
-import shutil
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -42,20 +41,19 @@ from cocodag.atomic import atomic_write, atomic_write_text
 from cocodag.device import resolve_device
 from cocodag.errors import CocodagError
 
-from .stage_runner import module_cmd, run_logged
-
 # The shipped baseline is package data (pyproject's [tool.setuptools.package-data]): read through importlib.resources,
 # it is found in a wheel install as in a source checkout. `data/make_baseline.py` (in the repository) remakes it.
 SHIPPED_DATA = resources.files("cocodag_apps") / "data"
 SHIPPED_BASELINE = SHIPPED_DATA / "demo_baseline.pt"
 SHIPPED_BASELINE_INFO = SHIPPED_DATA / "demo_baseline.json"
-#: what a trained baseline leaves beside its model-final.pt (maxent_train.train.RunDir); a copied one leaves none
-_TRAINING_FILES = ("log.jsonl", "checkpoint-last.pt", "config.json")
+#: the recipe the demo runs (cocodag_apps/recipes/demo.toml)
+RECIPE = "demo"
 
 
 @dataclass
 class DemoConfig:
-    """Every knob of the demo; the defaults fit a 2-core CPU in well under 15 minutes."""
+    """Every knob of the demo; the defaults fit a 2-core CPU in well under 15 minutes. They are the values of the
+    ``demo`` recipe (a test keeps the two equal); :data:`FIELD_KEYS` names the recipe keys each one sets."""
 
     out: Path
     frames: int = 80               # Cityscapes-like train frames of the demo world
@@ -97,7 +95,41 @@ class DemoConfig:
         return {"frames": self.frames, "val_frames": self.val_frames, "frame_size": self.frame_size,
                 "seed": self.seed, "crop": self.crop, "crops_per_frame": self.crops_per_frame, "model": self.model}
 
+    def overrides(self) -> list[str]:
+        """This configuration as overrides of the ``demo`` recipe (``KEY=VALUE``, every field of
+        :data:`FIELD_KEYS`; a None is left out)."""
+        out: list[str] = []
+        for name, keys in FIELD_KEYS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            text = value if isinstance(value, str) else json.dumps(value)
+            out += [f"{key}={text}" for key in keys]
+        return out
 
+    @classmethod
+    def from_resolved(cls, resolved: Mapping[str, Any], out: Path | str) -> DemoConfig:
+        """The configuration a resolved ``demo`` recipe runs (``cocodag recipe run demo`` with overrides): each
+        field read from the first of its keys; a run stage's key (``fit.lr``) from the run ``entropy_DAG``, which
+        has every stage and sets none of those keys itself."""
+        runs = {r["name"]: r for r in resolved.get("runs", [])}
+        values: dict[str, Any] = {}
+        for name, keys in FIELD_KEYS.items():
+            parts = keys[0].split(".")
+            if parts[0] == "runs":
+                value = runs[parts[1]][parts[2]][parts[3]]
+            elif parts[0] == "seeds":
+                value = runs[REFERENCE_RUN]["seeds"]
+            elif parts[0] in resolved:
+                value = resolved[parts[0]][parts[1]]
+            else:
+                value = runs[REFERENCE_RUN][parts[0]][parts[1]]
+            values[name] = ":".join(f"{v:g}" for v in value) if isinstance(value, list) else value
+        return cls(out=Path(out), **values)
+
+
+#: the run a run stage's key is read back from (:meth:`DemoConfig.from_resolved`)
+REFERENCE_RUN = "entropy_DAG"
 RUNS = (  # (name, optim_target, uses DAG): the MaxEnt fine-tunes
     ("entropy_noDAG", "entropy", False),
     ("entropy_DAG", "entropy", True),
@@ -114,25 +146,29 @@ OBJECTIVE_RUNS = (  # (name, objective, uses DAG): the other training objectives
 OWN_SCORE = {"maxent": "entropy", "pebal": "pebal", "balanced-energy": "pebal"}
 #: the models whose segments are meta-classified (meta-ood's second step follows entropy maximization)
 META_RUNS = ("baseline", "entropy_noDAG", "entropy_DAG")
-#: the runs that get SML statistics (the scores sml and vde): those of the SML / VDE table
+#: the runs that get SML statistics (the scores sml and vde) and MC-dropout moments (OODMC): the Table 3 ones
 SML_RUNS = ("baseline", "entropy_DAG")
 
-
-# ------------------------------------------------------------------------------------------------------ running
-_cmd = module_cmd
-
-
-def _run(cmd: list[str], log: Path, quiet: bool = True) -> None:
-    """Run one stage command, its output appended to ``log`` (``quiet=False``: stderr shown too); a failure is one
-    line (:func:`cocodag_apps.stage_runner.run_logged`)."""
-    run_logged(cmd, log, quiet=quiet, who="demo")
-
-
-def _copy_atomic(src: Path | str, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` so that ``dst`` (a stage's done-marker) exists only once complete."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(dst) as tmp:
-        shutil.copyfile(src, tmp)
+#: each field of :class:`DemoConfig` -> the keys of the ``demo`` recipe it sets (``out``, ``baseline`` and ``device``
+#: are the run's inputs, ``timings`` its result)
+FIELD_KEYS: dict[str, tuple[str, ...]] = {
+    "frames": ("world.frames",), "val_frames": ("world.val_frames",), "anomaly_frames": ("world.anomaly_frames",),
+    "coco_images": ("world.coco_images",), "frame_size": ("world.frame_size",),
+    "coco_image_size": ("world.coco_image_size",), "crop": ("build.crop",), "object_scale": ("build.object_scale",),
+    "crops_per_frame": ("build.cityscapes_crops_per_frame",), "dag_samples": ("build.dag_samples",),
+    "model": ("baseline.model", "fit.model"), "baseline_steps": ("baseline.max_steps",),
+    "baseline_lr": ("baseline.lr",), "steps": ("fit.max_steps",), "lr": ("fit.lr",),
+    "objective_lr": tuple(f"runs.{name}.fit.lr" for name, _, _ in OBJECTIVE_RUNS),
+    "lam": tuple(f"runs.{name}.fit.lambda" for name, _, _ in RUNS),
+    "batch_size": ("baseline.batch_size", "fit.batch_size"), "embedding_img_interval": ("fit.embedding_img_interval",),
+    "seeds": ("seeds",), "mc_samples": tuple(f"runs.{name}.export.mc_samples" for name in SML_RUNS),
+    "moment_order": tuple(f"runs.{name}.export.moment_order" for name in SML_RUNS),
+    "oodmc_train_crops": ("oodmc_export.limit",), "sml_train_crops": ("sml_stats.limit",),
+    "vde_threshold": ("evaluate.vde_threshold",), "workers": ("world.workers", "build.workers"),
+    "seed": ("world.seed", "build.seed", "baseline.seed", "export.seed", "fit_oodmc.seed"),
+    "overlays": ("evaluate.max_overlays", "meta_classify.max_overlays"),
+    "meta_threshold": ("meta_classify.entropy_threshold",), "progress": ("baseline.progress", "fit.progress"),
+}
 
 
 def _baseline_matches(cfg: DemoConfig) -> bool:
@@ -152,7 +188,7 @@ def baseline_source(cfg: DemoConfig) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    """``path``'s JSON object, or {} when there is none (a stage that failed before writing it)."""
+    """``path``'s JSON object, or {} when there is none."""
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -160,204 +196,53 @@ def _read_json(path: Path) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _resume(run_dir: Path) -> list[str]:
-    """``--resume`` when an interrupted ``fit`` left its checkpoint in ``run_dir`` (a fresh fit there is refused)."""
-    return ["--resume"] if (run_dir / "checkpoint-last.pt").is_file() else []
-
-
-class _Demo:
-    """The demo's stages on one output folder; each stage skips itself when its output (done-marker) exists."""
-
-    OODMC_MODEL = "entropy_DAG"      # the fine-tune that also gets MC-dropout moments and an OODMC classifier
-
-    def __init__(self, cfg: DemoConfig):
-        self.cfg = cfg
-        out = Path(cfg.out)
-        self.logs, self.world, self.shards = out / "logs", out / "world", out / "shards"
-        self.runs, self.report = out / "runs", out / "report"
-        self.base_dir = self.runs / "baseline"
-        self.base_ckpt = self.base_dir / "model-final.pt"
-        self.dev = ["--device", cfg.device]
-        self.prog = [] if cfg.progress else ["--no-progress"]
-        self.t0 = time.perf_counter()
-
-    def stage(self, name: str, done: Path, fn: Callable[[], None]) -> None:
-        if done.exists():
-            print(f"[{name}] already done ({done}), skipped", file=sys.stderr)
-            return
-        print(f"[{name}]", file=sys.stderr, flush=True)
-        t = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t
-        self.cfg.timings[name] = self.cfg.timings.get(name, 0.0) + dt
-        print(f"[{name}] {dt:.1f} s (total {time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
-
-    def make_data(self) -> None:
-        """demo-data (the synthetic world) and build (its shards)."""
-        cfg, world, shards = self.cfg, self.world, self.shards
-        self.stage("demo-data", world / "anomaly" / "meta.json", lambda: _run(_cmd(
-            "cocodag.cli", "demo-data", world, "--frames", cfg.frames, "--val-frames", cfg.val_frames,
-            "--anomaly-frames", cfg.anomaly_frames, "--coco-images", cfg.coco_images, "--frame-size", cfg.frame_size,
-            "--coco-image-size", cfg.coco_image_size, "--seed", cfg.seed, "--workers", cfg.workers),
-            self.logs / "world.log"))
-        self.stage("build", shards / "manifest.json", lambda: _run(_cmd(
-            "cocodag.cli", "build", "--cityscapes", world / "cityscapes", "--coco", world / "coco", "--out", shards,
-            "--crop", cfg.crop, "--object-scale", cfg.object_scale, "--min-object-area", 200,
-            "--cityscapes-crops-per-frame", cfg.crops_per_frame, "--dag-samples", cfg.dag_samples,
-            "--workers", cfg.workers, "--seed", cfg.seed, "--no-progress"), self.logs / "build.log"))
-
-    def place_baseline(self) -> str:
-        """Put a shipped or given baseline at ``runs/baseline/model-final.pt`` (unless one is there); returns
-        :func:`baseline_source` (``"train"``: the baseline stage trains it)."""
-        source = baseline_source(self.cfg)
-        if source == "train":
-            return source
-        if self.base_ckpt.exists():
-            print(f"[baseline] already done ({self.base_ckpt}), skipped", file=sys.stderr)
-            return source
-        for name in _TRAINING_FILES:       # an interrupted training's files: they do not describe a copied model
-            (self.base_dir / name).unlink(missing_ok=True)
-        if source == "shipped":
-            with resources.as_file(SHIPPED_BASELINE) as src:
-                _copy_atomic(src, self.base_ckpt)
-            print(f"[baseline] using the shipped checkpoint {SHIPPED_BASELINE} (trained by data/make_baseline.py)",
-                  file=sys.stderr)
-        else:
-            _copy_atomic(source, self.base_ckpt)
-        return source
-
-    def baseline(self) -> dict[str, Any]:
-        """A segmentation model of the world's in-distribution classes (no OOD training) and its val mIoU."""
-        cfg, base_dir, base_ckpt = self.cfg, self.base_dir, self.base_ckpt
-        if self.place_baseline() == "train":       # else the shipped or given checkpoint is in place
-            self.stage("baseline", base_ckpt, lambda: _run(_cmd(
-                "maxent_train", "fit", "--data", self.shards, "--model", cfg.model, "--out", base_dir,
-                "--lambda", 0.0, "--coco-fraction", 0.0, "--embedding-img-interval", 0, "--lr", cfg.baseline_lr,
-                "--max-steps", cfg.baseline_steps, "--epochs", 10000, "--batch-size", cfg.batch_size,
-                "--seed", cfg.seed, "--keep-optimizer", *self.dev, *self.prog, *_resume(base_dir)),
-                self.logs / "baseline.log", quiet=False))
-        self.stage("baseline-miou", base_dir / "miou.json", lambda: _run(_cmd(
-            "maxent_train", "miou", "--checkpoint", base_ckpt, "--cityscapes", self.world / "cityscapes",
-            "--split", "val", "--out", base_dir / "miou.json", *self.dev), self.logs / "miou.log"))
-        return json.loads((base_dir / "miou.json").read_text())
-
-    def finetune(self) -> dict[str, list[Path]]:
-        """The fine-tunes of the baseline x seeds: MaxEnt for every (optim target, DAG or not) of :data:`RUNS`, then
-        every (objective, DAG or not) of :data:`OBJECTIVE_RUNS`."""
-        models: dict[str, list[Path]] = {}
-        runs = [(name, ["--objective", "maxent", "--optim-target", target, "--lambda", self.cfg.lam,
-                        "--lr", self.cfg.lr], dag) for name, target, dag in RUNS]
-        # the objective's own recipe: its default --train-only (the classifier block), the abstention channel grown
-        # by fit, one Adam for the whole run as PEBAL's code keeps it (see the module docstring for the lr)
-        runs += [(name, ["--objective", objective, "--lr", self.cfg.objective_lr, "--keep-optimizer"], dag)
-                 for name, objective, dag in OBJECTIVE_RUNS]
-        for name, args, dag in runs:
-            models[name] = []
-            for s in range(self.cfg.seeds):
-                rdir = self.runs / f"{name}-s{s}"
-                self.stage(f"fit {name} seed {s}", rdir / "model-final.pt",
-                           functools.partial(self._fit, name, rdir, args, dag, s))
-                models[name].append(rdir / "model-final.pt")
-        return models
-
-    def _fit(self, name: str, rdir: Path, args: list[Any], dag: bool, s: int) -> None:
-        cfg = self.cfg
-        _run(_cmd("maxent_train", "fit", "--data", self.shards, "--init", self.base_ckpt, "--model", cfg.model,
-                  "--out", rdir, *args, "--embedding-img-interval", cfg.embedding_img_interval if dag else 0,
-                  "--max-steps", cfg.steps, "--epochs", 10000, "--batch-size", cfg.batch_size,
-                  "--seed", 1000 + s, *self.dev, *self.prog, *_resume(rdir)), self.logs / f"fit-{name}-s{s}.log",
-             quiet=False)
-
-    def score(self, name: str, ckpt: Path) -> dict[str, Any]:
-        """Export the anomaly set's logits, fit SML (and OODMC) where used, evaluate the model's scores; return
-        metrics.json. A model of another objective (:data:`OBJECTIVE_RUNS`) is scored by its own score only."""
-        cfg, rdir, log = self.cfg, ckpt.parent, self.logs / f"export-{ckpt.parent.name}.log"
-        mc = name in ("baseline", self.OODMC_MODEL)
-        mc_args = ["--mc-samples", cfg.mc_samples, "--moment-order", cfg.moment_order, "--mc-dtype", "float32"]
-        self.stage(f"export {rdir.name}", rdir / "test.h5", lambda: _run(_cmd(
-            "maxent_train", "export", "--checkpoint", ckpt, "--images", self.world / "anomaly", "--preset", "standard",
-            "--out", rdir / "test.h5", "--store-images", *(mc_args if mc else []), "--seed", cfg.seed, *self.dev,
-            "--no-progress"), log))
-        objective = dict((n, o) for n, o, _ in OBJECTIVE_RUNS).get(name)
-        methods = [OWN_SCORE[objective]] if objective else ["msp", "maxlogit", "entropy"]
-        extra: list[Any] = []
-        if name == "baseline":          # the reference for the objectives table
-            methods.append(OWN_SCORE["pebal"])
-        if name in SML_RUNS:
-            self.stage(f"sml-stats {rdir.name}", rdir / "sml.json", lambda: _run(_cmd(
-                "maxent_train", "export", "--checkpoint", ckpt, "--data", self.shards, "--kinds", "cityscapes",
-                "--limit", cfg.sml_train_crops, "--out", rdir / "train-id.h5", "--sml-stats", rdir / "sml.json",
-                *self.dev, "--no-progress"), self.logs / f"sml-{rdir.name}.log"))
-            methods += ["sml", "vde"]
-            extra += ["--sml-stats", rdir / "sml.json"]
-            if cfg.vde_threshold is not None:
-                extra += ["--vde-threshold", cfg.vde_threshold]
-        if mc:
-            self.stage(f"oodmc-fit {rdir.name}", rdir / "oodmc.npz", lambda: self._fit_oodmc(ckpt, mc_args))
-            methods.append("oodmc")
-            extra += ["--oodmc-model", rdir / "oodmc.npz"]
-        meth = [a for m in methods for a in ("--method", m)]
-        self.stage(f"evaluate {rdir.name}", rdir / "report" / "metrics.json", lambda: _run(_cmd(
-            "oodscore.cli", "evaluate", "--logits", rdir / "test.h5", *meth, *extra, "--components", "anomaly",
-            "--max-overlays", cfg.overlays, "--out", rdir / "report", "--no-progress"),
-            self.logs / f"evaluate-{rdir.name}.log"))
-        for big in ("train-id.h5", "train-dag-mc.h5"):   # large intermediates: only their products are kept
-            (rdir / big).unlink(missing_ok=True)
-        return json.loads((rdir / "report" / "metrics.json").read_text())
-
-    def meta_classify(self, ckpt: Path) -> dict[str, Any]:
-        """meta-ood's meta classification of the model's entropy segments on the anomaly set (leave-one-out, as
-        meta-ood); returns meta.json. A set whose classifier cannot be fitted (too few segments, or all of one
-        kind) is no failure of the demo: the command writes its counts (the meta numbers null) and its reason."""
-        rdir = ckpt.parent
-        meta_dir, log = rdir / "meta", self.logs / f"meta-{rdir.name}.log"
-
-        def run() -> None:
-            try:
-                _run(_cmd("oodscore.cli", "meta-classify", "--logits", rdir / "test.h5", "--out", meta_dir,
-                          "--entropy-threshold", self.cfg.meta_threshold, "--cv", "loo",
-                          "--max-overlays", self.cfg.overlays, "--no-progress"), log)
-            except CocodagError:
-                if "error" not in _read_json(meta_dir / "meta.json"):
-                    raise
-                print(f"  the meta classifier was not fitted: {_read_json(meta_dir / 'meta.json')['error']}",
-                      file=sys.stderr)
-
-        self.stage(f"meta-classify {rdir.name}", meta_dir / "meta.json", run)
-        return json.loads((meta_dir / "meta.json").read_text())
-
-    def _fit_oodmc(self, ckpt: Path, mc_args: list[Any]) -> None:
-        cfg, rdir = self.cfg, ckpt.parent
-        log = self.logs / f"oodmc-{rdir.name}.log"
-        _run(_cmd("maxent_train", "export", "--checkpoint", ckpt, "--data", self.shards, "--kinds", "dag",
-                  "--limit", cfg.oodmc_train_crops, "--out", rdir / "train-dag-mc.h5", *mc_args,
-                  "--seed", cfg.seed, *self.dev, "--no-progress"), log)
-        _run(_cmd("oodscore.cli", "fit-oodmc", "--logits", rdir / "train-dag-mc.h5",
-                  "--out", rdir / "oodmc.npz", "--seed", cfg.seed), log)
-
-
 def run_demo(cfg: DemoConfig, until: str | None = None) -> dict[str, Any]:
-    """Run every stage (skipping finished ones) and write ``OUT/report/results.md``; return the summary dict.
+    """Run the ``demo`` recipe with ``cfg`` (skipping finished stages) and write ``OUT/report/results.md``; return
+    the summary dict.
 
-    ``until="baseline"`` stops after the baseline model and its mIoU (used by ``data/make_baseline.py``).
+    ``until="baseline"`` stops after the baseline model and its mIoU (used by ``data/make_baseline.py``) and returns
+    ``{"baseline": its checkpoint, "miou": its miou.json}``.
     """
+    from .recipes.plan import RunInputs, build_plan
+    from .recipes.run import run_plan
+
     if cfg.baseline not in ("auto", "train") and not Path(cfg.baseline).is_file():
         raise CocodagError(f"--baseline {cfg.baseline}: not 'auto', 'train' or an existing checkpoint file")
-    resolve_device(cfg.device)       # a bad --device is one line now, not a failed stage later
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    demo = _Demo(cfg)
-    demo.make_data()
-    miou = demo.baseline()
-    if until == "baseline":
-        return {"baseline": str(demo.base_ckpt), "miou": miou}
-    models = {"baseline": [demo.base_ckpt], **demo.finetune()}
-    results = {name: [demo.score(name, ckpt) for ckpt in ckpts] for name, ckpts in models.items()}
-    meta = {name: [demo.meta_classify(ckpt) for ckpt in models[name]] for name in META_RUNS}
-    rdirs = [ckpt.parent for ckpts in models.values() for ckpt in ckpts]
-    demo.report.mkdir(parents=True, exist_ok=True)     # every run x score in one table (cheap: always rewritten)
-    _run(_cmd("oodscore.cli", "compare", *(d / "report" for d in rdirs), "--names", ",".join(d.name for d in rdirs),
-              "--out", demo.report), demo.logs / "compare.log")
-    return write_results(demo.report, cfg, results, miou, demo.runs, meta)
+    resolve_device(cfg.device)       # a bad --device is one line now, before the plan
+    source = baseline_source(cfg)
+    with resources.as_file(SHIPPED_BASELINE) as shipped:
+        init = {"train": None, "shipped": str(shipped)}.get(source, source)
+        inputs = RunInputs(out=str(cfg.out), init=init, device=cfg.device)
+        plan = build_plan(RECIPE, cfg.overrides(), inputs, until=until)
+        if until == "baseline":
+            assert plan.baseline_dir is not None
+            base = plan.baseline_dir
+
+            def baseline_only(*_: Any) -> dict[str, Any]:
+                return {"baseline": str(base / "model-final.pt"), "miou": _read_json(base / "miou.json")}
+
+            return run_plan(plan, inputs, RECIPE, writer=baseline_only)
+        return run_plan(plan, inputs, RECIPE,
+                        writer=lambda out, p, i, r, t: write_demo_results(out, p, i, r, t, cfg=cfg))
+
+
+def write_demo_results(out: Path, plan: Any, inputs: Any, recipe: str, timings: Mapping[str, float],
+                       cfg: DemoConfig | None = None) -> dict[str, Any]:
+    """The results writer of the ``demo`` recipe (``report = "demo"``): each model's metrics.json and meta.json on
+    the world's anomaly set, the baseline's mIoU, into :func:`write_results` (``OUT/report/``). ``cfg``: the
+    demo's configuration (by default read back from the resolved recipe)."""
+    cfg = cfg or DemoConfig.from_resolved(plan.resolved, out)
+    cfg.timings = dict(timings)
+    results: dict[str, list[dict]] = {}
+    meta: dict[str, list[dict]] = {}
+    name = plan.evals[0].name
+    for model in plan.models:
+        if name in model.reports:
+            results.setdefault(model.run, []).append(json.loads((model.reports[name] / "metrics.json").read_text()))
+        if name in model.metas:
+            meta.setdefault(model.run, []).append(json.loads((model.metas[name] / "meta.json").read_text()))
+    miou = json.loads((plan.baseline_dir / "miou.json").read_text())
+    return write_results(Path(out) / "report", cfg, results, miou, Path(out) / "runs", meta)
 
 
 # ------------------------------------------------------------------------------------------------------ report

@@ -1,4 +1,4 @@
-"""Published results shipped with the package: the SegmentMeIfYouCan leaderboard.
+"""Published results shipped with the package: the SegmentMeIfYouCan leaderboard, and the recipes' own numbers.
 
 ``oodscore/data/published/smiyc_leaderboard.json`` is a byte-for-byte copy of ``assets/leaderboard.json`` of
 https://github.com/SegmentMeIfYouCan/segment-me-if-you-can (the website's data); the sidecar
@@ -20,6 +20,9 @@ keys: ``PixBinaryClass-area_PRC`` -> ``ap``, ``PixBinaryClass-tpr95_fpr`` -> ``f
 ``component_siou``, ``SegEval-*-prec_pred`` -> ``component_ppv``, ``SegEval-*-f1_mean`` -> ``component_mean_f1``
 (the SMIYC protocol's, as ``oodscore evaluate --protocol smiyc`` reports them). The leaderboard's ``best_f1`` (the
 best F1 over thresholds) is not ours ``f1`` (F1 at the chosen threshold) and is left out.
+
+``papers.json`` holds each recipe's own published numbers where they could be copied from a text source (with the
+text verbatim, its address, and what the source says of the split): :func:`paper_results`.
 """
 from __future__ import annotations
 
@@ -31,8 +34,8 @@ from typing import Any, Literal, get_args
 
 from . import OodscoreError
 
-__all__ = ["LEADERBOARDS", "PUBLISHED_METRICS", "Leaderboard", "PublishedRow", "PublishedTable", "leaderboard_source",
-           "load_published"]
+__all__ = ["LEADERBOARDS", "PUBLISHED_METRICS", "Leaderboard", "PaperResult", "PublishedRow", "PublishedTable",
+           "leaderboard_source", "load_published", "paper_results"]
 
 Leaderboard = Literal["smiyc-anomaly", "smiyc-obstacle", "smiyc-laf"]
 LEADERBOARDS: tuple[str, ...] = get_args(Leaderboard)
@@ -144,3 +147,42 @@ def load_published(name: str) -> PublishedTable:
         rows.append(PublishedRow(method=method, values=values, requires_ood=flag if isinstance(flag, bool) else None,
                                  paper=_str_or_none(rec.get("paper")), code=_str_or_none(rec.get("code"))))
     return PublishedTable(name=name, title=title, rows=tuple(rows), source=leaderboard_source())
+
+
+# ------------------------------------------------------------------------------------------------------ papers
+_PAPERS = "papers.json"
+
+
+@dataclass(frozen=True)
+class PaperResult:
+    """One published number set of a recipe's method on one data set (``oodscore/data/published/papers.json``).
+
+    ``preset``: the ``oodscore datasets`` preset of that data set (where the recipe's results put it beside
+    yours); ``split``: what the source says of the split (or that it says nothing); ``values``: our metric keys ->
+    fraction; ``source`` and ``excerpt``: where it was copied from, the text verbatim.
+    """
+
+    recipe: str
+    method: str
+    dataset: str
+    preset: str
+    split: str
+    values: dict[str, float | None]
+    source: str
+    excerpt: str
+
+
+def paper_results(recipe: str | None = None) -> list[PaperResult]:
+    """The recorded published results, of one recipe (its name) or all, in the file's order."""
+    doc = json.loads((_DATA / _PAPERS).read_text(encoding="utf-8"))
+    if doc.get("format") != "cocodag-paper-results" or doc.get("version") != 1:
+        raise ValueError(f"{_PAPERS}: not a version-1 cocodag-paper-results file")
+    out = []
+    for rec in doc["results"]:
+        if recipe is not None and rec["recipe"] != recipe:
+            continue
+        values = {k: _fraction(_PAPERS, rec["method"], k, v) for k, v in rec["values"].items()}
+        out.append(PaperResult(recipe=rec["recipe"], method=rec["method"], dataset=rec["dataset"],
+                               preset=rec["preset"], split=rec["split"], values=values, source=rec["source"],
+                               excerpt=rec["excerpt"]))
+    return out

@@ -22,10 +22,21 @@ if sys.version_info >= (3, 11):
 
 #: the shipped recipe files: ``<name>.toml`` in this package
 RECIPE_FILES = resources.files(__name__)
-#: the tables of a recipe file that hold a stage's options, in the order a run executes them
-STAGES = ("build", "fit", "export", "evaluate", "meta_classify")
+#: the tables of a recipe file that hold a stage's options, in the order a run executes them (``world``,
+#: ``baseline``, ``miou`` and ``compare`` are the demo's; ``sml_stats`` / ``oodmc_export`` / ``fit_oodmc`` are the
+#: statistics and classifier fits that the scores sml, vde and oodmc need)
+STAGES = ("world", "build", "baseline", "miou", "fit", "sml_stats", "oodmc_export", "fit_oodmc", "export",
+          "evaluate", "meta_classify", "compare")
+#: the stages a ``[[runs]]`` entry may set for itself (over the recipe's own table of that stage)
+RUN_STAGES = ("fit", "sml_stats", "oodmc_export", "fit_oodmc", "export", "evaluate", "meta_classify")
 #: the other top-level keys a recipe file may hold
-META_KEYS = ("name", "description", "paper", "checkpoint", "eval_sets", "sources", "notes")
+META_KEYS = ("name", "description", "paper", "checkpoint", "eval_sets", "sources", "notes", "runs", "seeds",
+             "layout", "report")
+#: the keys of a ``[[runs]]`` entry besides its stages
+RUN_KEYS = ("name", "seeds", "description")
+#: the keys of ``[layout]``: where a run's outputs go, relative to the run's folder --out ({run}: the run's folder
+#: name, {set}: the evaluation set's name)
+LAYOUT_KEYS = ("run", "logits", "report", "meta", "compare")
 
 
 class RecipeError(CocodagError):
@@ -75,8 +86,34 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
             raise RecipeError(f"recipe {name_or_path}: unknown key {key!r}{close_matches(key, known)}")
         if key in STAGES and not isinstance(value, dict):
             raise RecipeError(f"recipe {name_or_path}: [{key}] must be a table of options")
+    _check_runs(doc, str(name_or_path))
+    for key in doc.get("layout", {}):
+        if key not in LAYOUT_KEYS:
+            raise RecipeError(f"recipe {name_or_path}: unknown key layout.{key}{close_matches(key, LAYOUT_KEYS)}")
     doc.setdefault("name", name)
     return doc
+
+
+def _check_runs(doc: dict[str, Any], what: str) -> None:
+    """``[[runs]]``: a list of tables, each with a unique ``name`` and known keys; a stage is a table of options or
+    ``false`` (``fit = false``: the run's model is the recipe's starting model, not trained)."""
+    runs = doc.get("runs", [])
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise RecipeError(f"recipe {what}: runs must be an array of tables ([[runs]])")
+    seen: set[str] = set()
+    for run in runs:
+        name = run.get("name")
+        if not isinstance(name, str) or not name or "/" in name:
+            raise RecipeError(f"recipe {what}: every [[runs]] entry needs a name (a folder name)")
+        if name in seen:
+            raise RecipeError(f"recipe {what}: two [[runs]] entries are named {name!r}")
+        seen.add(name)
+        for key, value in run.items():
+            if key not in (*RUN_KEYS, *RUN_STAGES):
+                raise RecipeError(f"recipe {what}: unknown key runs.{name}.{key}"
+                                  f"{close_matches(key, (*RUN_KEYS, *RUN_STAGES))}")
+            if key in RUN_STAGES and not (isinstance(value, dict) or value is False):
+                raise RecipeError(f"recipe {what}: runs.{name}.{key} must be a table of options or false")
 
 
 def _parse_toml(text: str, what: str) -> dict[str, Any]:

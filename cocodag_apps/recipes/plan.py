@@ -1,13 +1,23 @@
-"""The command lines of a recipe run, stage by stage (what ``cocodag recipe run --dry-run`` prints).
+"""The command lines of a recipe run, step by step (what ``cocodag recipe run --dry-run`` prints).
 
-Each stage is the package's own command line run as ``python -m MODULE COMMAND`` (as ``cocodag demo`` runs its
-stages). A command carries the run's inputs and outputs and the options the recipe (or an override) sets, so the
-published values are on the line; an option the recipe leaves alone keeps its command's default.
+Each step is the package's own command line run as ``python -m MODULE COMMAND``. A command carries the run's inputs
+and outputs and the options the recipe (or an override) sets, so the published values are on the line; an option
+the recipe leaves alone keeps its command's default.
+
+The steps, in order: ``world`` (the demo's synthetic world, ``cocodag demo-data``) -> ``build`` -> ``baseline``
+(the starting model trained from scratch, or the given ``--init`` copied in place, when the recipe has a
+``[baseline]``) -> ``miou`` -> one ``fit`` per run and seed -> per model: ``sml_stats`` / ``oodmc_export`` ->
+``fit_oodmc`` (when its scores need them), then per evaluation set ``export`` -> ``evaluate`` -> ``meta_classify``
+-> ``compare`` (every model's report in one leaderboard, per evaluation set).
+
+Where each output goes is the recipe's ``[layout]`` (:data:`LAYOUT_SINGLE` for a recipe of one run,
+:data:`LAYOUT_RUNS` for one with ``[[runs]]``); two steps never write the same path.
 """
 from __future__ import annotations
 
+import hashlib
 import shlex
-import sys
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +25,18 @@ from typing import Any
 
 from cocodag.formats.evalsets import PRESETS
 
-from . import RecipeError, close_matches, load_recipe
-from .resolve import command, option_args, parse_overrides, resolve
+from . import RUN_STAGES, RecipeError, close_matches, load_recipe
+from .resolve import command, explicit_keys, option_args, parse_overrides, resolve
+
+#: where the outputs of a recipe of one run go, relative to --out ({run}: the run's folder name, {set}: the
+#: evaluation set's name); the run's folder also holds its sml.json, oodmc.npz and the intermediates
+LAYOUT_SINGLE = {"run": "run", "logits": "{set}/logits.h5", "report": "{set}/report", "meta": "{set}/meta",
+                 "compare": "report/{set}"}
+#: the same for a recipe of several runs (``[[runs]]``): a folder per run and seed, runs/NAME-sK
+LAYOUT_RUNS = {"run": "runs/{run}", "logits": "runs/{run}/{set}/logits.h5", "report": "runs/{run}/{set}/report",
+               "meta": "runs/{run}/{set}/meta", "compare": "report/{set}"}
+#: the run folder of the starting model when the recipe trains it (``[baseline]``)
+BASELINE = "baseline"
 
 
 @dataclass(frozen=True)
@@ -60,22 +80,52 @@ class RunInputs:
 class Step:
     """One command of the run: ``id`` (unique: ``build``, ``fit``, ``export-NAME``, ...), the recipe ``stage`` whose
     settings it uses, its command line, ``done``: the output that exists once it finished, and ``settings``: what
-    it was made from (the stage's resolved values as ``STAGE.OPTION`` keys and its inputs as their flags)."""
+    it was made from (the stage's resolved values as ``STAGE.OPTION`` keys and its inputs as their flags).
+
+    ``copy_from``: the step copies this file to ``done`` (a given starting model) instead of running ``argv``;
+    ``cleanup``: intermediates removed once it finished; ``feeds``: the steps that read its output, which is
+    removed after them (the step counts as done once they are); ``shown``: its stderr (progress) is shown;
+    ``always``: run on every invocation (a cheap summary of the others, e.g. ``compare``, whose inputs grow when a
+    resumed run adds seeds)."""
 
     id: str
     stage: str
     argv: list[str]
     done: Path
     settings: dict[str, Any]
+    copy_from: Path | None = None
+    cleanup: tuple[Path, ...] = ()
+    feeds: tuple[str, ...] = ()
+    shown: bool = False
+    always: bool = False
+
+
+@dataclass
+class Model:
+    """One model the run scores: its run (``[[runs]]`` name), seed, folder and, per evaluation set, its report and
+    meta classification folders (what the results are read from)."""
+
+    run: str
+    seed: int
+    folder: Path
+    reports: dict[str, Path] = field(default_factory=dict)
+    metas: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
 class Plan:
-    """The resolved recipe, its steps in order, and notes (skipped sets, placeholders)."""
+    """The resolved recipe, its steps in order, notes (skipped sets, placeholders), the models it scores, the
+    evaluation sets, and the inputs to check before any step runs: ``(flag, value, what it is, "dir" | "file")``,
+    value None when not given; a path inside ``produced`` (a folder a step writes) is not checked."""
 
     resolved: dict[str, Any]
     steps: list[Step]
     notes: list[str]
+    models: list[Model] = field(default_factory=list)
+    evals: list[EvalSet] = field(default_factory=list)
+    needs: list[tuple[str, str | None, str, str]] = field(default_factory=list)
+    produced: list[Path] = field(default_factory=list)
+    baseline_dir: Path | None = None
 
     @property
     def commands(self) -> list[tuple[str, list[str]]]:
@@ -94,18 +144,6 @@ def flat_settings(stage: str, values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _explicit(doc: Mapping[str, Any], overrides: Mapping[str, str], stage: str) -> list[str]:
-    """The options of ``stage`` that the recipe or an override sets (objective parameters as objective_kwargs)."""
-    keys = [k for k in doc.get(stage, {}) if k != "objective_kwargs"]
-    for key in overrides:
-        s, _, option = key.partition(".")
-        if s == stage and not option.startswith("objective_kwargs") and option not in keys:
-            keys.append(option)
-    if stage == "fit":
-        keys.append("objective_kwargs")
-    return keys
-
-
 def _launched(cmd: list[str], inputs: RunInputs) -> list[str]:
     """``cmd`` (``python -m MODULE ...``) started by ``inputs.launcher``."""
     if inputs.launcher == "python":
@@ -122,81 +160,243 @@ def _launched(cmd: list[str], inputs: RunInputs) -> list[str]:
     return [*prefix, *cmd[1:]]
 
 
-def build_plan(recipe: str | Path, overrides: Sequence[str], inputs: RunInputs) -> Plan:
-    """Every command of the run, in order: build -> fit -> (per evaluation set) export -> evaluate ->
-    meta_classify, with the SML statistics / OODMC fits that the evaluated scores need."""
-    doc = load_recipe(recipe)
-    texts = parse_overrides(overrides)
-    res = resolve(doc, texts)
-    notes: list[str] = []
+def layout_of(doc: Mapping[str, Any]) -> dict[str, str]:
+    """The recipe's ``[layout]`` over the default of its kind, each template checked for its placeholders."""
+    lay = {**(LAYOUT_RUNS if doc.get("runs") else LAYOUT_SINGLE), **doc.get("layout", {})}
+    for key, tmpl in lay.items():
+        names = {f[1] for f in string.Formatter().parse(str(tmpl)) if f[1] is not None}
+        if not isinstance(tmpl, str) or names - {"run", "set"}:
+            raise RecipeError(f"layout.{key} {tmpl!r}: a path relative to --out with {{run}} and {{set}} only")
+    return lay
 
-    def given(value: str | None, flag: str) -> str:
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Builder:
+    """Collects the steps of one plan."""
+
+    def __init__(self, doc: dict[str, Any], texts: dict[str, str], inputs: RunInputs):
+        self.doc, self.texts, self.inputs = doc, texts, inputs
+        self.res = resolve(doc, texts)
+        self.layout = layout_of(doc)
+        self.out = Path(inputs.out)
+        self.dev = ["--device", inputs.device]
+        self.plan = Plan(self.res, [], [])
+
+    def path(self, key: str, run: str = "", set_: str = "") -> Path:
+        return self.out / self.layout[key].format(run=run, set=set_)
+
+    def given(self, value: str | None, flag: str, what: str, kind: str = "dir") -> str:
+        self.plan.needs.append((flag, value, what, kind))
         if value is None:
-            notes.append(f"{flag} not given: shown as {flag.upper().lstrip('-')}")
+            self.plan.notes.append(f"{flag} not given: shown as {flag.upper().lstrip('-')}")
             return flag.upper().lstrip("-")
         return value
 
-    out = Path(inputs.out)
-    shards, run = out / "shards", out / "run"
-    dev = ["--device", inputs.device]
-    steps: list[Step] = []
+    def add(self, id_: str, stage: str, argv: list[str], done: Path, values: Mapping[str, Any] | None = None,
+            flags: Mapping[str, Any] | None = None, **kw: Any) -> Step:
+        settings = {**flat_settings(stage, values or {}), **{f"--{k}": str(v) for k, v in (flags or {}).items()}}
+        step = Step(id_, stage, argv, done, settings, **kw)
+        self.plan.steps.append(step)
+        return step
 
-    def add(id_: str, stage: str, argv: list[str], done: Path, **flags: Any) -> None:
-        values = flat_settings(stage, res[stage]) if stage in res else {}
-        steps.append(Step(id_, stage, argv, done, {**values, **{f"--{k}": str(v) for k, v in flags.items()}}))
+    def opts(self, stage: str, values: Mapping[str, Any], run: str | None = None, extra: Sequence[str] = ()
+             ) -> list[str]:
+        keys = explicit_keys(self.doc, self.texts, stage, run)
+        return option_args(stage, values, [*keys, *(k for k in extra if k not in keys)])
 
-    if "build" in res:
-        cityscapes, coco = given(inputs.cityscapes, "--cityscapes"), given(inputs.coco, "--coco")
-        add("build", "build", command("build", "--cityscapes", cityscapes, "--coco", coco, "--out", shards,
-                                      *option_args("build", res["build"], _explicit(doc, texts, "build"))),
-            shards / "manifest.json", cityscapes=cityscapes, coco=coco)
-    init = given(inputs.init, "--init")
-    if "fit" in res:
-        add("fit", "fit", _launched(command("fit", "--data", shards, "--init", init, "--out", run,
-                                            *option_args("fit", res["fit"], _explicit(doc, texts, "fit")), *dev),
-                                    inputs), run / "model-final.pt", init=init)
-        ckpt = str(run / "model-final.pt")
-    else:
-        ckpt = init
-    export_args = option_args("export", res.get("export", {}), _explicit(doc, texts, "export"))
-    methods = list(res.get("evaluate", {}).get("method") or [])
-    extra: list[Any] = []
-    if {"sml", "vde"} & set(methods):
-        stats = out / "sml.json"
-        add("sml_stats", "sml_stats", _launched(command(
-            "export", "--checkpoint", ckpt, "--data", shards, "--kinds", "cityscapes", "--out", out / "train-id.h5",
-            "--sml-stats", stats, *dev), inputs), stats, checkpoint=ckpt)
-        extra += ["--sml-stats", stats]
-    if "oodmc" in methods:
-        mc = out / "train-dag-mc.h5"
-        add("oodmc_export", "export", _launched(command(
-            "export", "--checkpoint", ckpt, "--data", shards, "--kinds", "dag", "--out", mc, *export_args, *dev),
-            inputs), mc, checkpoint=ckpt)
-        add("oodmc", "oodmc", [sys.executable, "-m", "oodscore.cli", "fit-oodmc", "--logits", str(mc),
-                               "--out", str(out / "oodmc.npz")], out / "oodmc.npz", logits=mc)
-        extra += ["--oodmc-model", out / "oodmc.npz"]
-    given_names = {e.name for e in inputs.evals}
+    # -------------------------------------------------------------------------------------------------- stages
+    def world_and_build(self) -> tuple[str, str]:
+        res, inputs = self.res, self.inputs
+        cityscapes, coco = inputs.cityscapes, inputs.coco
+        if "world" in res:
+            world = self.out / "world"
+            self.add("world", "world", command("world", world, *self.opts("world", res["world"])),
+                     world / "anomaly" / "meta.json", res["world"])
+            self.plan.produced.append(world)
+            cityscapes = cityscapes or str(world / "cityscapes")
+            coco = coco or str(world / "coco")
+        if "build" not in res:
+            return cityscapes or "CITYSCAPES", coco or "COCO"
+        cityscapes = self.given(cityscapes, "--cityscapes", "the Cityscapes root: leftImg8bit/, gtFine/")
+        coco = self.given(coco, "--coco", "the COCO root: annotations/, train2017/")
+        shards = self.out / "shards"
+        self.add("build", "build", command("build", "--cityscapes", cityscapes, "--coco", coco, "--out", shards,
+                                           *self.opts("build", res["build"])),
+                 shards / "manifest.json", res["build"], {"cityscapes": cityscapes, "coco": coco})
+        return cityscapes, coco
+
+    def starting_model(self, cityscapes: str) -> str:
+        """The model the runs start from: ``--init``, or (``[baseline]``) the baseline folder's model, trained
+        here from scratch or the given ``--init`` copied there."""
+        res, inputs = self.res, self.inputs
+        if "baseline" not in res:
+            init = self.given(inputs.init, "--init", "the released checkpoint the recipe starts from; `cocodag "
+                              "recipe show NAME` names it and where to download it", "file") \
+                if self._needs_init() else (inputs.init or "INIT")
+            miou_out = self.out / "miou.json"
+        else:
+            base = self.plan.baseline_dir = self.path("run", BASELINE)
+            init = str(base / "model-final.pt")
+            if inputs.init is not None:
+                self.given(inputs.init, "--init", "the starting model's checkpoint", "file")
+                sha = _sha256(inputs.init) if Path(inputs.init).is_file() else "missing"
+                self.add("baseline", "baseline", ["cp", inputs.init, init], Path(init),
+                         flags={"init-sha256": sha}, copy_from=Path(inputs.init))
+            else:
+                self.add("baseline", "baseline", _launched(command(
+                    "baseline", "--data", self.out / "shards", "--out", base,
+                    *self.opts("baseline", res["baseline"]), *self.dev), inputs), Path(init), res["baseline"],
+                    shown=True)
+            miou_out = base / "miou.json"
+        if "miou" in res:
+            self.add("miou", "miou", command("miou", "--checkpoint", init, "--cityscapes", cityscapes, "--out",
+                                             miou_out, *self.opts("miou", res["miou"]), *self.dev),
+                     miou_out, res["miou"], {"checkpoint": init, "cityscapes": cityscapes})
+        return init
+
+    def _needs_init(self) -> bool:
+        return any(run.get(s) for run in self.runs() for s in ("fit", "export", "sml_stats", "oodmc_export")) \
+            and bool(self.plan.evals or any(run.get("fit") for run in self.runs()))
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The resolved runs; a recipe without ``[[runs]]`` is one run, ``run``."""
+        if "runs" in self.res:
+            return list(self.res["runs"])
+        return [{"name": "run", "seeds": 1, **{s: self.res[s] for s in RUN_STAGES if s in self.res}}]
+
+    def models(self, init: str) -> list[tuple[dict[str, Any], Model, str]]:
+        """``(run, model, its checkpoint)`` per run and seed, with a ``fit`` step for each trained one."""
+        out: list[tuple[dict[str, Any], Model, str]] = []
+        several = "runs" in self.res
+        for run in self.runs():
+            fit = run.get("fit")
+            for k in range(run["seeds"] if fit else 1):
+                rid = f"{run['name']}-s{k}" if fit and several else run["name"]
+                folder = self.path("run", rid)
+                model = Model(run["name"], k, folder)
+                if not fit:
+                    out.append((run, model, init))
+                    continue
+                values = dict(fit)
+                values["seed"] = fit["seed"] + k
+                argv = _launched(command("fit", "--data", self.out / "shards", "--init", init, "--out", folder,
+                                         *self.opts("fit", values, self._run_key(run),
+                                                    ("seed",) if run["seeds"] > 1 else ()), *self.dev),
+                                 self.inputs)
+                self.add(f"fit-{rid}" if several else "fit", "fit", argv, folder / "model-final.pt", values,
+                         {"init": init}, shown=True)
+                out.append((run, model, str(folder / "model-final.pt")))
+        return out
+
+    def _run_key(self, run: Mapping[str, Any]) -> str | None:
+        return run["name"] if "runs" in self.res else None
+
+    def score(self, run: dict[str, Any], model: Model, ckpt: str) -> None:
+        """The statistics its scores need, then per evaluation set: export -> evaluate -> meta_classify."""
+        rk, folder, inputs = self._run_key(run), model.folder, self.inputs
+        tag = f"-{folder.name}" if "runs" in self.res else ""
+        shards = self.out / "shards"
+        extra: list[Any] = []
+        if "sml_stats" in run:
+            stats = folder / "sml.json"
+            self.add(f"sml_stats{tag}", "sml_stats", _launched(command(
+                "sml_stats", "--checkpoint", ckpt, "--data", shards, "--kinds", "cityscapes",
+                "--out", folder / "train-id.h5", "--sml-stats", stats, *self.opts("sml_stats", run["sml_stats"], rk),
+                *self.dev), inputs), stats, run["sml_stats"], {"checkpoint": ckpt},
+                cleanup=(folder / "train-id.h5",), shown=bool(run["sml_stats"].get("progress")))
+            extra += ["--sml-stats", stats]
+        if "oodmc_export" in run:
+            mc, model_file = folder / "train-dag-mc.h5", folder / "oodmc.npz"
+            self.add(f"oodmc_export{tag}", "oodmc_export", _launched(command(
+                "oodmc_export", "--checkpoint", ckpt, "--data", shards, "--kinds", "dag", "--out", mc,
+                *self.opts("oodmc_export", run["oodmc_export"], rk), *self.dev), inputs), mc,
+                run["oodmc_export"], {"checkpoint": ckpt}, feeds=(f"fit_oodmc{tag}",),
+                shown=bool(run["oodmc_export"].get("progress")))
+            self.add(f"fit_oodmc{tag}", "fit_oodmc", command(
+                "fit_oodmc", "--logits", mc, "--out", model_file, *self.opts("fit_oodmc", run["fit_oodmc"], rk)),
+                model_file, run["fit_oodmc"], {"logits": mc}, cleanup=(mc,))
+            extra += ["--oodmc-model", model_file]
+        export = run.get("export", {})
+        for ev in self.plan.evals:
+            logits = self.path("logits", folder.name, ev.name)
+            sid = f"{tag}-{ev.name}"
+            self.add(f"export{sid}", "export", _launched(command(
+                "export", "--checkpoint", ckpt, "--images", ev.root, "--preset", ev.preset, "--out", logits,
+                *self.opts("export", export, rk), *self.dev), inputs), logits, export,
+                {"checkpoint": ckpt, "images": ev.root, "preset": ev.preset}, shown=bool(export.get("progress", True)))
+            if "evaluate" in run:
+                report = model.reports[ev.name] = self.path("report", folder.name, ev.name)
+                self.add(f"evaluate{sid}", "evaluate", command(
+                    "evaluate", "--logits", logits, "--out", report, *extra,
+                    *self.opts("evaluate", run["evaluate"], rk), *self.dev),
+                    report / "metrics.json", run["evaluate"], {"logits": logits})
+            if run.get("meta_classify"):
+                meta = model.metas[ev.name] = self.path("meta", folder.name, ev.name)
+                self.add(f"meta_classify{sid}", "meta_classify", command(
+                    "meta_classify", "--logits", logits, "--out", meta,
+                    *self.opts("meta_classify", run["meta_classify"], rk)), meta / "meta.json",
+                    run["meta_classify"], {"logits": logits})
+
+    def compare(self) -> None:
+        if "compare" not in self.res:
+            return
+        for ev in self.plan.evals:
+            scored = [m for m in self.plan.models if ev.name in m.reports]
+            names = ",".join(m.folder.name for m in scored)
+            report = self.path("compare", set_=ev.name)
+            self.add(f"compare-{ev.name}", "compare", command(
+                "compare", *(m.reports[ev.name] for m in scored), "--names", names, "--out", report,
+                *self.opts("compare", self.res["compare"])), report / "leaderboard.md", self.res["compare"],
+                {"names": names}, always=True)
+
+
+def build_plan(recipe: str | Path, overrides: Sequence[str], inputs: RunInputs, until: str | None = None) -> Plan:
+    """Every command of the run, in order (see the module docstring). ``until="baseline"``: only the steps up to
+    the starting model and its mIoU (``data/make_baseline.py``).
+
+    Raises
+    ------
+    RecipeError
+        A bad override or recipe, two steps writing the same path (the ``[layout]``), a bad ``--launcher``.
+    """
+    doc = load_recipe(recipe)
+    b = _Builder(doc, parse_overrides(overrides), inputs)
+    plan = b.plan
+    world = b.out / "world"
+    given = {e.name for e in inputs.evals}
+    plan.evals = list(inputs.evals)
     for published in doc.get("eval_sets", []):
-        if published.get("name") not in given_names:
-            notes.append(f"published set {published.get('name')} ({published.get('preset')}) skipped: no "
-                         f"--eval {published.get('name')}={published.get('preset')}:DIR given")
+        name, preset = published.get("name"), published.get("preset")
+        if name in given:
+            continue
+        if published.get("world") and "world" in b.res:     # the demo world's own test set
+            plan.evals.append(EvalSet(name, preset, str(world / published["world"])))
+        else:
+            plan.notes.append(f"published set {name} ({preset}) skipped: no --eval {name}={preset}:DIR given")
     for ev in inputs.evals:
-        logits = out / ev.name / "logits.h5"
-        add(f"export-{ev.name}", "export", _launched(command(
-            "export", "--checkpoint", ckpt, "--images", ev.root, "--preset", ev.preset, "--out", logits,
-            *export_args, *dev), inputs), logits, checkpoint=ckpt, images=ev.root, preset=ev.preset)
-        if "evaluate" in res:
-            report = out / ev.name / "report"
-            add(f"evaluate-{ev.name}", "evaluate", command(
-                "evaluate", "--logits", logits, "--out", report, *extra,
-                *option_args("evaluate", res["evaluate"], _explicit(doc, texts, "evaluate")), *dev),
-                report / "metrics.json", logits=logits)
-        if "meta_classify" in res:
-            meta = out / ev.name / "meta"
-            add(f"meta_classify-{ev.name}", "meta_classify", command(
-                "meta_classify", "--logits", logits, "--out", meta,
-                *option_args("meta_classify", res["meta_classify"], _explicit(doc, texts, "meta_classify"))),
-                meta / "meta.json", logits=logits)
-    if not inputs.evals:
-        notes.append("no --eval NAME=PRESET:DIR given: nothing is exported or evaluated")
-    return Plan(res, steps, notes)
+        plan.needs.append((f"--eval {ev.name}={ev.preset}:{ev.root}", ev.root, "an evaluation set", "dir"))
+    cityscapes, _ = b.world_and_build()
+    init = b.starting_model(cityscapes)
+    if until == "baseline":
+        return plan
+    models = b.models(init)
+    plan.models = [m for _, m, _ in models]
+    for run, model, ckpt in models:
+        b.score(run, model, ckpt)
+    b.compare()
+    if not plan.evals:
+        plan.notes.append("no --eval NAME=PRESET:DIR given: nothing is exported or evaluated")
+    seen: dict[Path, str] = {}
+    for step in plan.steps:
+        if step.done in seen:
+            raise RecipeError(f"steps {seen[step.done]} and {step.id} both write {step.done}: give each run and "
+                              f"set its own path in [layout] ({{run}}, {{set}})")
+        seen[step.done] = step.id
+    return plan

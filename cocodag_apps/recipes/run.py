@@ -12,34 +12,42 @@ keys, as ``maxent-train fit --resume`` does). An interrupted ``fit`` is continue
 Before any step runs, every input a step needs is checked (``--cityscapes``, ``--coco``, ``--init``, each
 ``--eval`` folder): a missing one is one line naming its flag, not a failed stage an hour later.
 
-Layout of ``OUT``::
+Layout of ``OUT`` (a recipe of one run; one of several runs, as the demo, puts each in ``runs/NAME-sK/`` and its
+evaluations there, :data:`cocodag_apps.recipes.plan.LAYOUT_RUNS`, unless its ``[layout]`` says otherwise)::
 
     recipe.json            the resolved recipe (every value the run uses) and the overrides
     commands.log           every command run, in order (re-runnable by hand)
     stages/<step>.json     what each finished step was made from
     logs/<step>.log        each step's output
-    shards/  run/          build's shards, fit's run folder (run/model-final.pt)
+    shards/                build's shards
+    run/                   fit's run folder (run/model-final.pt), the SML statistics and OODMC model it is scored with
     NAME/logits.h5 NAME/report/ [NAME/meta/]   per evaluation set (--eval NAME=PRESET:DIR)
     results.md results.json
+
+The results are written by the recipe's ``report`` (:data:`RESULT_WRITERS`): this module's :func:`write_results`,
+or the demo's tables (:func:`cocodag_apps.demo.write_demo_results`).
 """
 from __future__ import annotations
 
+import importlib
 import json
+import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cocodag.atomic import atomic_write_text
+from cocodag.atomic import atomic_write, atomic_write_text
 from cocodag.device import resolve_device
 from cocodag.errors import CocodagError
+from cocodag.lock import OutputLock
 from oodscore.compare import DIRECTIONS, read_report
-from oodscore.published import load_published
+from oodscore.published import load_published, paper_results
 from oodscore.tables import Table
 
 from ..stage_runner import run_logged, shown
-from . import RecipeError
+from . import RecipeError, close_matches
 from .plan import Plan, RunInputs, Step, build_plan
 
 #: options that do not change a step's result: a rerun may differ in them (as ``fit --resume`` allows)
@@ -58,26 +66,19 @@ RESULT_METRICS = ("auroc", "ap", "fpr95", "f1", "component_siou", "component_ppv
 
 
 # ------------------------------------------------------------------------------------------------------ checks
-def check_inputs(plan: Plan, inputs: RunInputs) -> None:
-    """Every input a step needs exists; else one line naming the flag (before any step runs)."""
-    ids = {s.id for s in plan.steps}
-    needs_init = any(s.stage in ("fit", "export", "sml_stats") for s in plan.steps)
-    if "build" in ids:
-        for flag, value, what in (("--cityscapes", inputs.cityscapes, "the Cityscapes root: leftImg8bit/, gtFine/"),
-                                  ("--coco", inputs.coco, "the COCO root: annotations/, train2017/")):
-            if value is None:
-                raise RecipeError(f"{flag}: needed by the build stage ({what})")
-            if not Path(value).is_dir():
-                raise RecipeError(f"{flag} {value}: folder not found")
-    if needs_init:
-        if inputs.init is None:
-            raise RecipeError("--init: needed by the fit / export stages (the released checkpoint the recipe starts "
-                              "from; `cocodag recipe show NAME` names it and where to download it)")
-        if not Path(inputs.init).is_file():
-            raise RecipeError(f"--init {inputs.init}: checkpoint file not found")
-    for ev in inputs.evals:
-        if not Path(ev.root).is_dir():
-            raise RecipeError(f"--eval {ev.name}={ev.preset}:{ev.root}: folder {ev.root} not found")
+def check_inputs(plan: Plan) -> None:
+    """Every input a step needs exists; else one line naming the flag (before any step runs). A path inside a
+    folder that a step writes (the demo world) is not checked."""
+    for flag, value, what, kind in plan.needs:
+        if value is None:
+            raise RecipeError(f"{flag}: needed by the run ({what})")
+        path = Path(value)
+        if any(path == p or p in path.parents for p in plan.produced):
+            continue
+        if kind == "file" and not path.is_file():
+            raise RecipeError(f"{flag} {value}: checkpoint file not found")
+        if kind == "dir" and not path.is_dir():
+            raise RecipeError(f"{flag}: folder {value} not found")
 
 
 def _record_path(out: Path, step: Step) -> Path:
@@ -98,7 +99,9 @@ def _differing(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]
 
 
 def check_done(plan: Plan, out: Path) -> dict[str, bool]:
-    """``{step id: done}``: a step is done when its output exists and its record holds the same settings.
+    """``{step id: done}``: a step is done when its output exists and its record holds the same settings; a step
+    whose output is an intermediate (``feeds``) is done when its record holds the same settings and every step
+    that reads it is done.
 
     Raises
     ------
@@ -109,9 +112,14 @@ def check_done(plan: Plan, out: Path) -> dict[str, bool]:
     done: dict[str, bool] = {}
     changed: list[str] = []
     keys: set[str] = set()
-    for step in plan.steps:
+    for step in sorted(plan.steps, key=lambda s: bool(s.feeds)):     # intermediates once their readers are known
         record = _read_record(_record_path(out, step))
-        if not step.done.exists():
+        if step.always:
+            done[step.id] = False
+            continue
+        exists = step.done.exists() or (bool(step.feeds) and record is not None
+                                        and all(done.get(f) for f in step.feeds))
+        if not exists:
             done[step.id] = False
             continue
         if record is None:
@@ -131,17 +139,36 @@ def check_done(plan: Plan, out: Path) -> dict[str, bool]:
 
 
 # ------------------------------------------------------------------------------------------------------ running
-def _show_stderr(step: Step) -> bool:
-    """The long steps (training, exports) show their progress; the others only write their log."""
-    return step.stage in ("fit", "export", "sml_stats")
+#: what writes a recipe's results: its ``report`` key -> ``module:function`` (``function(out, plan, inputs, recipe,
+#: timings)``), imported when the run ends (timm-style plug-ins)
+RESULT_WRITERS = {"recipe": "cocodag_apps.recipes.run:write_results", "demo": "cocodag_apps.demo:write_demo_results"}
+Writer = Callable[[Path, Plan, RunInputs, str, Mapping[str, float]], dict[str, Any]]
 
 
-def run_plan(plan: Plan, inputs: RunInputs, recipe: str) -> dict[str, Any]:
-    """Check the inputs and the finished steps, run the others in order, write ``results.md`` /
-    ``results.json``; returns the results (see :func:`write_results`)."""
+def result_writer(plan: Plan) -> Writer:
+    """The results writer the recipe names (``report = "demo"``), else :func:`write_results`."""
+    kind = plan.resolved.get("report", "recipe")
+    if kind not in RESULT_WRITERS:
+        raise RecipeError(f"report {kind!r}: unknown{close_matches(str(kind), list(RESULT_WRITERS))}")
+    module, _, name = RESULT_WRITERS[kind].partition(":")
+    fn: Writer = getattr(importlib.import_module(module), name)
+    return fn
+
+
+def run_plan(plan: Plan, inputs: RunInputs, recipe: str, writer: Writer | None = None) -> dict[str, Any]:
+    """Check the inputs and the finished steps, run the others in order, write the results (``writer``, by default
+    the recipe's :func:`result_writer`); returns them."""
     resolve_device(inputs.device)            # a bad --device is one line now, not a failed stage later
-    check_inputs(plan, inputs)
+    check_inputs(plan)
+    writer = writer or result_writer(plan)
     out = Path(inputs.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # two runs on one --out would interleave their steps and records: the second is refused, naming the first
+    with OutputLock(out, kind="dir", lock_file=out / ".recipe.lock"):
+        return _run_locked(plan, inputs, recipe, writer, out)
+
+
+def _run_locked(plan: Plan, inputs: RunInputs, recipe: str, writer: Writer, out: Path) -> dict[str, Any]:
     done = check_done(plan, out)
     for note in plan.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -157,26 +184,46 @@ def run_plan(plan: Plan, inputs: RunInputs, recipe: str) -> dict[str, Any]:
             continue
         print(f"[{step.id}]", file=sys.stderr, flush=True)
         argv = list(step.argv)
-        if step.stage == "fit" and (step.done.parent / "checkpoint-last.pt").is_file():
+        if step.stage in ("fit", "baseline") and (step.done.parent / "checkpoint-last.pt").is_file():
             argv.append("--resume")      # an interrupted fit: continued (a fresh fit there is refused)
         with open(out / "commands.log", "a", encoding="utf-8") as fh:
             fh.write(f"# {step.id}\n{shown(argv)}\n")
         t = time.perf_counter()
-        _run_step(step, argv, out)
+        _run_step(step, argv, out, recipe)
         timings[step.id] = time.perf_counter() - t
         record = {"step": step.id, "stage": step.stage, "command": shown(argv), "argv": argv,
                   "settings": step.settings, "seconds": round(timings[step.id], 3),
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_text(_record_path(out, step), json.dumps(record, indent=2, default=str) + "\n")
+        for path in step.cleanup:       # large intermediates: only their products are kept
+            path.unlink(missing_ok=True)
         print(f"[{step.id}] {timings[step.id]:.1f} s (total {time.perf_counter() - t0:.0f} s)", file=sys.stderr,
               flush=True)
-    return write_results(out, plan, inputs, recipe, timings)
+    return writer(out, plan, inputs, recipe, timings)
 
 
-def _run_step(step: Step, argv: list[str], out: Path) -> None:
+#: what a trained model's folder holds besides model-final.pt (maxent_train.train.RunDir); a copied one holds none
+_TRAINING_FILES = ("log.jsonl", "checkpoint-last.pt", "config.json")
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    """Put the given starting model at ``dst`` (atomically: ``dst`` is the step's done-marker); an interrupted
+    training's files there go, so only a trained model leaves a training log."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for name in _TRAINING_FILES:
+        (dst.parent / name).unlink(missing_ok=True)
+    with atomic_write(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def _run_step(step: Step, argv: list[str], out: Path, recipe: str) -> None:
+    if step.copy_from is not None:
+        _copy_model(step.copy_from, step.done)
+        print(f"  copied the starting model {step.copy_from} -> {step.done}", file=sys.stderr)
+        return
     log = out / "logs" / f"{step.id}.log"
     try:
-        run_logged(argv, log, quiet=not _show_stderr(step), who="recipe")
+        run_logged(argv, log, quiet=not step.shown, who=recipe)
     except CocodagError:
         # meta classification of a set with too few segments: the command writes its counts and its reason; the
         # run goes on (as the demo's)
@@ -205,15 +252,30 @@ def write_results(out: Path, plan: Plan, inputs: RunInputs, recipe: str,
     sets: dict[str, Any] = {}
     table_rows: list[list[Any]] = []
     sections: list[str] = []
-    for ev in inputs.evals:
-        report = out / ev.name / "report"
-        if not (report / "metrics.json").is_file():
+    several = len(plan.models) > 1          # a recipe of several runs: each row names its model
+    for ev in plan.evals:
+        mine: list[dict[str, Any]] = []
+        for model in plan.models:
+            report = model.reports.get(ev.name)
+            if report is None or not (report / "metrics.json").is_file():
+                continue
+            rows = [{"model": model.folder.name, "method": m, "protocol": p, "values": v}
+                    for m, p, v in read_report(report)]
+            mine += rows
+            table_rows += [[ev.name, f"yours: {r['model']}" if several else "yours", r["method"], r["protocol"],
+                            None, r["values"]] for r in rows]
+        if not mine:
             continue
-        mine = [{"method": m, "protocol": p, "values": v} for m, p, v in read_report(report)]
         published, source = _published_rows(ev.preset)
-        sets[ev.name] = {"preset": ev.preset, "root": ev.root, "report": str(report), "rows": mine,
-                         "published": {**source, "rows": published} if source else None}
-        table_rows += [[ev.name, "yours", r["method"], r["protocol"], None, r["values"]] for r in mine]
+        papers = [r for r in paper_results(str(plan.resolved.get("name"))) if r.preset == ev.preset]
+        reports = [str(m.reports[ev.name]) for m in plan.models if ev.name in m.reports]
+        sets[ev.name] = {"preset": ev.preset, "root": ev.root, "report": reports[0] if len(reports) == 1 else reports,
+                         "rows": mine, "published": {**source, "rows": published} if source else None,
+                         "paper": [{"method": r.method, "dataset": r.dataset, "split": r.split, "values": r.values,
+                                    "source": r.source, "excerpt": r.excerpt} for r in papers]}
+        table_rows += [[ev.name, "paper", r.method, "paper", None, r.values] for r in papers]
+        sections += [f"- `{ev.name}` ({ev.preset}): {r.method} on {r.dataset} as published, from {r.source}; split: "
+                     f"{r.split}." for r in papers]
         table_rows += [[ev.name, "published", r["method"], r["protocol"],
                         None if r["requires_ood"] is None else "yes" if r["requires_ood"] else "no", r["values"]]
                        for r in published]
@@ -234,8 +296,9 @@ def write_results(out: Path, plan: Plan, inputs: RunInputs, recipe: str,
     else:
         md += ["No evaluation set was evaluated (give `--eval NAME=PRESET:DIR`).", ""]
     if sections:
-        md += ["Published numbers (SegmentMeIfYouCan leaderboard, SMIYC protocol, values as published):", *sections,
-               ""]
+        md += ["Published numbers (`published`: the SegmentMeIfYouCan leaderboard, SMIYC protocol; `paper`: the "
+               "recipe's own published results, oodscore/data/published/papers.json), values as published:",
+               *sections, ""]
     if skipped:
         md += ["Skipped:", *(f"- {n}" for n in skipped), ""]
     if timings:

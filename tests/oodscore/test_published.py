@@ -143,3 +143,27 @@ def test_cli_published(tmp_path):
     bad = runner.invoke(app, ["compare", str(rep), "--out", str(tmp_path / "out2"), "--published", "smiyc-foo"])
     assert bad.exit_code == 2 and "smiyc-foo" in bad.output and "smiyc-anomaly" in bad.output
     assert not (tmp_path / "out2").exists()
+
+
+def test_paper_results_are_the_numbers_of_their_excerpts():
+    """Each recorded paper number is its source's text: the percent printed in the excerpt, over 100; and each sits
+    on a preset that exists, for a recipe that exists."""
+    import re
+
+    from cocodag.formats.evalsets import PRESETS
+    from oodscore.published import paper_results
+
+    printed = {"ap": "AP", "fpr95": "FPR95"}
+    results = paper_results()
+    assert {r.recipe for r in results} == {"pebal", "sml"}
+    for r in results:
+        assert r.preset in PRESETS and r.split and r.source.startswith("https://")
+        assert r.method in r.excerpt and r.dataset in r.excerpt
+        for key, value in r.values.items():
+            m = re.search(rf"\b{printed[key]} (\d+\.\d+)\b", r.excerpt)
+            assert m is not None and round(float(m.group(1)) / 100, 6) == value, (r.dataset, key)
+    road = next(r for r in paper_results("pebal") if r.preset == "road-anomaly")
+    assert road.values == {"ap": 0.4510, "fpr95": 0.4458}
+    laf = next(r for r in paper_results("pebal") if r.preset == "lostandfound")
+    assert set(laf.values) == {"ap"}         # its "FPR" is not said to be at 95 % TPR: left out
+    assert paper_results("meta-ood") == []
