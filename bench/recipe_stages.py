@@ -92,8 +92,9 @@ def main() -> None:
         else:
             unit, n = "run", 1
         rows.append((step, seconds, f"{seconds / n:.2f}", unit))
+    totals = manifest.get("totals", {})
     print(f"# {args.recipe} on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, device "
-          f"{args.device}; {manifest.get('total_crops', manifest.get('n_crops', '?'))} crops")
+          f"{args.device}; crops written: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     print("| step | seconds | seconds per unit | unit |\n|---|---|---|---|")
     for step, seconds, per, unit in rows:
         print(f"| {step} | {seconds:.1f} | {per} | {unit} |")
