@@ -2,8 +2,10 @@
 import json
 
 import pytest
+from typer.testing import CliRunner
 
 from cocodag.formats.logits import LogitsFile
+from cocodag_apps.cli import cocodag_app
 from cocodag_apps.demo import META_RUNS, OBJECTIVE_RUNS, RUNS, DemoConfig, run_demo
 
 
@@ -43,3 +45,14 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert "already done" in capsys.readouterr().err
     for key in ("results", "meta"):
         assert json.dumps(again[key], sort_keys=True) == json.dumps(summary[key], sort_keys=True)
+    # one orchestrator: `cocodag recipe run demo` with the demo's options as overrides is the same run (every step
+    # done, none refused) and writes the same tables through the recipe's own results writer
+    r = CliRunner().invoke(cocodag_app, ["recipe", "run", "demo", *cfg.overrides(), "--out", str(cfg.out)])
+    assert r.exit_code == 0, r.output
+    ran = [line for line in r.stderr.splitlines() if line.startswith("  $ ")]
+    assert len(ran) == 1 and " compare " in ran[0], ran      # only the leaderboard, rewritten on every run
+    via_recipe = json.loads((report / "results.json").read_text())
+    for key in ("results", "meta", "miou"):
+        assert json.dumps(via_recipe[key], sort_keys=True) == json.dumps(summary[key], sort_keys=True)
+    md2 = (report / "results.md").read_text()
+    assert md2.split("## Stage times")[0] == md.split("## Stage times")[0]
