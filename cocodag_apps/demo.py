@@ -128,6 +128,8 @@ class DemoConfig:
         return cls(out=Path(out), **values)
 
 
+#: the evaluation set of the demo's tables: the world's anomaly set (the recipe's ``[[eval_sets]]`` ``anomaly``)
+WORLD_SET = "anomaly"
 #: the run a run stage's key is read back from (:meth:`DemoConfig.from_resolved`)
 REFERENCE_RUN = "entropy_DAG"
 RUNS = (  # (name, optim_target, uses DAG): the MaxEnt fine-tunes
@@ -235,7 +237,8 @@ def write_demo_results(out: Path, plan: Any, inputs: Any, recipe: str, timings: 
     cfg.timings = dict(timings)
     results: dict[str, list[dict]] = {}
     meta: dict[str, list[dict]] = {}
-    name = plan.evals[0].name
+    names = [ev.name for ev in plan.evals]
+    name = WORLD_SET if WORLD_SET in names else names[0]
     for model in plan.models:
         if name in model.reports:
             results.setdefault(model.run, []).append(json.loads((model.reports[name] / "metrics.json").read_text()))

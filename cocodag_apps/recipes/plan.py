@@ -107,6 +107,7 @@ class Model:
 
     run: str
     seed: int
+    id: str                   # its folder's name in the layout ({run}): NAME, or NAME-sK for a trained run of several
     folder: Path
     reports: dict[str, Path] = field(default_factory=dict)
     metas: dict[str, Path] = field(default_factory=dict)
@@ -262,8 +263,9 @@ class _Builder:
         return init
 
     def _needs_init(self) -> bool:
-        return any(run.get(s) for run in self.runs() for s in ("fit", "export", "sml_stats", "oodmc_export")) \
-            and bool(self.plan.evals or any(run.get("fit") for run in self.runs()))
+        """Whether a step reads the starting model: a fit, a statistics export, or an export of an evaluation set."""
+        return any(run.get("fit") or "sml_stats" in run or "oodmc_export" in run
+                   or ("export" in run and self.plan.evals) for run in self.runs())
 
     def runs(self) -> list[dict[str, Any]]:
         """The resolved runs; a recipe without ``[[runs]]`` is one run, ``run``."""
@@ -280,7 +282,7 @@ class _Builder:
             for k in range(run["seeds"] if fit else 1):
                 rid = f"{run['name']}-s{k}" if fit and several else run["name"]
                 folder = self.path("run", rid)
-                model = Model(run["name"], k, folder)
+                model = Model(run["name"], k, rid, folder)
                 if not fit:
                     out.append((run, model, init))
                     continue
@@ -301,7 +303,7 @@ class _Builder:
     def score(self, run: dict[str, Any], model: Model, ckpt: str) -> None:
         """The statistics its scores need, then per evaluation set: export -> evaluate -> meta_classify."""
         rk, folder, inputs = self._run_key(run), model.folder, self.inputs
-        tag = f"-{folder.name}" if "runs" in self.res else ""
+        tag = f"-{model.id}" if "runs" in self.res else ""
         shards = self.out / "shards"
         extra: list[Any] = []
         if "sml_stats" in run:
@@ -325,20 +327,20 @@ class _Builder:
             extra += ["--oodmc-model", model_file]
         export = run.get("export", {})
         for ev in self.plan.evals:
-            logits = self.path("logits", folder.name, ev.name)
+            logits = self.path("logits", model.id, ev.name)
             sid = f"{tag}-{ev.name}"
             self.add(f"export{sid}", "export", _launched(command(
                 "export", "--checkpoint", ckpt, "--images", ev.root, "--preset", ev.preset, "--out", logits,
                 *self.opts("export", export, rk), *self.dev), inputs), logits, export,
                 {"checkpoint": ckpt, "images": ev.root, "preset": ev.preset}, shown=bool(export.get("progress", True)))
             if "evaluate" in run:
-                report = model.reports[ev.name] = self.path("report", folder.name, ev.name)
+                report = model.reports[ev.name] = self.path("report", model.id, ev.name)
                 self.add(f"evaluate{sid}", "evaluate", command(
                     "evaluate", "--logits", logits, "--out", report, *extra,
                     *self.opts("evaluate", run["evaluate"], rk), *self.dev),
                     report / "metrics.json", run["evaluate"], {"logits": logits})
             if run.get("meta_classify"):
-                meta = model.metas[ev.name] = self.path("meta", folder.name, ev.name)
+                meta = model.metas[ev.name] = self.path("meta", model.id, ev.name)
                 self.add(f"meta_classify{sid}", "meta_classify", command(
                     "meta_classify", "--logits", logits, "--out", meta,
                     *self.opts("meta_classify", run["meta_classify"], rk)), meta / "meta.json",
@@ -349,7 +351,7 @@ class _Builder:
             return
         for ev in self.plan.evals:
             scored = [m for m in self.plan.models if ev.name in m.reports]
-            names = ",".join(m.folder.name for m in scored)
+            names = ",".join(m.id for m in scored)
             report = self.path("compare", set_=ev.name)
             self.add(f"compare-{ev.name}", "compare", command(
                 "compare", *(m.reports[ev.name] for m in scored), "--names", names, "--out", report,
@@ -371,6 +373,9 @@ def build_plan(recipe: str | Path, overrides: Sequence[str], inputs: RunInputs, 
     plan = b.plan
     world = b.out / "world"
     given = {e.name for e in inputs.evals}
+    if len(given) < len(inputs.evals):
+        twice = sorted({e.name for e in inputs.evals if [x.name for x in inputs.evals].count(e.name) > 1})
+        raise RecipeError(f"--eval {twice[0]}=...: given twice; give each evaluation set its own name")
     plan.evals = list(inputs.evals)
     for published in doc.get("eval_sets", []):
         name, preset = published.get("name"), published.get("preset")

@@ -259,7 +259,7 @@ def write_results(out: Path, plan: Plan, inputs: RunInputs, recipe: str,
             report = model.reports.get(ev.name)
             if report is None or not (report / "metrics.json").is_file():
                 continue
-            rows = [{"model": model.folder.name, "method": m, "protocol": p, "values": v}
+            rows = [{"model": model.id, "method": m, "protocol": p, "values": v}
                     for m, p, v in read_report(report)]
             mine += rows
             table_rows += [[ev.name, f"yours: {r['model']}" if several else "yours", r["method"], r["protocol"],
