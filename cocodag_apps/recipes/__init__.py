@@ -4,8 +4,9 @@ A recipe names the released checkpoint it starts from, the options of each stage
 ``evaluate``, and ``meta_classify`` for meta-ood) under the stage's command-line option names (dashes as
 underscores), the objective's parameters under ``fit.objective_kwargs``, the evaluation sets it was published on,
 and the source of every published value (``sources``) with what our pipeline uses instead where a value cannot apply
-(``notes``). :func:`list_recipes` / :func:`load_recipe` read them (cheap: no torch);
-:mod:`cocodag_apps.recipes.resolve` fills in every default and applies ``STAGE.OPTION=VALUE`` overrides.
+(``notes``). A recipe of several models (the demo's) lists them as ``[[runs]]``, each with its own stage tables over
+the recipe's; ``docs/formats.md`` §10 gives every key. :func:`list_recipes` / :func:`load_recipe` read them (cheap:
+no torch); :mod:`cocodag_apps.recipes.resolve` fills in every default and applies ``STAGE.OPTION=VALUE`` overrides.
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ META_KEYS = ("name", "description", "paper", "checkpoint", "eval_sets", "sources
              "layout", "report")
 #: the keys of a ``[[runs]]`` entry besides its stages
 RUN_KEYS = ("name", "seeds", "description")
-#: the keys of ``[layout]``: where a run's outputs go, relative to the run's folder --out ({run}: the run's folder
-#: name, {set}: the evaluation set's name)
+#: the keys of ``[layout]``: where a run's outputs go, relative to --out ({run}: the model's name, NAME or NAME-sK;
+#: {set}: the evaluation set's name)
 LAYOUT_KEYS = ("run", "logits", "report", "meta", "compare")
 
 
@@ -103,8 +104,9 @@ def _check_runs(doc: dict[str, Any], what: str) -> None:
     seen: set[str] = set()
     for run in runs:
         name = run.get("name")
-        if not isinstance(name, str) or not name or "/" in name:
-            raise RecipeError(f"recipe {what}: every [[runs]] entry needs a name (a folder name)")
+        if not isinstance(name, str) or not name or any(c in name for c in "/.\\"):
+            raise RecipeError(f"recipe {what}: every [[runs]] entry needs a name, a folder name without '/' or '.' "
+                              f"(got {name!r})")
         if name in seen:
             raise RecipeError(f"recipe {what}: two [[runs]] entries are named {name!r}")
         seen.add(name)
