@@ -29,6 +29,18 @@ def pytest_configure(config):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch on one thread during the test: bit-identical CPU results between this process and the subprocesses
+    it compares with (run with OMP_NUM_THREADS=1) need equal thread counts."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
 def small_fs(tmp_path):
     """A folder on its own tiny file system (a 1 MiB tmpfs) to provoke "No space left on device".
 

@@ -22,12 +22,7 @@ def data_dir(tmp_path_factory):
                        size=24, shard_size=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")     # tests/conftest.py
 
 
 def _fit(*args: str):

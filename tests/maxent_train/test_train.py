@@ -40,13 +40,7 @@ def data_dir(tmp_path_factory):
                        size=32, shard_size=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # bit-identical CPU results between this process and the subprocesses (OMP_NUM_THREADS=1) need equal threads
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")     # tests/conftest.py
 
 
 def _cfg(data_dir, out, **kw) -> FitConfig:
