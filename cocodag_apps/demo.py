@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 
 from cocodag.atomic import atomic_write, atomic_write_text
-from cocodag.device import resolve_device
 from cocodag.errors import CocodagError
 
 # The shipped baseline is package data (pyproject's [tool.setuptools.package-data]): read through importlib.resources,
@@ -189,15 +188,6 @@ def baseline_source(cfg: DemoConfig) -> str:
     return str(cfg.baseline)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """``path``'s JSON object, or {} when there is none."""
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
 def run_demo(cfg: DemoConfig, until: str | None = None) -> dict[str, Any]:
     """Run the ``demo`` recipe with ``cfg`` (skipping finished stages) and write ``OUT/report/results.md``; return
     the summary dict.
@@ -210,7 +200,6 @@ def run_demo(cfg: DemoConfig, until: str | None = None) -> dict[str, Any]:
 
     if cfg.baseline not in ("auto", "train") and not Path(cfg.baseline).is_file():
         raise CocodagError(f"--baseline {cfg.baseline}: not 'auto', 'train' or an existing checkpoint file")
-    resolve_device(cfg.device)       # a bad --device is one line now, before the plan
     source = baseline_source(cfg)
     with resources.as_file(SHIPPED_BASELINE) as shipped:
         init = {"train": None, "shipped": str(shipped)}.get(source, source)
@@ -221,7 +210,8 @@ def run_demo(cfg: DemoConfig, until: str | None = None) -> dict[str, Any]:
             base = plan.baseline_dir
 
             def baseline_only(*_: Any) -> dict[str, Any]:
-                return {"baseline": str(base / "model-final.pt"), "miou": _read_json(base / "miou.json")}
+                return {"baseline": str(base / "model-final.pt"),
+                        "miou": json.loads((base / "miou.json").read_text())}
 
             return run_plan(plan, inputs, RECIPE, writer=baseline_only)
         return run_plan(plan, inputs, RECIPE,

@@ -15,7 +15,6 @@ Where each output goes is the recipe's ``[layout]`` (:data:`LAYOUT_SINGLE` for a
 """
 from __future__ import annotations
 
-import hashlib
 import shlex
 import string
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cocodag.formats.evalsets import PRESETS
+from cocodag.formats.shards import sha256_file
 
 from . import RUN_STAGES, RecipeError, close_matches, load_recipe
 from .resolve import command, explicit_keys, option_args, parse_overrides, resolve
@@ -171,14 +171,6 @@ def layout_of(doc: Mapping[str, Any]) -> dict[str, str]:
     return lay
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _Builder:
     """Collects the steps of one plan."""
 
@@ -247,7 +239,7 @@ class _Builder:
             init = str(base / "model-final.pt")
             if inputs.init is not None:
                 self.given(inputs.init, "--init", "the starting model's checkpoint", "file")
-                sha = _sha256(inputs.init) if Path(inputs.init).is_file() else "missing"
+                sha = sha256_file(inputs.init) if Path(inputs.init).is_file() else "missing"
                 self.add("baseline", "baseline", ["cp", inputs.init, init], Path(init),
                          flags={"init-sha256": sha}, copy_from=Path(inputs.init))
             else:
